@@ -1,0 +1,59 @@
+"""Attention over a slot's KV cache: query t of row b sees cache positions <= input_pos[b, t].
+
+Prompts are right-padded and every token sits at its absolute position in its slot, so one rule serves
+ragged prefill, chunked prefill and decode alike.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("sdpa", "flex")
+FLEX_BLOCK = 128
+
+
+def attend_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    # q: [B, H, T, D]; k, v: [B, H, S, D]; input_pos: [B, T]
+    visible = torch.arange(k.shape[2], device=q.device) <= input_pos[:, None, :, None]  # [B, 1, T, S]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=visible)
+
+
+def flex_block_mask(input_pos: torch.Tensor, kv_len: int):
+    """Block mask whose KV blocks stop at each query block's last position: skipped blocks are never read.
+
+    Built from tensors alone (no host sync), so a captured decode graph can rebuild it every step.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    batch, q_len = input_pos.shape
+    q_blocks = -(-q_len // FLEX_BLOCK)
+    kv_blocks = -(-kv_len // FLEX_BLOCK)
+    padded = F.pad(input_pos, (0, q_blocks * FLEX_BLOCK - q_len), value=-1)
+    last_pos = padded.view(batch, q_blocks, FLEX_BLOCK).amax(-1)  # [B, q_blocks]
+    kv_num_blocks = (last_pos // FLEX_BLOCK + 1).clamp(max=kv_blocks).to(torch.int32)[:, None, :]
+    kv_indices = torch.arange(kv_blocks, device=input_pos.device, dtype=torch.int32)
+    kv_indices = kv_indices.expand(batch, 1, q_blocks, kv_blocks).contiguous()
+
+    def visible(b, h, q_idx, kv_idx):
+        return kv_idx <= input_pos[b, q_idx]
+
+    return BlockMask.from_kv_blocks(
+        kv_num_blocks, kv_indices, BLOCK_SIZE=FLEX_BLOCK, mask_mod=visible, seq_lengths=(q_len, kv_len)
+    )
+
+
+def attend_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return flex_attention(q, k, v, block_mask=flex_block_mask(input_pos, k.shape[2]))
+
+
+def causal_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Plain causal attention without a cache: the eager reference path."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def get_attention(backend: str):
+    if backend not in BACKENDS:
+        raise ValueError(f"attention_backend {backend!r} is not one of {list(BACKENDS)}")
+    return attend_flex if backend == "flex" else attend_sdpa

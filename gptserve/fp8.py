@@ -1,0 +1,112 @@
+"""FP8 linear layers: torch-native (torch._scaled_mm, row-wise scales) or Transformer Engine (optional).
+
+Weights are quantised once, per output row; activations per input row at run time. Both need a CUDA GPU of
+compute capability >= 8.9.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = torch.finfo(FP8).max  # 448
+ALIGN = 16  # _scaled_mm needs both matrix dimensions to be multiples of 16
+
+
+def transformer_engine_available() -> bool:
+    try:
+        import transformer_engine.pytorch  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def require_transformer_engine():
+    try:
+        import transformer_engine.pytorch  # noqa: F401
+    except Exception as exc:
+        raise ValueError(
+            f"fp8_mode=transformer-engine but transformer_engine.pytorch does not import ({exc}); "
+            "install transformer-engine[pytorch] or use fp8_mode=torch"
+        ) from exc
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (fp8 [M, K], fp32 scale [M, 1]) with x ~= q * scale."""
+    scale = x.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
+    return (x / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
+
+
+class TorchFp8Linear(nn.Module):
+    """y = x W^T + b with W in FP8 (row-wise scales) through torch._scaled_mm; output in x's dtype."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        out_features, self.in_features = linear.weight.shape
+        self.out_features = out_features
+        padded_out = -(-out_features // ALIGN) * ALIGN  # e.g. a 50257-token LM head -> 50272
+        weight = F.pad(linear.weight.detach().float(), (0, 0, 0, padded_out - out_features))
+        q, scale = quantize_rows(weight)  # [N, K], [N, 1]
+        self.register_buffer("weight_fp8", q)
+        self.register_buffer("weight_scale", scale.t().contiguous())  # [1, N]
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        xq, x_scale = quantize_rows(x.reshape(-1, self.in_features))  # [M, K], [M, 1]
+        y = torch._scaled_mm(
+            xq, self.weight_fp8.t(), scale_a=x_scale, scale_b=self.weight_scale, out_dtype=torch.bfloat16
+        )[:, : self.out_features]
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(x.dtype).view(*shape[:-1], self.out_features)
+
+
+class TEFp8Linear(nn.Module):
+    """te.Linear under Transformer Engine's FP8 autocast (delayed scaling)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        import transformer_engine.pytorch as te
+        from transformer_engine.common.recipe import DelayedScaling
+
+        out_features, in_features = linear.weight.shape
+        self.inner = te.Linear(
+            in_features, out_features, bias=linear.bias is not None,
+            params_dtype=linear.weight.dtype, device=linear.weight.device,
+        )
+        with torch.no_grad():
+            self.inner.weight.copy_(linear.weight)
+            if linear.bias is not None:
+                self.inner.bias.copy_(linear.bias)
+        self._te, self._recipe = te, DelayedScaling()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.shape[:-1].numel()
+        pad = -rows % ALIGN  # TE's FP8 GEMMs want the token count aligned too
+        flat = F.pad(x.reshape(rows, -1), (0, 0, 0, pad))
+        with self._te.fp8_autocast(enabled=True, fp8_recipe=self._recipe):
+            y = self.inner(flat)
+        return y[:rows].view(*x.shape[:-1], -1)
+
+
+_LINEARS = {"torch": TorchFp8Linear, "transformer-engine": TEFp8Linear}
+
+
+def block_converter(mode: str):
+    """A function that swaps every nn.Linear of a block for its FP8 version, in place."""
+    cls = _LINEARS[mode]
+
+    def convert(block: nn.Module):
+        for name, child in list(block.named_modules()):
+            for attr, sub in list(child.named_children()):
+                if isinstance(sub, nn.Linear):
+                    setattr(child, attr, cls(sub))
+
+    return convert
+
+
+def convert_lm_head(model: nn.Module, mode: str):
+    """The LM head gets its own FP8 copy of the tied embedding (the embedding lookup stays high precision)."""
+    model.lm_head = _LINEARS[mode](model.lm_head)

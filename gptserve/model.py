@@ -1,0 +1,127 @@
+"""GPT-2 decoder (nanoGPT shape) with a static, slot-addressed KV cache.
+
+Shapes: B rows, T tokens per row, H heads, D head dim, S cache positions, V vocabulary.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import causal_reference, get_attention
+from .config import ModelConfig
+
+
+class KVCache(nn.Module):
+    """Keys and values for `slots` sequences, each at absolute positions 0..S-1 of its own slot."""
+
+    def __init__(self, slots: int, n_head: int, n_ctx: int, head_dim: int, dtype, device):
+        super().__init__()
+        shape = (slots, n_head, n_ctx, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, rows, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Write k, v [B, H, T, D] at input_pos [B, T]; return the rows' caches [B, H, S, D] in k's dtype."""
+        slot_idx = torch.arange(self.k.shape[0], device=k.device)[rows][:, None]  # [B, 1]
+        self.k[slot_idx, :, input_pos] = k.transpose(1, 2).to(self.k.dtype)  # indexed view: [B, T, H, D]
+        self.v[slot_idx, :, input_pos] = v.transpose(1, 2).to(self.v.dtype)
+        return self.k[rows].to(k.dtype), self.v[rows].to(v.dtype)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.cache: KVCache | None = None
+        self.attend = get_attention("sdpa")
+
+    def forward(self, x: torch.Tensor, input_pos: torch.Tensor | None, rows) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # 3x [B, H, T, D]
+        if input_pos is None:  # reference path: the whole sequence, no cache
+            y = causal_reference(q, k, v)
+        else:
+            k_all, v_all = self.cache.update(rows, input_pos, k, v)  # [B, H, S, D]
+            y = self.attend(q, k_all, v_all, input_pos)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, cfg.d_ff)
+        self.proj = nn.Linear(cfg.d_ff, cfg.n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x), approximate="tanh"))  # GPT-2's gelu_new
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, input_pos, rows):
+        x = x + self.attn(self.ln_1(x), input_pos, rows)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.n_ctx, cfg.n_embd)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied
+
+    def init_random(self, seed: int):
+        """GPT-2's initialisation, reproducible from `seed` on any device."""
+        gen = torch.Generator(device=self.wte.weight.device).manual_seed(seed)
+        residual_std = 0.02 / math.sqrt(2 * self.cfg.n_layer)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if name.endswith("bias"):
+                    p.zero_()
+                elif "ln_" in name:
+                    p.fill_(1.0)
+                else:
+                    std = residual_std if name.endswith("proj.weight") else 0.02
+                    p.normal_(0.0, std, generator=gen)
+
+    def setup_cache(self, slots: int, dtype, attention_backend: str):
+        device = self.wte.weight.device
+        attend = get_attention(attention_backend)
+        for block in self.blocks:
+            block.attn.cache = KVCache(slots, self.cfg.n_head, self.cfg.n_ctx, self.cfg.head_dim, dtype, device)
+            block.attn.attend = attend
+
+    def forward(self, idx: torch.Tensor, input_pos: torch.Tensor, rows, last_index: torch.Tensor | None = None):
+        """Cached forward. idx, input_pos: [B, T]; rows: slots of the B rows (slice or index tensor).
+
+        Returns logits [B, V] at last_index [B] when given, else [B, T, V].
+        """
+        x = self.wte(idx) + self.wpe(input_pos)  # [B, T, C]
+        for block in self.blocks:
+            x = block(x, input_pos, rows)
+        if last_index is not None:
+            x = x[torch.arange(x.shape[0], device=x.device), last_index]  # [B, C]
+        return self.lm_head(self.ln_f(x))
+
+    def forward_reference(self, idx: torch.Tensor) -> torch.Tensor:
+        """Eager full-sequence forward without a cache. idx: [B, T] -> logits [B, T, V]."""
+        pos = torch.arange(idx.shape[1], device=idx.device)
+        x = self.wte(idx) + self.wpe(pos)
+        for block in self.blocks:
+            x = block(x, None, None)
+        return self.lm_head(self.ln_f(x))

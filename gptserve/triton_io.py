@@ -1,0 +1,90 @@
+"""What the Triton models share: request tensors in, response tensors out, custom metrics.
+
+Triton's python-backend module (pb_utils) is passed in, so this file imports without a server.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .config import BATCH_BUCKETS
+
+INPUT_NAMES = (
+    "input_ids", "text_input", "max_tokens", "temperature", "top_k", "top_p", "seed", "end_id", "stop_words",
+    "exclude_input_in_output", "return_num_input_tokens", "return_num_output_tokens", "stream",
+)
+
+
+def request_inputs(pb_utils, request) -> dict[str, np.ndarray]:
+    """The request's inputs by name, as numpy arrays (absent optional inputs are left out)."""
+    inputs = {}
+    for name in INPUT_NAMES:
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        if tensor is not None:
+            inputs[name] = tensor.as_numpy()
+    return inputs
+
+
+def output_arrays(output_ids: list[int], text: str, num_input_tokens: int) -> dict[str, np.ndarray]:
+    """Response tensors for one request (batch dimension 1)."""
+    return {
+        "output_ids": np.array([output_ids], dtype=np.int32).reshape(1, -1),
+        "text_output": np.array([[text.encode("utf-8")]], dtype=object),
+        "num_input_tokens": np.array([[num_input_tokens]], dtype=np.int32),
+        "num_output_tokens": np.array([[len(output_ids)]], dtype=np.int32),
+    }
+
+
+def response(pb_utils, arrays: dict[str, np.ndarray]):
+    return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in arrays.items()])
+
+
+def error_response(pb_utils, message: str, code: str = "INVALID_ARG"):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, getattr(pb_utils.TritonError, code)))
+
+
+LATENCY_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
+TOKEN_TIME_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]
+
+
+class Metrics:
+    """Custom Prometheus metrics beside Triton's own; every series carries a `model` label."""
+
+    def __init__(self, pb_utils, model_name: str):
+        mf = pb_utils.MetricFamily
+        labels = {"model": model_name}
+
+        def family(name, description, kind, **kwargs):
+            return mf(name=name, description=description, kind=kind).Metric(labels=labels, **kwargs)
+
+        self.prompt_tokens = family("gpt_prompt_tokens_total", "Prompt tokens of successful requests", mf.COUNTER)
+        self.generated_tokens = family(
+            "gpt_generated_tokens_total", "Tokens generated for successful requests", mf.COUNTER
+        )
+        self.invalid_requests = family(
+            "gpt_invalid_requests_total", "Requests rejected with INVALID_ARG", mf.COUNTER
+        )
+        self.batch_size = family(
+            "gpt_batch_size", "Requests generated together per engine batch", mf.HISTOGRAM,
+            buckets=[float(b) for b in BATCH_BUCKETS],
+        )
+        self.request_latency = family(
+            "gpt_request_latency_seconds", "Seconds from execute() receiving a request to its final response",
+            mf.HISTOGRAM, buckets=LATENCY_BUCKETS,
+        )
+        self.max_abs_diff = family(
+            "gpt_max_abs_diff", "Max |logit| difference, optimized path vs eager fp32 reference, at start-up",
+            mf.GAUGE,
+        )
+        self._mf = mf
+        self._labels = labels
+
+    def extra(self, name: str, description: str, kind: str, **kwargs):
+        """One more series of this model (kind: COUNTER, GAUGE or HISTOGRAM)."""
+        return self._mf(name=name, description=description, kind=getattr(self._mf, kind)).Metric(
+            labels=self._labels, **kwargs
+        )
+
+    def record_success(self, num_input_tokens: int, num_output_tokens: int, seconds: float):
+        self.prompt_tokens.increment(num_input_tokens)
+        self.generated_tokens.increment(num_output_tokens)
+        self.request_latency.observe(seconds)
