@@ -90,6 +90,23 @@ def to_our_names(state: dict[str, torch.Tensor], file: Path) -> dict[str, torch.
     return mapped
 
 
+def to_hf_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our names -> Hugging Face GPT2LMHeadModel names (the inverse of to_our_names), e.g. to compare with HF."""
+    inverse = {ours: (hf, t) for hf, (ours, t) in _HF_LAYER_MAP.items()}
+    top = {ours: hf for hf, ours in _HF_TOP_MAP.items()}
+    out = {}
+    for name, tensor in state.items():
+        if name in top:
+            out[f"transformer.{top[name]}"] = tensor
+            continue
+        m = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
+        if m and m.group(2) in inverse:
+            hf, transposed = inverse[m.group(2)]
+            out[f"transformer.h.{m.group(1)}.{hf}"] = tensor.t().contiguous() if transposed else tensor
+    out["lm_head.weight"] = state["wte.weight"]
+    return out
+
+
 def checked_state_dict(file: Path, model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors under our names, after checking every name, shape and value against `model`."""
     state = to_our_names(read_state_dict(file), file)

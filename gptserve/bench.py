@@ -1,0 +1,272 @@
+"""Benchmark: roofline, engine variants and same-run peers (Hugging Face transformers, the engine's eager path).
+
+    python -m gptserve.bench --preset gpt2-large --variants bf16-sdpa,bf16-flex,fp8-flex --peers hf,hf-static,eager
+
+Writes bench-<preset>-<time>.json under --output and prints a markdown table. Needs a CUDA GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from .config import ServingConfig
+from .engine import Engine
+from .requests import GenerationRequest
+
+VARIANTS = {
+    "bf16-sdpa": dict(attention_backend="sdpa"),
+    "bf16-flex": dict(attention_backend="flex"),
+    "fp8-sdpa": dict(attention_backend="sdpa", fp8_mode="torch"),
+    "fp8-flex": dict(attention_backend="flex", fp8_mode="torch"),
+    "fp8-flex-kvfp8": dict(attention_backend="flex", fp8_mode="torch", kv_cache_dtype="fp8"),
+    "te-flex": dict(attention_backend="flex", fp8_mode="transformer-engine"),
+}
+
+
+def cuda_time(fn, repeat: int = 1) -> float:
+    """Median seconds of fn() over `repeat` runs, synchronised around each."""
+    times = []
+    for _ in range(repeat):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def copy_bandwidth(gib: float = 2.0) -> float:
+    """Device-to-device copy bandwidth in bytes/s, counting bytes read plus written: the roofline."""
+    src_bytes = int(gib * 2**30)
+    src = torch.empty(src_bytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    seconds = cuda_time(lambda: [dst.copy_(src) for _ in range(10)], repeat=5) / 10
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * src_bytes / seconds
+
+
+def prompts(batch: int, length: int, vocab: int, seed: int = 0) -> list[tuple[int, ...]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [tuple(torch.randint(0, vocab - 1, (length,), generator=gen).tolist()) for _ in range(batch)]
+
+
+def graph_counters() -> dict[str, int]:
+    from torch._dynamo.utils import counters
+
+    return {
+        "unique_graphs": int(counters["stats"]["unique_graphs"]),
+        "cudagraph_skips": int(counters["inductor"]["cudagraph_skips"]),
+    }
+
+
+def weight_bytes(engine: Engine) -> int:
+    """Bytes a decode step reads for weights: every parameter and FP8 buffer except position embeddings, and
+    except the token embedding when an FP8 LM head has its own copy (then only B rows of it are looked up)."""
+    skip = ("wpe",) if isinstance(engine.model.lm_head, torch.nn.Linear) else ("wpe", "wte")
+    seen, total = set(), 0
+    for name, t in list(engine.model.named_parameters()) + list(engine.model.named_buffers()):
+        if name.startswith(skip) or name.endswith((".k", ".v")) or t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total
+
+
+def kv_bytes(engine: Engine, batch: int, context: float, read_all: bool) -> float:
+    """KV bytes one decode step reads: the live context, or the whole cache when the kernel reads all of it."""
+    cfg = engine.cfg
+    elem = torch.empty((), dtype=engine.resolved.kv_cache_dtype).element_size()
+    length = cfg.n_ctx if read_all else -(-context // 128) * 128
+    return batch * cfg.n_layer * 2 * length * cfg.n_embd * elem
+
+
+def measure_engine(engine: Engine, batch: int, prompt_len: int, new_tokens: int, bandwidth: float) -> dict:
+    vocab = engine.cfg.vocab_size
+    batch_prompts = prompts(batch, prompt_len, vocab)
+    slots = list(range(batch))
+    requests = [GenerationRequest(prompt_ids=p, max_tokens=new_tokens, end_id=-1) for p in batch_prompts]
+    engine.generate(requests)  # first run at this shape: any compile or capture happens here
+    before = graph_counters()
+    torch.cuda.reset_peak_memory_stats()
+    e2e = cuda_time(lambda: engine.generate(requests), repeat=3)
+    prefill = cuda_time(lambda: engine.prefill(batch_prompts, slots), repeat=3)
+    tokens = torch.zeros(batch, dtype=torch.int64, device="cuda")
+    positions = torch.full((batch,), prompt_len, dtype=torch.int64, device="cuda")
+
+    def decode_loop():
+        nonlocal tokens
+        for step in range(new_tokens):
+            tokens = engine.decode_step(tokens, positions + step).argmax(-1)
+
+    decode = cuda_time(decode_loop, repeat=3) / new_tokens
+    after = graph_counters()
+    weights = weight_bytes(engine)
+    context = prompt_len + new_tokens / 2
+    read_all = engine.serving.attention_backend == "sdpa"
+    read = weights + kv_bytes(engine, batch, context, read_all)
+    useful = weights + kv_bytes(engine, batch, context, False)
+    return {
+        "batch": batch,
+        "prefill_ms": prefill * 1e3,
+        "decode_ms_per_step": decode * 1e3,
+        "e2e_s": e2e,
+        "output_tok_s": batch * new_tokens / e2e,
+        "decode_tok_s": batch / decode,
+        "bytes_read_per_step": read,
+        "mbu": read / decode / bandwidth,
+        "floor_decode_tok_s": batch / (useful / bandwidth),
+        "floor_fraction_e2e": (batch * new_tokens / e2e) / (batch / (useful / bandwidth)),
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "recompiles": after["unique_graphs"] - before["unique_graphs"],
+        "cudagraph_skips": after["cudagraph_skips"],
+        "greedy_tokens_row0": engine.generate(requests[:1])[0].output_ids,
+    }
+
+
+def run_variant(preset: str, name: str, batches, prompt_len: int, new_tokens: int, bandwidth: float,
+                compile_mode: str = "reduce-overhead", probe: bool = True) -> dict:
+    settings = dict(VARIANTS.get(name, {}))
+    serving = ServingConfig(preset=preset, compile_mode=compile_mode, max_tokens_limit=4096, **settings)
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    engine = Engine(serving, device="cuda")
+    build_s = time.perf_counter() - t0
+    warm = engine.warmup(prompt_len)
+    ready_s = time.perf_counter() - t0
+    row = {
+        "preset": preset, "variant": name, "compile_mode": compile_mode, "fp8_mode": engine.resolved.fp8_mode,
+        "build_s": build_s, "warmup_s": sum(warm.values()), "ready_s": ready_s,
+        "weights_gib": weight_bytes(engine) / 2**30, "results": [],
+    }
+    for b in batches:
+        row["results"].append(measure_engine(engine, b, prompt_len, new_tokens, bandwidth))
+        print(json.dumps({k: v for k, v in row["results"][-1].items() if k != "greedy_tokens_row0"}), flush=True)
+    if probe and engine.cfg.n_layer * engine.cfg.n_embd**2 < 2e9:  # an fp32 reference copy must fit
+        row["max_abs_diff_vs_fp32_reference"] = engine.probe_max_abs_diff()
+    del engine
+    torch.cuda.empty_cache()
+    return row
+
+
+def run_hf(preset: str, batches, prompt_len: int, new_tokens: int, static: bool) -> dict:
+    """Hugging Face GPT2LMHeadModel.generate on the engine's weights (same seed), bf16."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from .build import build_model
+    from .checkpoint import to_hf_names
+    from .config import PRESETS
+
+    cfg = PRESETS[preset]
+    ours = build_model(cfg, torch.device("cuda"), torch.bfloat16)
+    hf_cfg = GPT2Config(n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head, vocab_size=cfg.vocab_size,
+                        n_positions=cfg.n_ctx, n_inner=cfg.d_ff, activation_function="gelu_new")
+    with torch.device("cuda"):
+        hf = GPT2LMHeadModel(hf_cfg).to(torch.bfloat16).eval()
+    state = {k: v for k, v in ours.state_dict().items() if not k.endswith((".k", ".v"))}
+    hf.load_state_dict(to_hf_names(state), strict=False)
+    del ours
+    row = {"preset": preset, "variant": "hf-static" if static else "hf", "results": []}
+    for b in batches:
+        ids = torch.tensor(prompts(b, prompt_len, cfg.vocab_size), device="cuda")
+        kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
+                      attention_mask=torch.ones_like(ids))
+        if static:
+            kwargs["cache_implementation"] = "static"
+        with torch.no_grad():
+            hf.generate(ids, **kwargs)  # compile / warm
+            out = hf.generate(ids, **kwargs)
+            seconds = cuda_time(lambda: hf.generate(ids, **kwargs), repeat=1)
+        row["results"].append({
+            "batch": b, "e2e_s": seconds, "output_tok_s": b * new_tokens / seconds,
+            "greedy_tokens_row0": out[0, prompt_len:].tolist(),
+        })
+        print(json.dumps({k: v for k, v in row["results"][-1].items() if k != "greedy_tokens_row0"}), flush=True)
+    del hf
+    torch.cuda.empty_cache()
+    return row
+
+
+def token_match(a: list[int], b: list[int]) -> float:
+    return sum(x == y for x, y in zip(a, b)) / max(len(a), 1)
+
+
+def table(report: dict) -> str:
+    lines = [
+        f"device: {report['device']}  date: {report['date']}  copy bandwidth: {report['copy_bandwidth_tb_s']:.2f} TB/s",
+        "| preset | variant | batch | prefill ms | decode ms/step | output tok/s | MBU | floor tok/s (decode) "
+        "| e2e / floor | peak GiB | recompiles | ready s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        for r in row["results"]:
+            lines.append(
+                f"| {row['preset']} | {row['variant']} | {r['batch']} | {r.get('prefill_ms', float('nan')):.1f} | "
+                f"{r.get('decode_ms_per_step', float('nan')):.3f} | {r['output_tok_s']:.0f} | "
+                f"{r.get('mbu', float('nan')):.2f} | {r.get('floor_decode_tok_s', float('nan')):.0f} | "
+                f"{r.get('floor_fraction_e2e', float('nan')):.2f} | {r.get('peak_mem_gib', float('nan')):.1f} | "
+                f"{r.get('recompiles', '-')} | {row.get('ready_s', float('nan')):.0f} |"
+            )
+    for name, value in report.get("accuracy", {}).items():
+        lines.append(f"accuracy {name}: {value}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="gpt2-large")
+    p.add_argument("--variants", default="bf16-sdpa,bf16-flex,fp8-flex")
+    p.add_argument("--peers", default="hf,hf-static,eager", help="any of hf, hf-static, eager; '' for none")
+    p.add_argument("--batches", default="1,4,8,16")
+    p.add_argument("--peer-batches", default="1,16")
+    p.add_argument("--prompt-len", type=int, default=1024)
+    p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--output", default="artifacts/bench")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("gptserve.bench needs a CUDA GPU")
+    batches = [int(b) for b in args.batches.split(",")]
+    peer_batches = [int(b) for b in args.peer_batches.split(",")]
+    bandwidth = copy_bandwidth()
+    report = {
+        "device": torch.cuda.get_device_name(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__, "command": "python -m gptserve.bench " + " ".join(argv or []),
+        "copy_bandwidth_tb_s": bandwidth / 1e12, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
+        "rows": [], "accuracy": {},
+    }
+    print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s", flush=True)
+    for name in filter(None, args.variants.split(",")):
+        report["rows"].append(run_variant(args.preset, name, batches, args.prompt_len, args.new_tokens, bandwidth))
+    peers = [x for x in args.peers.split(",") if x]
+    if "eager" in peers:
+        row = run_variant(args.preset, "bf16-sdpa", peer_batches, args.prompt_len, args.new_tokens, bandwidth,
+                          compile_mode="none", probe=False)
+        row["variant"] = "eager"
+        report["rows"].append(row)
+    for static in [s for s, key in ((False, "hf"), (True, "hf-static")) if key in peers]:
+        report["rows"].append(run_hf(args.preset, peer_batches, args.prompt_len, args.new_tokens, static))
+    base = next((r for r in report["rows"] if r["variant"] == "bf16-sdpa" and r.get("compile_mode") != "none"), None)
+    if base:
+        want = base["results"][0]["greedy_tokens_row0"]
+        for row in report["rows"]:
+            if row is not base and row["results"] and row["results"][0]["batch"] == base["results"][0]["batch"]:
+                got = row["results"][0]["greedy_tokens_row0"]
+                report["accuracy"][f"{row['variant']} greedy token match vs bf16-sdpa"] = token_match(want, got)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    path = out / f"bench-{args.preset}-{stamp}.json"
+    path.write_text(json.dumps(report, indent=1))
+    print(table(report))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Integration tests: they start a real tritonserver (see triton_server.TritonServer)."""

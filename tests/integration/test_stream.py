@@ -1,0 +1,298 @@
+"""gpt_large_stream on a real tritonserver (CPU, tiny preset): streaming, in-flight joins, cancellation, admission.
+
+One server for the module, on a copy of the model repository where gpt_large_stream has 4 slots, a waiting
+queue of 2 and a 4 ms sleep after each decode step (step_delay_ms, a test hook), so "long" generations last
+long enough to overlap on a fast CPU while the whole module stays short.
+"""
+import json
+import queue
+import re
+import shutil
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from tests.integration.triton_server import REPO_ROOT, TritonServer
+
+grpcclient = pytest.importorskip("tritonclient.grpc")
+
+pytestmark = pytest.mark.integration
+
+STREAM, PLAIN = "gpt_large_stream", "gpt_large"
+SLOTS, QUEUE, STEP_MS = 4, 2, 4  # SLOTS >= 4: Engine.probe_max_abs_diff runs a batch of 4
+PROMPT = [10, 20, 30, 40, 50, 60]
+
+_TYPES = {
+    "input_ids": ("INT32", np.int32), "text_input": ("BYTES", object), "max_tokens": ("INT32", np.int32),
+    "temperature": ("FP32", np.float32), "top_k": ("INT32", np.int32), "top_p": ("FP32", np.float32),
+    "seed": ("UINT64", np.uint64), "end_id": ("INT32", np.int32), "stop_words": ("BYTES", object),
+    "exclude_input_in_output": ("BOOL", bool), "return_num_input_tokens": ("BOOL", bool),
+    "return_num_output_tokens": ("BOOL", bool), "stream": ("BOOL", bool),
+}
+
+
+def inputs(**fields):
+    out = []
+    for name, value in fields.items():
+        triton_type, dtype = _TYPES[name]
+        if isinstance(value, str):
+            value = value.encode()
+        arr = np.array([value] if isinstance(value, (list, tuple)) else [[value]], dtype=dtype)
+        tensor = grpcclient.InferInput(name, list(arr.shape), triton_type)
+        tensor.set_data_from_numpy(arr)
+        out.append(tensor)
+    return out
+
+
+def _set_param(config: str, key: str, value: str) -> str:
+    pattern = rf'{{ key: "{key}" value: {{ string_value: "[^"]*" }} }}'
+    new = f'{{ key: "{key}" value: {{ string_value: "{value}" }} }}'
+    if re.search(pattern, config):
+        return re.sub(pattern, new, config)
+    return config.replace("parameters [\n", f"parameters [\n  {new},\n", 1)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("repo") / "model_repository"
+    shutil.copytree(REPO_ROOT / "model_repository", repo)
+    cfg = repo / STREAM / "config.pbtxt"
+    text = cfg.read_text()
+    for key, value in {"max_batch_size": SLOTS, "max_queue_size": QUEUE, "step_delay_ms": STEP_MS,
+                       "queue_timeout_ms": 20000}.items():
+        text = _set_param(text, key, str(value))
+    cfg.write_text(text)
+    with TritonServer(repo, models=[PLAIN, STREAM], startup_timeout=240) as srv:
+        yield srv
+
+
+class Stream:
+    """One gRPC bidirectional stream (one client); responses collected per request id."""
+
+    def __init__(self, server):
+        self.client = grpcclient.InferenceServerClient(server.grpc_url)
+        self.events = queue.Queue()
+        self.client.start_stream(callback=lambda result, error: self.events.put((result, error, time.monotonic())))
+
+    def send(self, request_id, model=STREAM, **fields):
+        self.client.async_stream_infer(model, inputs(**fields), request_id=str(request_id),
+                                       enable_empty_final_response=True)
+
+    def next(self, timeout=30):
+        """(request id or None for errors, outputs dict or the error, final flag, arrival time)."""
+        result, error, at = self.events.get(timeout=timeout)
+        if error is not None:
+            return None, error, True, at
+        resp = result.get_response()
+        final = resp.parameters["triton_final_response"].bool_param
+        outputs = {o.name: result.as_numpy(o.name) for o in resp.outputs}
+        return resp.id, outputs, final, at
+
+    def collect(self, finals=1, timeout=30):
+        """Every response until `finals` requests ended; list of next() tuples."""
+        got, ended = [], 0
+        deadline = time.monotonic() + timeout
+        while ended < finals:
+            item = self.next(max(0.1, deadline - time.monotonic()))
+            got.append(item)
+            ended += item[2]
+        return got
+
+    def close(self, cancel=False):
+        self.client.stop_stream(cancel_requests=cancel)
+        self.client.close()
+
+
+def stream_once(server, **fields):
+    s = Stream(server)
+    try:
+        s.send("r", **fields)
+        return s.collect()
+    finally:
+        s.close()
+
+
+def plain(server, **fields):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        result = client.infer(PLAIN, inputs(**fields))
+        return {name: result.as_numpy(name) for name in ("output_ids", "text_output", "num_input_tokens",
+                                                         "num_output_tokens")}
+    finally:
+        client.close()
+
+
+def ids_of(responses):
+    return [int(i) for _, out, _, _ in responses for i in out["output_ids"].reshape(-1)]
+
+
+def text_of(responses):
+    return "".join(out["text_output"].reshape(-1)[0].decode() for _, out, _, _ in responses)
+
+
+# -- tests ------------------------------------------------------------------------------------------------------
+def test_stream_of_n_tokens_is_n_responses_and_one_final(server):
+    responses = stream_once(server, input_ids=PROMPT, max_tokens=12, stream=True)
+    assert len(responses) == 13
+    assert all(not final and out["output_ids"].shape == (1, 1) for _, out, final, _ in responses[:-1])
+    _, last, final, _ = responses[-1]
+    assert final and last["output_ids"].shape == (1, 0)
+    assert int(last["num_input_tokens"][0, 0]) == len(PROMPT)
+    assert int(last["num_output_tokens"][0, 0]) == 12
+
+
+def test_greedy_tokens_equal_non_streaming_model_alone(server):
+    want = plain(server, input_ids=PROMPT, max_tokens=20, exclude_input_in_output=True)
+    streamed = stream_once(server, input_ids=PROMPT, max_tokens=20, stream=True)
+    assert ids_of(streamed) == want["output_ids"].reshape(-1).tolist()
+    assert text_of(streamed) == want["text_output"][0, 0].decode()
+    whole = stream_once(server, input_ids=PROMPT, max_tokens=20, stream=False)  # one response with everything
+    assert len(whole) == 1 and whole[0][2]
+    assert whole[0][1]["output_ids"].tolist() == want["output_ids"].tolist()
+
+
+def test_joining_mid_batch_equals_non_streaming_and_short_finishes_first(server):
+    prompt = list(range(100, 140))
+    want = plain(server, input_ids=prompt, max_tokens=10)["output_ids"].reshape(-1).tolist()
+    want_long = plain(server, input_ids=PROMPT, max_tokens=150)["output_ids"].reshape(-1).tolist()
+    long, short = Stream(server), Stream(server)
+    try:
+        long.send("long", input_ids=PROMPT, max_tokens=150, stream=True)
+        first = [long.next() for _ in range(3)]  # the long one is generating
+        short.send("short", input_ids=prompt, max_tokens=10, stream=True)
+        short_responses = short.collect()
+        short_done = short_responses[-1][3]
+        long_responses = first + long.collect()
+    finally:
+        long.close()
+        short.close()
+    assert ids_of(short_responses) == want
+    assert ids_of(long_responses) == want_long
+    assert short_done < long_responses[-1][3]  # started later, finished first
+    assert len(long_responses) == 151
+
+
+def test_cancelled_stream_frees_its_slot_for_the_next_request(server):
+    before = server.metric("gpt_cancelled_requests_total", model=STREAM)
+    keep, victim, nxt = Stream(server), Stream(server), Stream(server)
+    try:
+        for i in range(SLOTS - 1):
+            keep.send(f"keep{i}", input_ids=PROMPT[i:], max_tokens=300, stream=True)
+        victim.send("victim", input_ids=[5, 6, 7], max_tokens=900, stream=True)
+        victim.next()
+        seen = {keep.next()[0] for _ in range(3 * SLOTS)}
+        assert seen == {f"keep{i}" for i in range(SLOTS - 1)}  # every slot busy
+        nxt.send("next", input_ids=[9, 9], max_tokens=5, stream=False)
+        with pytest.raises(queue.Empty):
+            nxt.next(timeout=0.3)  # waits for a slot
+        victim.close(cancel=True)
+        t0 = time.monotonic()
+        rid, out, final, at = nxt.next(timeout=10)
+        assert rid == "next" and final and int(out["num_output_tokens"][0, 0]) == 5
+        assert at - t0 < 1.0
+        assert not keep_done(keep)  # the other sequences are still running
+    finally:
+        keep.close(cancel=True)
+        nxt.close()
+    deadline = time.monotonic() + 5
+    while server.metric("gpt_cancelled_requests_total", model=STREAM) < before + SLOTS and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.metric("gpt_cancelled_requests_total", model=STREAM) == before + SLOTS
+    assert_idle(server)
+
+
+def keep_done(s: Stream) -> bool:
+    """Whether any request of s has ended (an error or a final response is queued)."""
+    return any(error is not None or result.get_response().parameters["triton_final_response"].bool_param
+               for result, error, _ in list(s.events.queue))
+
+
+def assert_idle(server, timeout=5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.metric("gpt_inflight_requests", model=STREAM) == 0 and \
+                server.metric("gpt_waiting_requests", model=STREAM) == 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError("gpt_large_stream still has requests in flight")
+
+
+def test_burst_beyond_queue_bound_gets_unavailable_for_the_excess(server):
+    assert_idle(server)
+    unavailable = server.metric("gpt_unavailable_requests_total", model=STREAM)
+    n = SLOTS + QUEUE + 3
+    s = Stream(server)
+    try:
+        for i in range(n):
+            s.send(i, input_ids=PROMPT, max_tokens=60, stream=False)
+        responses = s.collect(finals=n, timeout=60)
+    finally:
+        s.close()
+    ok = [r for r in responses if r[0] is not None]
+    errors = [r[1] for r in responses if r[0] is None]
+    assert len(ok) == SLOTS + QUEUE and len(errors) == 3
+    assert all(int(out["num_output_tokens"][0, 0]) == 60 for _, out, _, _ in ok)
+    for err in errors:  # (a gRPC stream carries the error message only; the code is counted by the model)
+        assert "server busy" in err.message() and f"max_queue_size={QUEUE}" in err.message()
+    assert server.metric("gpt_unavailable_requests_total", model=STREAM) == unavailable + 3
+
+
+def test_openai_style_request_fields(server):
+    fields = dict(text_input="Hello world", max_tokens=6, return_num_input_tokens=True,
+                  return_num_output_tokens=True)
+    full = stream_once(server, stream=False, exclude_input_in_output=False, **fields)
+    assert len(full) == 1
+    _, out, _, _ = full[0]
+    assert out["text_output"][0, 0].decode() == "Hello world" + "d" * 6  # the tiny model's repetition
+    assert int(out["num_input_tokens"][0, 0]) == 11 and int(out["num_output_tokens"][0, 0]) == 6
+    streamed = stream_once(server, stream=True, exclude_input_in_output=True, **fields)
+    assert text_of(streamed) == "d" * 6
+    assert int(streamed[-1][1]["num_input_tokens"][0, 0]) == 11
+    assert int(streamed[-1][1]["num_output_tokens"][0, 0]) == 6
+    same = plain(server, text_input="Hello world", max_tokens=6, exclude_input_in_output=True)
+    assert same["text_output"][0, 0].decode() == text_of(streamed)
+
+
+def _post(server, path, body):
+    request = urllib.request.Request(f"http://{server.http_url}/v2/models/{STREAM}/{path}",
+                                     data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_generate_endpoints_with_openai_style_fields(server):
+    """Triton's HTTP generate / generate_stream (the JSON the OpenAI-compatible frontends send)."""
+    body = {"text_input": "Hello world", "max_tokens": 4, "exclude_input_in_output": True,
+            "return_num_input_tokens": True, "return_num_output_tokens": True}
+    status, text = _post(server, "generate", {**body, "stream": False})
+    assert status == 200
+    reply = json.loads(text)
+    assert (reply["text_output"], reply["num_input_tokens"], reply["num_output_tokens"]) == ("dddd", 11, 4)
+    status, text = _post(server, "generate_stream", {**body, "stream": True})
+    events = [json.loads(line[len("data: "):]) for line in text.splitlines() if line.startswith("data: ")]
+    assert status == 200 and len(events) == 5
+    assert "".join(e["text_output"] for e in events) == "dddd" and events[-1]["num_output_tokens"] == 4
+    status, text = _post(server, "generate", {**body, "max_tokens": 0})
+    assert status == 400 and "max_tokens=0" in text  # INVALID_ARG
+    invalid = server.metric("gpt_invalid_requests_total", model=STREAM)
+    (_, err, final, _), = stream_once(server, input_ids=PROMPT, max_tokens=0, stream=True)
+    assert final and "max_tokens=0" in err.message()
+    assert server.metric("gpt_invalid_requests_total", model=STREAM) == invalid + 1
+
+
+def test_metrics(server):
+    text = server.metrics()
+    for name in ("gpt_inflight_requests", "gpt_waiting_requests", "gpt_engine_alive",
+                 "gpt_time_to_first_token_seconds_count", "gpt_time_per_output_token_seconds_count",
+                 "gpt_unavailable_requests_total", "gpt_generated_tokens_total"):
+        assert f'{name}{{model="{STREAM}"}}' in text, name
+    assert server.metric("gpt_time_to_first_token_seconds_count", model=STREAM) >= 5
+    assert server.metric("gpt_unavailable_requests_total", model=STREAM) >= 3
+    assert server.metric("gpt_engine_alive", model=STREAM) == 1
