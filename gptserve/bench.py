@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -84,7 +85,7 @@ def kv_bytes(engine: Engine, batch: int, context: float, read_all: bool) -> floa
     """KV bytes one decode step reads: the live context, or the whole cache when the kernel reads all of it."""
     cfg = engine.cfg
     elem = torch.empty((), dtype=engine.resolved.kv_cache_dtype).element_size()
-    length = cfg.n_ctx if read_all else -(-context // 128) * 128
+    length = engine.context if read_all else -(-context // 128) * 128
     return batch * cfg.n_layer * 2 * length * cfg.n_embd * elem
 
 
@@ -132,9 +133,10 @@ def measure_engine(engine: Engine, batch: int, prompt_len: int, new_tokens: int,
 
 
 def run_variant(preset: str, name: str, batches, prompt_len: int, new_tokens: int, bandwidth: float,
-                compile_mode: str = "reduce-overhead", probe: bool = True) -> dict:
+                compile_mode: str = "reduce-overhead", probe: bool = True, max_seq_len: int = 0) -> dict:
     settings = dict(VARIANTS.get(name, {}))
-    serving = ServingConfig(preset=preset, compile_mode=compile_mode, max_tokens_limit=4096, **settings)
+    serving = ServingConfig(preset=preset, compile_mode=compile_mode, max_tokens_limit=4096,
+                            max_seq_len=max_seq_len, **settings)
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     engine = Engine(serving, device="cuda")
@@ -143,6 +145,7 @@ def run_variant(preset: str, name: str, batches, prompt_len: int, new_tokens: in
     ready_s = time.perf_counter() - t0
     row = {
         "preset": preset, "variant": name, "compile_mode": compile_mode, "fp8_mode": engine.resolved.fp8_mode,
+        "kv_cache_positions": engine.context,
         "build_s": build_s, "warmup_s": sum(warm.values()), "ready_s": ready_s,
         "weights_gib": weight_bytes(engine) / 2**30, "results": [],
     }
@@ -181,9 +184,11 @@ def run_hf(preset: str, batches, prompt_len: int, new_tokens: int, static: bool)
         if static:
             kwargs["cache_implementation"] = "static"
         with torch.no_grad():
-            hf.generate(ids, **kwargs)  # compile / warm
-            out = hf.generate(ids, **kwargs)
-            seconds = cuda_time(lambda: hf.generate(ids, **kwargs), repeat=1)
+            # The static cache compiles at full length; the default (eager) cache needs only a short warm-up.
+            hf.generate(ids, **{**kwargs, **({} if static else dict(max_new_tokens=4, min_new_tokens=4))})
+            out = []
+            seconds = cuda_time(lambda: out.append(hf.generate(ids, **kwargs)), repeat=1)
+            out = out[0]
         row["results"].append({
             "batch": b, "e2e_s": seconds, "output_tok_s": b * new_tokens / seconds,
             "greedy_tokens_row0": out[0, prompt_len:].tolist(),
@@ -228,6 +233,7 @@ def main(argv=None):
     p.add_argument("--peer-batches", default="1,16")
     p.add_argument("--prompt-len", type=int, default=1024)
     p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--max-seq-len", type=int, default=0, help="KV-cache positions per slot (0: the model's)")
     p.add_argument("--output", default="artifacts/bench")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -237,21 +243,31 @@ def main(argv=None):
     bandwidth = copy_bandwidth()
     report = {
         "device": torch.cuda.get_device_name(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__, "command": "python -m gptserve.bench " + " ".join(argv or []),
+        "torch": torch.__version__, "command": "python -m gptserve.bench " + " ".join(sys.argv[1:] if argv is None else argv),
         "copy_bandwidth_tb_s": bandwidth / 1e12, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
         "rows": [], "accuracy": {},
     }
     print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s", flush=True)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    path = out / f"bench-{args.preset}-{stamp}.json"
+
+    def add(row):  # the report is rewritten after every row: a run cut short keeps what it measured
+        report["rows"].append(row)
+        path.write_text(json.dumps(report, indent=1))
+
     for name in filter(None, args.variants.split(",")):
-        report["rows"].append(run_variant(args.preset, name, batches, args.prompt_len, args.new_tokens, bandwidth))
+        add(run_variant(args.preset, name, batches, args.prompt_len, args.new_tokens, bandwidth,
+                        max_seq_len=args.max_seq_len))
     peers = [x for x in args.peers.split(",") if x]
     if "eager" in peers:
         row = run_variant(args.preset, "bf16-sdpa", peer_batches, args.prompt_len, args.new_tokens, bandwidth,
-                          compile_mode="none", probe=False)
+                          compile_mode="none", probe=False, max_seq_len=args.max_seq_len)
         row["variant"] = "eager"
-        report["rows"].append(row)
+        add(row)
     for static in [s for s, key in ((False, "hf"), (True, "hf-static")) if key in peers]:
-        report["rows"].append(run_hf(args.preset, peer_batches, args.prompt_len, args.new_tokens, static))
+        add(run_hf(args.preset, peer_batches, args.prompt_len, args.new_tokens, static))
     base = next((r for r in report["rows"] if r["variant"] == "bf16-sdpa" and r.get("compile_mode") != "none"), None)
     if base:
         want = base["results"][0]["greedy_tokens_row0"]
@@ -259,10 +275,6 @@ def main(argv=None):
             if row is not base and row["results"] and row["results"][0]["batch"] == base["results"][0]["batch"]:
                 got = row["results"][0]["greedy_tokens_row0"]
                 report["accuracy"][f"{row['variant']} greedy token match vs bf16-sdpa"] = token_match(want, got)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    path = out / f"bench-{args.preset}-{stamp}.json"
     path.write_text(json.dumps(report, indent=1))
     print(table(report))
     print(f"wrote {path}")

@@ -95,6 +95,7 @@ _INT_RANGES = {
     "warmup_prompt_len": (1, 4096),
     "sync_every": (1, 256),
     "max_queue_size": (1, 4096),
+    "max_seq_len": (0, 65536),
     "queue_timeout_ms": (1, 600_000),
 }
 
@@ -115,6 +116,7 @@ class ServingConfig:
     max_batch_size: int = 16
     max_tokens_default: int = 16
     max_tokens_limit: int = 1024
+    max_seq_len: int = 0  # KV-cache positions per slot (prompt + output); 0 = the model's context
     weights_seed: int = 0
     warmup_prompt_len: int = 32
     sync_every: int = 8  # decode steps between host checks for finished rows

@@ -56,14 +56,17 @@ class Engine:
             from .fp8 import convert_lm_head
 
             convert_lm_head(self.model, r.fp8_mode)
-        self.model.setup_cache(self.slots, r.kv_cache_dtype, serving.attention_backend)
+        self.context = serving.max_seq_len or r.model.n_ctx  # KV-cache positions per slot
+        if self.context > r.model.n_ctx:
+            raise ValueError(f"parameter max_seq_len={self.context} exceeds the model's context of {r.model.n_ctx}")
+        self.model.setup_cache(self.slots, self.context, r.kv_cache_dtype, serving.attention_backend)
         self.tokenizer = load_tokenizer(serving.tokenizer_path, serving.model_path, r.model.vocab_size)
         self.limits = Limits(
             vocab_size=r.model.vocab_size,
-            n_ctx=r.model.n_ctx,
+            n_ctx=self.context,
             end_id=r.model.end_id,
             max_tokens_default=serving.max_tokens_default,
-            max_tokens_limit=min(serving.max_tokens_limit, r.model.n_ctx - 1),
+            max_tokens_limit=min(serving.max_tokens_limit, self.context - 1),
         )
         self._prefill = self._forward_prefill
         self._decode = self._forward_decode
@@ -78,18 +81,21 @@ class Engine:
 
     # -- compiled hot functions -------------------------------------------------------------------------------
     def _compile(self, mode: str):
-        # Decode has one shape per batch bucket: CUDA graphs (reduce-overhead) apply. Prefill lengths vary:
-        # compile it with dynamic shapes and without graphs.
-        self._decode = torch.compile(self._forward_decode, mode=mode, fullgraph=True, dynamic=False)
+        # Decode is compiled with a dynamic batch dimension (one graph for buckets 2..16, one for batch 1), and
+        # CUDA-graph trees record one graph per bucket. Prefill lengths vary: dynamic shapes, no CUDA graphs.
+        # Every Engine in a process (benchmarks, tests)
+        # compiles the same two code objects, so dynamo's per-code recompile limit must cover them all.
+        dynamo = torch._dynamo.config
+        dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
+        dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 1024)
+        self._decode = torch.compile(self._forward_decode, mode=mode, fullgraph=True)
         prefill_mode = "max-autotune-no-cudagraphs" if mode == "max-autotune" else "default"
         self._prefill = torch.compile(self._forward_prefill, mode=prefill_mode, dynamic=True)
 
-    @torch.no_grad()
     def _forward_prefill(self, tokens, positions, slots, last_index):
         # tokens, positions: [N, T]; slots, last_index: [N] -> logits [N, V]
         return self.model(tokens, positions, slots, last_index)
 
-    @torch.no_grad()
     def _forward_decode(self, tokens, positions):
         # tokens, positions: [B, 1] for slots 0..B-1 -> logits [B, V]
         return self.model(tokens, positions, slice(0, tokens.shape[0]))[:, -1]
@@ -100,21 +106,27 @@ class Engine:
         prompt's last token. Prompts are right-padded: padding lands past each prompt and is overwritten later."""
         start = start or [0] * len(prompts)
         length = max(len(p) for p in prompts)
-        padded = min(-(-length // PREFILL_ALIGN) * PREFILL_ALIGN, self.cfg.n_ctx - max(start))
+        padded = min(-(-length // PREFILL_ALIGN) * PREFILL_ALIGN, self.context - max(start))
         tokens = torch.zeros(len(prompts), padded, dtype=torch.int64)
         for i, p in enumerate(prompts):
             tokens[i, : len(p)] = torch.tensor(p)
         positions = torch.tensor(start)[:, None] + torch.arange(padded)[None, :]
-        positions = positions.clamp(max=self.cfg.n_ctx - 1)
+        positions = positions.clamp(max=self.context - 1)
         last = torch.tensor([len(p) - 1 for p in prompts])
         to = dict(device=self.device, non_blocking=True)
-        return self._prefill(tokens.to(**to), positions.to(**to), torch.tensor(slots).to(**to), last.to(**to))
+        with torch.no_grad():
+            return self._prefill(tokens.to(**to), positions.to(**to), torch.tensor(slots).to(**to), last.to(**to))
 
     def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """One token for each of slots 0..B-1. tokens, positions: [B] on device -> logits [B, V]."""
+        tokens, positions = tokens[:, None], positions[:, None]  # [B, 1]
+        if self.resolved.compile_mode != "none" and tokens.shape[0] > 1:  # batch 1 gets its own graph anyway
+            torch._dynamo.mark_dynamic(tokens, 0)
+            torch._dynamo.mark_dynamic(positions, 0)
         if self.resolved.compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()
-        return self._decode(tokens[:, None], positions[:, None])
+        with torch.no_grad():
+            return self._decode(tokens, positions)
 
     sample = staticmethod(sample)
 
@@ -194,7 +206,7 @@ class Engine:
     # -- start-up ------------------------------------------------------------------------------------------
     def warmup(self, prompt_len: int | None = None) -> dict[int, float]:
         """Run every batch bucket once (compiles and captures each); seconds per bucket."""
-        prompt_len = min(prompt_len or self.serving.warmup_prompt_len, self.cfg.n_ctx - 2)
+        prompt_len = min(prompt_len or self.serving.warmup_prompt_len, self.context - 2)
         seconds = {}
         for b in BATCH_BUCKETS:
             if b > self.slots:

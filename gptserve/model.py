@@ -99,11 +99,11 @@ class GPT(nn.Module):
                     std = residual_std if name.endswith("proj.weight") else 0.02
                     p.normal_(0.0, std, generator=gen)
 
-    def setup_cache(self, slots: int, dtype, attention_backend: str):
+    def setup_cache(self, slots: int, length: int, dtype, attention_backend: str):
         device = self.wte.weight.device
         attend = get_attention(attention_backend)
         for block in self.blocks:
-            block.attn.cache = KVCache(slots, self.cfg.n_head, self.cfg.n_ctx, self.cfg.head_dim, dtype, device)
+            block.attn.cache = KVCache(slots, self.cfg.n_head, length, self.cfg.head_dim, dtype, device)
             block.attn.attend = attend
 
     def forward(self, idx: torch.Tensor, input_pos: torch.Tensor, rows, last_index: torch.Tensor | None = None):

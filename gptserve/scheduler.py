@@ -440,7 +440,7 @@ class Scheduler:
 
     def _prefill_groups(self, work):
         """Split prefill work into Engine.prefill calls whose padded length fits every row's context."""
-        n_ctx = self.engine.cfg.n_ctx
+        n_ctx = self.engine.context
         groups, cur = [], []
         for item in work:
             trial = cur + [item]

@@ -193,7 +193,7 @@ class TritonPythonModel:
 
         def warm(engine):  # on the engine thread
             engine.warmup()
-            chunk = min(config.prefill_chunk, engine.cfg.n_ctx // 2)
+            chunk = min(config.prefill_chunk, engine.context // 2)
             engine.prefill([(1,) * chunk], [0], [chunk])  # a chunked-prefill shape (start > 0)
             engine.synchronize()
             diff = engine.probe_max_abs_diff()
