@@ -268,13 +268,14 @@ def main(argv=None):
         add(row)
     for static in [s for s, key in ((False, "hf"), (True, "hf-static")) if key in peers]:
         add(run_hf(args.preset, peer_batches, args.prompt_len, args.new_tokens, static))
-    base = next((r for r in report["rows"] if r["variant"] == "bf16-sdpa" and r.get("compile_mode") != "none"), None)
+    base = next((r for r in report["rows"] if r["variant"].startswith("bf16") and r.get("compile_mode") != "none"),
+                None)
     if base:
         want = base["results"][0]["greedy_tokens_row0"]
         for row in report["rows"]:
             if row is not base and row["results"] and row["results"][0]["batch"] == base["results"][0]["batch"]:
                 got = row["results"][0]["greedy_tokens_row0"]
-                report["accuracy"][f"{row['variant']} greedy token match vs bf16-sdpa"] = token_match(want, got)
+                report["accuracy"][f"{row['variant']} greedy token match vs {base['variant']}"] = token_match(want, got)
     path.write_text(json.dumps(report, indent=1))
     print(table(report))
     print(f"wrote {path}")

@@ -68,7 +68,6 @@ class Engine:
             max_tokens_default=serving.max_tokens_default,
             max_tokens_limit=min(serving.max_tokens_limit, self.context - 1),
         )
-        self._prefill = self._forward_prefill
         self._decode = self._forward_decode
         if r.compile_mode != "none":
             self._compile(r.compile_mode)
@@ -81,16 +80,15 @@ class Engine:
 
     # -- compiled hot functions -------------------------------------------------------------------------------
     def _compile(self, mode: str):
-        # Decode is compiled with a dynamic batch dimension (one graph for buckets 2..16, one for batch 1), and
-        # CUDA-graph trees record one graph per bucket. Prefill lengths vary: dynamic shapes, no CUDA graphs.
-        # Every Engine in a process (benchmarks, tests)
+        # Only decode is compiled: it is shape-stable and launch-bound. It gets a dynamic batch dimension (one
+        # graph for buckets 2..16, one for batch 1) and CUDA-graph trees record one graph per bucket. Prefill is
+        # GEMM-bound at every length, so eager costs little there, while compiling it took ~55 s a graph for
+        # gpt2-large on the H100 (ready time). Every Engine in a process (benchmarks, tests)
         # compiles the same two code objects, so dynamo's per-code recompile limit must cover them all.
         dynamo = torch._dynamo.config
         dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
         dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 1024)
         self._decode = torch.compile(self._forward_decode, mode=mode, fullgraph=True)
-        prefill_mode = "max-autotune-no-cudagraphs" if mode == "max-autotune" else "default"
-        self._prefill = torch.compile(self._forward_prefill, mode=prefill_mode, dynamic=True)
 
     def _forward_prefill(self, tokens, positions, slots, last_index):
         # tokens, positions: [N, T]; slots, last_index: [N] -> logits [N, V]
@@ -115,14 +113,14 @@ class Engine:
         last = torch.tensor([len(p) - 1 for p in prompts])
         to = dict(device=self.device, non_blocking=True)
         with torch.no_grad():
-            return self._prefill(tokens.to(**to), positions.to(**to), torch.tensor(slots).to(**to), last.to(**to))
+            return self._forward_prefill(tokens.to(**to), positions.to(**to), torch.tensor(slots).to(**to), last.to(**to))
 
     def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """One token for each of slots 0..B-1. tokens, positions: [B] on device -> logits [B, V]."""
         tokens, positions = tokens[:, None], positions[:, None]  # [B, 1]
         if self.resolved.compile_mode != "none" and tokens.shape[0] > 1:  # batch 1 gets its own graph anyway
-            torch._dynamo.mark_dynamic(tokens, 0)
-            torch._dynamo.mark_dynamic(positions, 0)
+            torch._dynamo.maybe_mark_dynamic(tokens, 0)
+            torch._dynamo.maybe_mark_dynamic(positions, 0)
         if self.resolved.compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()
         with torch.no_grad():

@@ -27,7 +27,7 @@ engine)
     "$PY" -m pytest tests/gpu -q -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT_DIR/gpu-tests.txt"
     ;;
 peers)
-    "$PY" -m gptserve.bench --preset gpt2-large --variants bf16-sdpa --batches 1,16 \
+    "$PY" -m gptserve.bench --preset gpt2-large --variants "${VARIANTS:-bf16-sdpa}" --batches 1,16 \
         --peers eager,hf,hf-static --peer-batches 1,16 --output "$OUT_DIR"
     ;;
 40b)
