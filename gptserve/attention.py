@@ -5,6 +5,8 @@ ragged prefill, chunked prefill and decode alike.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -42,10 +44,20 @@ def flex_block_mask(input_pos: torch.Tensor, kv_len: int):
     )
 
 
+@functools.cache
+def _compiled_flex_attention():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=True)
+
+
 def attend_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
     from torch.nn.attention.flex_attention import flex_attention
 
-    return flex_attention(q, k, v, block_mask=flex_block_mask(input_pos, k.shape[2]))
+    # Eager flex_attention materialises every score (a 1024-token prefill took 334 ms on the H100): on a GPU
+    # it always runs compiled, also inside the eager prefill. Inductor has no CPU lowering for this use.
+    attend = _compiled_flex_attention() if q.is_cuda else flex_attention
+    return attend(q, k, v, block_mask=flex_block_mask(input_pos, k.shape[2]))
 
 
 def causal_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

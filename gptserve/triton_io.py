@@ -52,37 +52,35 @@ class Metrics:
     def __init__(self, pb_utils, model_name: str):
         mf = pb_utils.MetricFamily
         labels = {"model": model_name}
+        self._mf, self._labels = mf, labels
+        self._families = []  # Triton deletes a family (and fails its metrics) when its Python object dies
 
-        def family(name, description, kind, **kwargs):
-            return mf(name=name, description=description, kind=kind).Metric(labels=labels, **kwargs)
-
-        self.prompt_tokens = family("gpt_prompt_tokens_total", "Prompt tokens of successful requests", mf.COUNTER)
-        self.generated_tokens = family(
+        self.prompt_tokens = self.extra("gpt_prompt_tokens_total", "Prompt tokens of successful requests", mf.COUNTER)
+        self.generated_tokens = self.extra(
             "gpt_generated_tokens_total", "Tokens generated for successful requests", mf.COUNTER
         )
-        self.invalid_requests = family(
+        self.invalid_requests = self.extra(
             "gpt_invalid_requests_total", "Requests rejected with INVALID_ARG", mf.COUNTER
         )
-        self.batch_size = family(
+        self.batch_size = self.extra(
             "gpt_batch_size", "Requests generated together per engine batch", mf.HISTOGRAM,
             buckets=[float(b) for b in BATCH_BUCKETS],
         )
-        self.request_latency = family(
+        self.request_latency = self.extra(
             "gpt_request_latency_seconds", "Seconds from execute() receiving a request to its final response",
             mf.HISTOGRAM, buckets=LATENCY_BUCKETS,
         )
-        self.max_abs_diff = family(
+        self.max_abs_diff = self.extra(
             "gpt_max_abs_diff", "Max |logit| difference, optimized path vs eager fp32 reference, at start-up",
             mf.GAUGE,
         )
-        self._mf = mf
-        self._labels = labels
 
-    def extra(self, name: str, description: str, kind: str, **kwargs):
-        """One more series of this model (kind: COUNTER, GAUGE or HISTOGRAM)."""
-        return self._mf(name=name, description=description, kind=getattr(self._mf, kind)).Metric(
-            labels=self._labels, **kwargs
-        )
+    def extra(self, name: str, description: str, kind, **kwargs):
+        """One series of this model; kind: COUNTER, GAUGE or HISTOGRAM (name or pb_utils constant)."""
+        kind = getattr(self._mf, kind) if isinstance(kind, str) else kind
+        family = self._mf(name=name, description=description, kind=kind)
+        self._families.append(family)
+        return family.Metric(labels=self._labels, **kwargs)
 
     def record_success(self, num_input_tokens: int, num_output_tokens: int, seconds: float):
         self.prompt_tokens.increment(num_input_tokens)

@@ -86,36 +86,6 @@ class TritonSink:
             self.request = None
 
 
-class _KeptFamilies:
-    """pb_utils.MetricFamily that keeps every family it makes alive.
-
-    triton_io.Metrics drops its MetricFamily objects once it has their Metric; Triton deletes a family when its
-    Python object dies, and every later set/increment/observe then fails ("the corresponding 'MetricFamily' has
-    been deleted"). Until Metrics keeps them itself, this wrapper holds them for the model's lifetime.
-    """
-
-    def __init__(self, real):
-        self._real = real
-        self.kept = []
-        self.COUNTER, self.GAUGE, self.HISTOGRAM = real.COUNTER, real.GAUGE, real.HISTOGRAM
-
-    def __call__(self, *args, **kwargs):
-        family = self._real(*args, **kwargs)
-        self.kept.append(family)
-        return family
-
-
-class _MetricsUtils:
-    """pb_utils as seen by triton_io.Metrics: the same module but with _KeptFamilies."""
-
-    def __init__(self, real):
-        self._real = real
-        self.MetricFamily = _KeptFamilies(real.MetricFamily)
-
-    def __getattr__(self, name):
-        return getattr(self._real, name)
-
-
 class TritonObserver(Observer):
     """Scheduler hooks -> Prometheus metrics (the shared ones of triton_io.Metrics plus the in-flight ones)."""
 
@@ -174,7 +144,7 @@ class TritonPythonModel:
         serving = ServingConfig.from_parameters(params)
         device = "cuda" if args["model_instance_kind"] == "GPU" else "cpu"
         device_id = int(args.get("model_instance_device_id", 0))
-        self.metrics = Metrics(_MetricsUtils(pb_utils), self.name)
+        self.metrics = Metrics(pb_utils, self.name)
         self.observer = TritonObserver(self.metrics)
         config = SchedulerConfig(
             max_queue_size=serving.max_queue_size,
