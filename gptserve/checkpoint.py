@@ -72,7 +72,7 @@ def read_state_dict(file: Path) -> dict[str, torch.Tensor]:
 
 def to_our_names(state: dict[str, torch.Tensor], file: Path) -> dict[str, torch.Tensor]:
     """Map Hugging Face GPT-2 names (with or without 'transformer.') to ours; our own names pass through."""
-    if not any(k.startswith(("transformer.", "h.", "wte.")) for k in state):
+    if not any(k.startswith(("transformer.", "h.")) for k in state):  # ours start "blocks." (and "wte.")
         return state
     mapped = {}
     for name, tensor in state.items():

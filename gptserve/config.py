@@ -97,6 +97,9 @@ _INT_RANGES = {
     "max_queue_size": (1, 4096),
     "max_seq_len": (0, 65536),
     "queue_timeout_ms": (1, 600_000),
+    "prefill_chunk": (16, 8192),
+    "drain_timeout_ms": (0, 600_000),
+    "step_delay_ms": (0, 1000),
 }
 
 
@@ -122,6 +125,9 @@ class ServingConfig:
     sync_every: int = 8  # decode steps between host checks for finished rows
     max_queue_size: int = 64  # in-flight model only: waiting requests beyond running ones
     queue_timeout_ms: int = 5000  # in-flight model only
+    prefill_chunk: int = 512  # in-flight model only: prompt tokens prefilled per engine iteration
+    drain_timeout_ms: int = 10000  # in-flight model only: finalize() waits this long for running sequences
+    step_delay_ms: int = 0  # in-flight model only: test hook, a sleep after every decode step
 
     @classmethod
     def from_parameters(cls, params: dict[str, str], env: dict[str, str] | None = None) -> "ServingConfig":

@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import torch
 
-from .config import BATCH_BUCKETS
+from .engine import bucket_for
 from .requests import GenerationRequest
 from .sampling import SamplingParams
 from .tokenizer import IncrementalDecoder
@@ -411,7 +411,7 @@ class Scheduler:
         active = [s for s in self._slot_seq if s is not None and s.decoding]
         if active:
             hi = max(s.slot for s in active) + 1
-            rows = min(_bucket(hi), self.slots)
+            rows = min(bucket_for(hi), self.slots)
             tok, pos, step, key = [0] * rows, [0] * rows, [0] * rows, [None] * rows
             for slot in range(rows):
                 s = self._slot_seq[slot]
@@ -593,13 +593,6 @@ class Scheduler:
         elif isinstance(event, Failure):
             obs.failure(event.code)
         seq.sink.deliver(event)
-
-
-def _bucket(rows: int) -> int:
-    for b in BATCH_BUCKETS:
-        if rows <= b:
-            return b
-    raise ValueError(f"{rows} rows exceed the largest batch bucket {BATCH_BUCKETS[-1]}")
 
 
 def _find_stop(text: str, words, searched_upto: int) -> int | None:

@@ -33,33 +33,6 @@ log = logging.getLogger("gptserve")
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
-# Scheduler settings: config.pbtxt parameters read here (ServingConfig rejects keys it does not know).
-# step_delay_ms is a test hook (slow generations on a fast CPU); leave it out of production configs.
-SCHEDULER_PARAMETERS = {  # name: (lowest, highest, default)
-    "prefill_chunk": (16, 8192, 512),
-    "drain_timeout_ms": (0, 600_000, 10_000),
-    "step_delay_ms": (0, 1000, 0),
-}
-
-
-def scheduler_parameters(params: dict[str, str]) -> dict[str, int]:
-    """Pop and range-check the scheduler's parameters from params."""
-    values = {}
-    for key, (lo, hi, default) in SCHEDULER_PARAMETERS.items():
-        raw = params.pop(key, None)
-        if raw is None:
-            values[key] = default
-            continue
-        try:
-            value = int(str(raw).strip())
-        except ValueError:
-            raise ValueError(f"parameter {key}={raw!r} is not an integer in [{lo}, {hi}]") from None
-        if not lo <= value <= hi:
-            raise ValueError(f"parameter {key}={value} is outside [{lo}, {hi}]")
-        values[key] = value
-    return values
-
-
 class TritonSink:
     """One request's response channel; called on the scheduler's delivery thread only."""
 
@@ -139,9 +112,7 @@ class TritonPythonModel:
         model_config = json.loads(args["model_config"])
         if not pb_utils.using_decoupled_model_transaction_policy(model_config):
             raise ValueError(f"{self.name} must be decoupled: model_transaction_policy {{ decoupled: true }}")
-        params = ServingConfig.triton_parameters(model_config)
-        sched = scheduler_parameters(params)
-        serving = ServingConfig.from_parameters(params)
+        serving = ServingConfig.from_parameters(ServingConfig.triton_parameters(model_config))
         device = "cuda" if args["model_instance_kind"] == "GPU" else "cpu"
         device_id = int(args.get("model_instance_device_id", 0))
         self.metrics = Metrics(pb_utils, self.name)
@@ -149,9 +120,9 @@ class TritonPythonModel:
         config = SchedulerConfig(
             max_queue_size=serving.max_queue_size,
             queue_timeout_s=serving.queue_timeout_ms / 1000,
-            prefill_chunk=sched["prefill_chunk"],
-            drain_timeout_s=sched["drain_timeout_ms"] / 1000,
-            step_delay_s=sched["step_delay_ms"] / 1000,
+            prefill_chunk=serving.prefill_chunk,
+            drain_timeout_s=serving.drain_timeout_ms / 1000,
+            step_delay_s=serving.step_delay_ms / 1000,
         )
 
         def build():  # on the engine thread: the CUDA device and compiled graphs belong to that thread
