@@ -235,7 +235,11 @@ def main(argv=None):
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--max-seq-len", type=int, default=0, help="KV-cache positions per slot (0: the model's)")
     p.add_argument("--output", default="artifacts/bench")
+    p.add_argument("--table", metavar="JSON", help="print the table of a saved report and exit (no GPU needed)")
     args = p.parse_args(argv)
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())))
+        return
     if not torch.cuda.is_available():
         raise SystemExit("gptserve.bench needs a CUDA GPU")
     batches = [int(b) for b in args.batches.split(",")]

@@ -670,7 +670,7 @@ def main(argv=None) -> int:
               f"this client {report['completed']} completed (other traffic, or failed requests the backend "
               "answered itself)", file=sys.stderr)
     if report["late"]:
-        print(f"{PROG}: warning: {report['late']} of {report['sent']} sends started more than "
+        print(f"{PROG}: warning: {report['late']} of {report['sent']} sends were late: started more than "
               f"{args.late_threshold_ms:g} ms after their schedule (max lag {_fmt(report['send_lag_ms']['max'])} ms)"
               "; the offered load was lower than asked", file=sys.stderr)
     common.write_json(args.output_json, report)

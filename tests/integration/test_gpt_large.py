@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.integration.triton_server import REPO_ROOT, TritonServer, TritonServerError, sum_metric
+from tests.integration.triton_server import REPO_ROOT, TritonServer, TritonServerError, make_inputs, sum_metric
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 httpclient = pytest.importorskip("tritonclient.http")
@@ -29,29 +29,6 @@ OUTPUTS = ("output_ids", "text_output", "num_input_tokens", "num_output_tokens")
 INVALID = "StatusCode.INVALID_ARGUMENT"
 UNAVAILABLE = "StatusCode.UNAVAILABLE"
 
-_TYPES = {
-    "input_ids": ("INT32", np.int32), "text_input": ("BYTES", object), "max_tokens": ("INT32", np.int32),
-    "temperature": ("FP32", np.float32), "top_k": ("INT32", np.int32), "top_p": ("FP32", np.float32),
-    "seed": ("UINT64", np.uint64), "end_id": ("INT32", np.int32), "stop_words": ("BYTES", object),
-    "exclude_input_in_output": ("BOOL", bool), "return_num_input_tokens": ("BOOL", bool),
-    "return_num_output_tokens": ("BOOL", bool), "stream": ("BOOL", bool),
-}
-
-
-def make_inputs(client_module, **fields):
-    """InferInputs of tritonclient.http or .grpc; a list/tuple is one sequence ([1, n]), a scalar is [1, 1]."""
-    out = []
-    for name, value in fields.items():
-        triton_type, dtype = _TYPES[name]
-        if isinstance(value, str):
-            value = value.encode()
-        arr = np.array([list(value)] if isinstance(value, (list, tuple)) else [[value]], dtype=dtype)
-        if name == "input_ids" and arr.size == 0:
-            arr = arr.reshape(1, 0)
-        tensor = client_module.InferInput(name, list(arr.shape), triton_type)
-        tensor.set_data_from_numpy(arr)
-        out.append(tensor)
-    return out
 
 
 def as_dict(result) -> dict:

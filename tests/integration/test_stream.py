@@ -15,7 +15,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from tests.integration.triton_server import REPO_ROOT, TritonServer
+from tests.integration.triton_server import REPO_ROOT, TritonServer, make_inputs
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 
@@ -25,26 +25,8 @@ STREAM, PLAIN = "gpt_large_stream", "gpt_large"
 SLOTS, QUEUE, STEP_MS = 4, 2, 4  # SLOTS >= 4: Engine.probe_max_abs_diff runs a batch of 4
 PROMPT = [10, 20, 30, 40, 50, 60]
 
-_TYPES = {
-    "input_ids": ("INT32", np.int32), "text_input": ("BYTES", object), "max_tokens": ("INT32", np.int32),
-    "temperature": ("FP32", np.float32), "top_k": ("INT32", np.int32), "top_p": ("FP32", np.float32),
-    "seed": ("UINT64", np.uint64), "end_id": ("INT32", np.int32), "stop_words": ("BYTES", object),
-    "exclude_input_in_output": ("BOOL", bool), "return_num_input_tokens": ("BOOL", bool),
-    "return_num_output_tokens": ("BOOL", bool), "stream": ("BOOL", bool),
-}
-
-
 def inputs(**fields):
-    out = []
-    for name, value in fields.items():
-        triton_type, dtype = _TYPES[name]
-        if isinstance(value, str):
-            value = value.encode()
-        arr = np.array([value] if isinstance(value, (list, tuple)) else [[value]], dtype=dtype)
-        tensor = grpcclient.InferInput(name, list(arr.shape), triton_type)
-        tensor.set_data_from_numpy(arr)
-        out.append(tensor)
-    return out
+    return make_inputs(grpcclient, **fields)
 
 
 def _set_param(config: str, key: str, value: str) -> str:

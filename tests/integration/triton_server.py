@@ -29,6 +29,8 @@ import weakref
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
+import numpy as np
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVE_SH = REPO_ROOT / "scripts" / "serve.sh"
 SETUP_TRITON_SH = REPO_ROOT / "scripts" / "setup_triton.sh"
@@ -207,7 +209,8 @@ class TritonServer:
                 self.returncode = code
                 raise TritonServerError(
                     f"tritonserver exited with code {code} during start-up\n{self._log_tail()}")
-            if self._http_status(url) == 200:
+            # The metrics port opens a few ms after the HTTP port: wait for both, so tests can read counters.
+            if self._http_status(url) == 200 and self._http_status(self.metrics_url) == 200:
                 self.startup_seconds = time.monotonic() - self._t0
                 return
             if time.monotonic() > deadline:
@@ -330,6 +333,32 @@ class TritonServer:
     def __repr__(self) -> str:
         state = "running" if self.is_alive() else f"exited {self.returncode}"
         return f"TritonServer({self.model_repository}, http={self.http_url}, {state})"
+
+
+# Triton types of the models' inputs: name -> (Triton type, numpy dtype).
+INPUT_TYPES = {
+    "input_ids": ("INT32", np.int32), "text_input": ("BYTES", object), "max_tokens": ("INT32", np.int32),
+    "temperature": ("FP32", np.float32), "top_k": ("INT32", np.int32), "top_p": ("FP32", np.float32),
+    "seed": ("UINT64", np.uint64), "end_id": ("INT32", np.int32), "stop_words": ("BYTES", object),
+    "exclude_input_in_output": ("BOOL", bool), "return_num_input_tokens": ("BOOL", bool),
+    "return_num_output_tokens": ("BOOL", bool), "stream": ("BOOL", bool),
+}
+
+
+def make_inputs(client_module, **fields):
+    """InferInputs of tritonclient.http or .grpc; a list/tuple is one sequence ([1, n]), a scalar is [1, 1]."""
+    out = []
+    for name, value in fields.items():
+        triton_type, dtype = INPUT_TYPES[name]
+        if isinstance(value, str):
+            value = value.encode()
+        arr = np.array([list(value)] if isinstance(value, (list, tuple)) else [[value]], dtype=dtype)
+        if name == "input_ids" and arr.size == 0:
+            arr = arr.reshape(1, 0)
+        tensor = client_module.InferInput(name, list(arr.shape), triton_type)
+        tensor.set_data_from_numpy(arr)
+        out.append(tensor)
+    return out
 
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})?\s+(\S+)")

@@ -5,10 +5,11 @@ execute() parses each request (bad ones: INVALID_ARG), hands the valid ones to t
 start-up included); the scheduler's delivery thread sends the responses through each request's response
 sender and polls request.is_cancelled(). See config.pbtxt for the response convention.
 
-Readiness: Triton 2.51's python backend has no model-defined readiness hook (pb_utils.is_model_ready only asks
-about *other* models), so the model stays READY in Triton's eyes if the engine thread dies. Then every request
-is answered UNAVAILABLE ("engine is not running ... must be reloaded"), the error is logged at CRITICAL, and the
-gauge gpt_engine_alive{model="gpt_large_stream"} drops to 0: alert on that gauge.
+Readiness: is_ready() answers False once the engine thread has died. Python backends that include
+python_backend PR #430 (2026 releases) call it for v2/models/gpt_large_stream/ready; Triton 2.51 (the pip
+build used in development and CI) does not, so there the model stays READY in Triton's eyes. Either way every
+request is then answered UNAVAILABLE ("engine is not running ... must be reloaded"), the error is logged at
+CRITICAL, and the gauge gpt_engine_alive{model="gpt_large_stream"} drops to 0: alert on that gauge.
 """
 import locale
 
@@ -165,6 +166,10 @@ class TritonPythonModel:
                 continue
             self.scheduler.submit(parsed, TritonSink(request), received)
         return None
+
+    def is_ready(self) -> bool:
+        """Model readiness for Triton's health endpoint: the engine thread must be running."""
+        return self.scheduler.alive
 
     def finalize(self):
         log.info("%s: finalize: stopping admission, draining running sequences", self.name)
