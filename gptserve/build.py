@@ -46,6 +46,9 @@ def resolve(serving: ServingConfig, device: str | None = None) -> Resolved:
     compile_mode = serving.compile_mode
     if compile_mode == "auto":
         compile_mode = "reduce-overhead" if on_gpu else "none"
+    if serving.attention_backend == "flex" and compile_mode != "none" and not on_gpu:
+        raise ValueError(f"attention_backend=flex with compile_mode={compile_mode} needs a CUDA GPU (inductor has no "
+                         "CPU lowering for it); use compile_mode=none or attention_backend=sdpa on a CPU")
     fp8_mode = _resolve_fp8(serving.fp8_mode, dev)
     kv_dtype = dtype
     if serving.kv_cache_dtype == "fp8":

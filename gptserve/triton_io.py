@@ -4,7 +4,13 @@ Triton's python-backend module (pb_utils) is passed in, so this file imports wit
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+import torch
+import torch.utils.dlpack
+
+log = logging.getLogger("gptserve")
 
 from .config import BATCH_BUCKETS
 
@@ -34,8 +40,29 @@ def output_arrays(output_ids: list[int], text: str, num_input_tokens: int) -> di
     }
 
 
+def output_tensor(pb_utils, name: str, arr: np.ndarray):
+    """A response tensor. Numeric ones travel through DLPack (a torch capsule): Triton python backends built
+    before numpy 2 (the nvidia-pytriton 0.7.0 build, Triton 2.51) send numpy-built tensors with numpy >= 2
+    installed with the right shape and no data, while DLPack tensors arrive intact with numpy 1 and 2 alike.
+    BYTES tensors can only be built from numpy."""
+    if arr.dtype == np.object_:
+        return pb_utils.Tensor(name, arr)
+    return pb_utils.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(torch.from_numpy(np.ascontiguousarray(arr))))
+
+
 def response(pb_utils, arrays: dict[str, np.ndarray]):
-    return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in arrays.items()])
+    return pb_utils.InferenceResponse(output_tensors=[output_tensor(pb_utils, k, v) for k, v in arrays.items()])
+
+
+def warn_if_numpy_2():
+    """Say at load time what numpy >= 2 costs on older python backends (see output_tensor)."""
+    if int(np.__version__.split(".")[0]) >= 2:
+        log.warning(
+            "numpy %s in the model's environment: Triton python backends built before numpy 2 (such as the "
+            "nvidia-pytriton 0.7.0 build, Triton 2.51) send BYTES outputs (text_output) EMPTY. Numeric outputs "
+            "(output_ids, num_input_tokens, num_output_tokens) are sent through DLPack and are unaffected. "
+            "Install numpy<2 for the server, or use a Triton release built for numpy 2.", np.__version__,
+        )
 
 
 def error_response(pb_utils, message: str, code: str = "INVALID_ARG"):

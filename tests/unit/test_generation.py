@@ -100,6 +100,11 @@ def test_fp8_mode_resolves_to_none_on_cpu(caplog):
     assert sum("fp8_mode=auto needs a CUDA GPU" in m for m in caplog.messages) == 1
 
 
+def test_compiled_flex_on_cpu_fails_the_load_clearly():
+    with pytest.raises(ValueError, match="attention_backend=flex with compile_mode=default needs a CUDA GPU"):
+        Engine(ServingConfig(preset="tiny", attention_backend="flex", compile_mode="default"), device="cpu")
+
+
 @pytest.mark.slow
 def test_compiled_path_matches_reference():
     engine = Engine(ServingConfig(preset="tiny", compile_mode="default"), device="cpu")

@@ -10,7 +10,9 @@ import time  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from gptserve import Engine, RequestError, ServingConfig, parse_request  # noqa: E402
-from gptserve.triton_io import Metrics, error_response, output_arrays, request_inputs, response  # noqa: E402
+from gptserve.triton_io import (  # noqa: E402
+    Metrics, error_response, output_arrays, request_inputs, response, warn_if_numpy_2,
+)
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 log = logging.getLogger("gptserve")
@@ -18,6 +20,7 @@ log = logging.getLogger("gptserve")
 
 class TritonPythonModel:
     def initialize(self, args):
+        warn_if_numpy_2()
         model_config = json.loads(args["model_config"])
         serving = ServingConfig.from_parameters(ServingConfig.triton_parameters(model_config))
         device = "cuda" if args["model_instance_kind"] == "GPU" else "cpu"

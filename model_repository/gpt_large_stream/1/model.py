@@ -27,6 +27,7 @@ from gptserve import Engine, RequestError, ServingConfig, parse_request  # noqa:
 from gptserve.scheduler import Final, Observer, Scheduler, SchedulerConfig, Token  # noqa: E402
 from gptserve.triton_io import (  # noqa: E402
     LATENCY_BUCKETS, TOKEN_TIME_BUCKETS, Metrics, error_response, output_arrays, request_inputs, response,
+    warn_if_numpy_2,
 )
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -109,6 +110,7 @@ class TritonObserver(Observer):
 
 class TritonPythonModel:
     def initialize(self, args):
+        warn_if_numpy_2()
         self.name = args["model_name"]
         model_config = json.loads(args["model_config"])
         if not pb_utils.using_decoupled_model_transaction_policy(model_config):
