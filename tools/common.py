@@ -625,6 +625,17 @@ def _clean(obj):
     return obj
 
 
+def run_guarded(prog: str, fn, *args):
+    """(fn(*args), None); or (None, EXIT_USAGE) after saying why, when fn raised ToolError or was interrupted."""
+    try:
+        return fn(*args), None
+    except ToolError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+    return None, EXIT_USAGE
+
+
 def write_json(path: Optional[str], obj: Mapping) -> None:
     """Write obj as indented JSON (NaN/inf -> null, parent directories created); no-op for path None."""
     if not path:

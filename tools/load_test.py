@@ -652,14 +652,9 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     prompts = common.random_prompts(rng, len(schedule), args.prompt_len_min, args.prompt_len_max, args.vocab)
     runner = Runner(args, schedule, prompts)
-    try:
-        asyncio.run(runner.run())
-    except ToolError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return EXIT_USAGE
+    _, failed = common.run_guarded(PROG, asyncio.run, runner.run())
+    if failed is not None:
+        return failed
     report = build_report(args, runner)
     if runner.metrics_error:
         print(f"{PROG}: warning: server counters unavailable: {runner.metrics_error}", file=sys.stderr)

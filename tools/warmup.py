@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-from common import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, ToolError  # noqa: E402
+from common import EXIT_CHECK_FAILED, EXIT_OK, ToolError  # noqa: E402
 
 PROG = "warmup"
 BUCKETS = (1, 2, 4, 8, 16)
@@ -289,14 +289,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        report = run(args)
-    except ToolError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return EXIT_USAGE
+    report, failed = common.run_guarded(PROG, run, args)
+    if failed is not None:
+        return failed
     common.write_json(args.output_json, report)
     if not args.quiet:
         print_summary(report)

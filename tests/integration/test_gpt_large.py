@@ -11,7 +11,6 @@ import queue
 import shutil
 import time
 
-import numpy as np
 import pytest
 
 from tests.integration.triton_server import REPO_ROOT, TritonServer, TritonServerError, make_inputs, sum_metric

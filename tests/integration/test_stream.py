@@ -12,7 +12,6 @@ import time
 import urllib.error
 import urllib.request
 
-import numpy as np
 import pytest
 
 from tests.integration.triton_server import REPO_ROOT, TritonServer, make_inputs
