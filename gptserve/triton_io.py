@@ -10,9 +10,9 @@ import numpy as np
 import torch
 import torch.utils.dlpack
 
-log = logging.getLogger("gptserve")
-
 from .config import BATCH_BUCKETS
+
+log = logging.getLogger("gptserve")
 
 INPUT_NAMES = (
     "input_ids", "text_input", "max_tokens", "temperature", "top_k", "top_p", "seed", "end_id", "stop_words",
@@ -30,13 +30,15 @@ def request_inputs(pb_utils, request) -> dict[str, np.ndarray]:
     return inputs
 
 
-def output_arrays(output_ids: list[int], text: str, num_input_tokens: int) -> dict[str, np.ndarray]:
+def output_arrays(output_ids: list[int], text: str, num_input_tokens: int,
+                  num_output_tokens: int | None = None) -> dict[str, np.ndarray]:
     """Response tensors for one request (batch dimension 1)."""
     return {
         "output_ids": np.array([output_ids], dtype=np.int32).reshape(1, -1),
         "text_output": np.array([[text.encode("utf-8")]], dtype=object),
         "num_input_tokens": np.array([[num_input_tokens]], dtype=np.int32),
-        "num_output_tokens": np.array([[len(output_ids)]], dtype=np.int32),
+        "num_output_tokens": np.array([[len(output_ids) if num_output_tokens is None else num_output_tokens]],
+                                      dtype=np.int32),
     }
 
 
@@ -77,35 +79,32 @@ class Metrics:
     """Custom Prometheus metrics beside Triton's own; every series carries a `model` label."""
 
     def __init__(self, pb_utils, model_name: str):
-        mf = pb_utils.MetricFamily
-        labels = {"model": model_name}
-        self._mf, self._labels = mf, labels
+        self._mf, self._labels = pb_utils.MetricFamily, {"model": model_name}
         self._families = []  # Triton deletes a family (and fails its metrics) when its Python object dies
 
-        self.prompt_tokens = self.extra("gpt_prompt_tokens_total", "Prompt tokens of successful requests", mf.COUNTER)
+        self.prompt_tokens = self.extra("gpt_prompt_tokens_total", "Prompt tokens of successful requests", "COUNTER")
         self.generated_tokens = self.extra(
-            "gpt_generated_tokens_total", "Tokens generated for successful requests", mf.COUNTER
+            "gpt_generated_tokens_total", "Tokens generated for successful requests", "COUNTER"
         )
         self.invalid_requests = self.extra(
-            "gpt_invalid_requests_total", "Requests rejected with INVALID_ARG", mf.COUNTER
+            "gpt_invalid_requests_total", "Requests rejected with INVALID_ARG", "COUNTER"
         )
         self.batch_size = self.extra(
-            "gpt_batch_size", "Requests generated together per engine batch", mf.HISTOGRAM,
+            "gpt_batch_size", "Requests generated together per engine batch", "HISTOGRAM",
             buckets=[float(b) for b in BATCH_BUCKETS],
         )
         self.request_latency = self.extra(
             "gpt_request_latency_seconds", "Seconds from execute() receiving a request to its final response",
-            mf.HISTOGRAM, buckets=LATENCY_BUCKETS,
+            "HISTOGRAM", buckets=LATENCY_BUCKETS,
         )
         self.max_abs_diff = self.extra(
             "gpt_max_abs_diff", "Max |logit| difference, optimized path vs eager fp32 reference, at start-up",
-            mf.GAUGE,
+            "GAUGE",
         )
 
-    def extra(self, name: str, description: str, kind, **kwargs):
-        """One series of this model; kind: COUNTER, GAUGE or HISTOGRAM (name or pb_utils constant)."""
-        kind = getattr(self._mf, kind) if isinstance(kind, str) else kind
-        family = self._mf(name=name, description=description, kind=kind)
+    def extra(self, name: str, description: str, kind: str, **kwargs):
+        """One series of this model; kind: "COUNTER", "GAUGE" or "HISTOGRAM"."""
+        family = self._mf(name=name, description=description, kind=getattr(self._mf, kind))
         self._families.append(family)
         return family.Metric(labels=self._labels, **kwargs)
 

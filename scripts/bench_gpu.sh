@@ -2,7 +2,7 @@
 # The GPU benchmarks behind docs/benchmarks.md, in stages that each fit a 10-minute run on one H100.
 #
 # Usage: scripts/bench_gpu.sh STAGE [OUT_DIR]     (OUT_DIR default: artifacts/bench)
-#   engine  GPU tests, then the engine's variants (bf16/FP8 x sdpa/flex) at batch 1, 4, 8, 16
+#   engine  the engine's variants (bf16/FP8 x sdpa/flex) at batch 1, 4, 8, 16, then the GPU tests
 #   peers   the same-run peers on identical weights: the engine's eager path, Hugging Face transformers
 #           generate (default cache, static cache), and the engine's bf16-sdpa for the ratio
 #   40b     gpt-large-40b with FP8 weights at batch 1 and 16

@@ -20,7 +20,6 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import time  # noqa: E402
 
-import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from gptserve import Engine, RequestError, ServingConfig, parse_request  # noqa: E402
@@ -34,6 +33,7 @@ logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname
 log = logging.getLogger("gptserve")
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
 
 class TritonSink:
     """One request's response channel; called on the scheduler's delivery thread only."""
@@ -52,8 +52,7 @@ class TritonSink:
             arrays = output_arrays(event.ids, event.text, 0)
             self.sender.send(response(pb_utils, {k: arrays[k] for k in ("output_ids", "text_output")}))
         elif isinstance(event, Final):
-            arrays = output_arrays(event.ids, event.text, event.num_input_tokens)
-            arrays["num_output_tokens"] = np.array([[event.num_output_tokens]], dtype=np.int32)
+            arrays = output_arrays(event.ids, event.text, event.num_input_tokens, event.num_output_tokens)
             self.sender.send(response(pb_utils, arrays), flags=FINAL)
         else:
             self.sender.send(error_response(pb_utils, event.message, event.code), flags=FINAL)
