@@ -71,8 +71,10 @@ def server_url(url: Optional[str], protocol: str) -> str:
     return hostport
 
 
-def metrics_url(explicit: Optional[str], inference_url: str) -> str:
-    """--metrics-url, or http://<host of the inference url>:8002/metrics."""
+def metrics_url(explicit: Optional[str], inference_url: str) -> Optional[str]:
+    """--metrics-url, or http://<host of the inference url>:8002/metrics; None for "none" (no server counters)."""
+    if explicit and explicit.strip().lower() == "none":
+        return None
     if explicit:
         url = explicit.strip()
         if "://" not in url:
@@ -148,14 +150,10 @@ class MetricsSnapshot:
     """One scrape of the metrics endpoint."""
 
     samples: list[Sample] = field(default_factory=list)
-    at: float = 0.0  # time.time() of the scrape
 
     def select(self, name: str, **labels: str) -> list[Sample]:
         return [s for s in self.samples
                 if s.name == name and all(s.labels.get(k) == str(v) for k, v in labels.items())]
-
-    def has(self, name: str, **labels: str) -> bool:
-        return bool(self.select(name, **labels))
 
     def sum(self, name: str, **labels: str) -> Optional[float]:
         """Sum of the matching samples; None when the metric is absent."""
@@ -175,7 +173,7 @@ def scrape(url: str, timeout: float = 5.0) -> MetricsSnapshot:
             text = r.read().decode("utf-8", errors="replace")
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise ToolError(f"cannot read metrics from {url}: {getattr(exc, 'reason', exc)}") from None
-    return MetricsSnapshot(parse_metrics(text), time.time())
+    return MetricsSnapshot(parse_metrics(text))
 
 
 def try_scrape(url: Optional[str], timeout: float = 5.0) -> Optional[MetricsSnapshot]:
@@ -329,7 +327,6 @@ class BlockingGenerator:
             raise ToolError(f"model {model!r} is decoupled (streaming): it is served over the gRPC stream only; "
                             "use --protocol grpc")
         self.protocol, self.model, self.decoupled, self.timeout = protocol, model, decoupled, timeout
-        self.module = _client_module(protocol)
         self.url = url
         self.client = make_client(protocol, url, **self._client_kwargs())
         self._queue = None
@@ -402,7 +399,8 @@ class BlockingGenerator:
                 return gen
 
 
-def _client_module(protocol: str):
+def client_module(protocol: str):
+    """tritonclient.grpc or tritonclient.http."""
     if protocol == "grpc":
         import tritonclient.grpc as module
     elif protocol == "http":
@@ -421,15 +419,7 @@ def decoupled_from_config(config: Mapping) -> bool:
 
 def make_client(protocol: str, url: str, **kwargs):
     """A synchronous tritonclient for 'grpc' or 'http'."""
-    if protocol == "grpc":
-        import tritonclient.grpc as grpcclient
-
-        return grpcclient.InferenceServerClient(url, **kwargs)
-    if protocol == "http":
-        import tritonclient.http as httpclient
-
-        return httpclient.InferenceServerClient(url, **kwargs)
-    raise ToolError(f"unknown protocol {protocol!r} (grpc or http)")
+    return client_module(protocol).InferenceServerClient(url, **kwargs)
 
 
 def model_config(client, model: str) -> dict:
@@ -450,7 +440,7 @@ def wait_until_ready(client, model: str, timeout: float, poll: float = 0.5) -> f
                 return time.monotonic() - t0
             last = f"model {model!r} not ready"
         except Exception as exc:  # connection refused while the server starts, etc.
-            last = _one_line(exc)
+            last = one_line(exc)
         if time.monotonic() - t0 >= timeout:
             raise ToolError(f"server not ready after {timeout:.0f} s ({last})")
         time.sleep(poll)
@@ -466,15 +456,20 @@ def error_code(exc) -> str:
         pass
     if status:
         return str(status).replace("StatusCode.", "")
+    code = getattr(exc, "code", None)
+    if callable(code):  # grpc.aio.AioRpcError (e.g. a stream deadline)
+        try:
+            return code().name
+        except Exception:
+            pass
     return "STREAM_ERROR" if hasattr(exc, "message") else type(exc).__name__
 
 
-def _one_line(exc) -> str:
+def one_line(exc) -> str:
     msg = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
     return " ".join(str(msg).split())[:300]
 
 
-one_line = _one_line
 
 
 # ---------------------------------------------------------------------------------------------------- energy
@@ -517,9 +512,8 @@ class EnergyMeter:
     3. None, with a reason.
     """
 
-    def __init__(self, metrics_url: Optional[str] = None, gpu_indices: Optional[Sequence[int]] = None):
+    def __init__(self, metrics_url: Optional[str] = None):
         self.metrics_url = metrics_url
-        self.gpu_indices = gpu_indices
         self.source: Optional[str] = None
         self.reason: Optional[str] = None
         self._start: Optional[float] = None
@@ -538,7 +532,7 @@ class EnergyMeter:
                 self.source, self._start = "triton:nv_energy_consumption", value
                 return
             reasons.append("the server exports no nv_energy_consumption (no GPU metrics)")
-        pynvml, handles, why = nvml(self.gpu_indices)
+        pynvml, handles, why = nvml()
         if pynvml is not None:
             value = nvml_energy_j(pynvml, handles)
             if value is not None:

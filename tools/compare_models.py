@@ -24,7 +24,6 @@ not gate), 2 usage or connection error (the JSON, if asked for, then holds the p
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import os
 import sys
@@ -60,14 +59,6 @@ def load_test_args(args, model: str, qps: float) -> argparse.Namespace:
     return load_test.parse_args(argv)
 
 
-def schedule_and_prompts(args, qps: float) -> tuple[np.ndarray, list]:
-    """The point's arrival offsets and prompts, drawn exactly as load_test's main() draws them for this seed."""
-    rng = np.random.default_rng(args.seed)
-    schedule = load_test.arrival_times(rng, qps, args.duration, None, "poisson")
-    prompts = common.random_prompts(rng, len(schedule), args.prompt_len_min, args.prompt_len_max, args.vocab)
-    return schedule, prompts
-
-
 def fingerprint(schedule: np.ndarray, prompts: list) -> str:
     """Short hash of a schedule and its prompts: equal for two models means they saw the same load."""
     h = hashlib.sha256(np.asarray(schedule, dtype=np.float64).tobytes())
@@ -79,17 +70,13 @@ def fingerprint(schedule: np.ndarray, prompts: list) -> str:
 def run_point(args, model: str, qps: float) -> dict:
     """One open-loop load test of `model` at `qps`; load_test's full report (ToolError on connection errors)."""
     lt_args = load_test_args(args, model, qps)
-    schedule, prompts = schedule_and_prompts(args, qps)
-    if len(schedule) == 0:
-        raise ToolError(f"no arrivals scheduled at {qps:g} QPS in {args.duration:g} s (raise --duration)")
-    runner = load_test.Runner(lt_args, schedule, prompts)
+    schedule, prompts = load_test.workload(lt_args)  # load_test's own draw: both models see the same load
     try:
-        asyncio.run(runner.run())
+        _, report = load_test.measure(lt_args, schedule, prompts)
     except ToolError:
         raise
     except Exception as exc:  # the server went away mid-point (e.g. the statistics call after the requests)
         raise ToolError(f"{model} @ {qps:g} QPS: {common.one_line(exc)}") from None
-    report = load_test.build_report(lt_args, runner)
     report["schedule_fingerprint"] = fingerprint(schedule, prompts)
     return report
 
@@ -399,8 +386,7 @@ def parse_args(argv=None):
     if args.cooldown < 0 or args.idle_timeout < 0:
         p.error("--cooldown and --idle-timeout must be >= 0")
     args.url = common.server_url(args.url, "grpc")
-    args.metrics_url = None if (args.metrics_url or "").lower() == "none" else \
-        common.metrics_url(args.metrics_url, args.url)
+    args.metrics_url = common.metrics_url(args.metrics_url, args.url)
     return args
 
 

@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-from common import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, ToolError  # noqa: E402
+from common import EXIT_CHECK_FAILED, EXIT_OK, ToolError  # noqa: E402
 
 PROG = "load_test"
 
@@ -245,7 +245,7 @@ class Runner:
                 rec.ok = True
         except Exception as exc:  # InferenceServerException, grpc AioRpcError (deadline), ...
             rec.end = time.perf_counter() - self.t0
-            rec.ok, rec.error_code, rec.error = False, _code(exc), common.one_line(exc)
+            rec.ok, rec.error_code, rec.error = False, common.error_code(exc), common.one_line(exc)
         finally:
             if self.progress is not None:
                 self.progress.update(1)
@@ -260,7 +260,8 @@ class Runner:
         async for result, error in client.stream_infer(one_request(), stream_timeout=a.request_timeout):
             now = time.perf_counter() - self.t0
             if error is not None:
-                rec.end, rec.ok, rec.error_code, rec.error = now, False, _code(error), common.one_line(error)
+                rec.end, rec.ok = now, False
+                rec.error_code, rec.error = common.error_code(error), common.one_line(error)
                 return
             reported, ids = common.output_token_count(result)
             if ids:
@@ -277,16 +278,6 @@ class Runner:
         if not final:
             rec.end, rec.ok = time.perf_counter() - self.t0, False
             rec.error_code, rec.error = "STREAM_ERROR", "stream ended without a final response"
-
-
-def _code(exc) -> str:
-    code = getattr(exc, "code", None)
-    if callable(code):  # grpc.aio.AioRpcError (e.g. the stream deadline)
-        try:
-            return code().name
-        except Exception:
-            pass
-    return common.error_code(exc)
 
 
 def _progress(total: int, disabled: bool):
@@ -383,7 +374,8 @@ def build_report(args, runner: Runner) -> dict:
         "late_threshold_ms": args.late_threshold_ms,
         "late_indices": [r.index for r in late][:1000],
         "send_lag_ms": common.summarize(r.send_lag_ms() for r in sent),
-        "offered_qps": scheduled / float(runner.records[-1].scheduled) if scheduled > 1 and
+        # n arrivals span n - 1 gaps, the first at offset 0
+        "offered_qps": (scheduled - 1) / float(runner.records[-1].scheduled) if scheduled > 1 and
         runner.records[-1].scheduled > 0 else None,
         "total_input_tokens": in_tokens,
         "total_output_tokens": out_tokens,
@@ -629,8 +621,7 @@ def parse_args(argv=None):
     except ToolError as exc:
         p.error(str(exc))
     args.url = common.server_url(args.url, "grpc")
-    args.metrics_url = None if (args.metrics_url or "").lower() == "none" else \
-        common.metrics_url(args.metrics_url, args.url)
+    args.metrics_url = common.metrics_url(args.metrics_url, args.url)
     if args.output_json:
         stem = os.path.splitext(args.output_json)[0]
         args.output_csv = args.output_csv or f"{stem}.requests.csv"
@@ -638,24 +629,29 @@ def parse_args(argv=None):
     return args
 
 
+def workload(args) -> tuple[np.ndarray, list]:
+    """The run's arrival offsets and prompts, drawn from --seed (the same seed gives the same load)."""
+    rng = np.random.default_rng(args.seed)
+    schedule = arrival_times(rng, args.target_qps, args.duration, args.num_requests, args.arrival,
+                             args.burstiness)
+    if len(schedule) == 0:
+        raise ToolError(f"no arrivals scheduled at {args.target_qps:g} QPS (raise --duration or --target-qps)")
+    return schedule, common.random_prompts(rng, len(schedule), args.prompt_len_min, args.prompt_len_max, args.vocab)
+
+
+def measure(args, schedule, prompts) -> tuple["Runner", dict]:
+    """Send the workload and build the report (ToolError on connection errors)."""
+    runner = Runner(args, schedule, prompts)
+    asyncio.run(runner.run())
+    return runner, build_report(args, runner)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    rng = np.random.default_rng(args.seed)
-    try:
-        schedule = arrival_times(rng, args.target_qps, args.duration, args.num_requests, args.arrival,
-                                 args.burstiness)
-    except ToolError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if len(schedule) == 0:
-        print(f"{PROG}: error: no arrivals scheduled (raise --duration or --target-qps)", file=sys.stderr)
-        return EXIT_USAGE
-    prompts = common.random_prompts(rng, len(schedule), args.prompt_len_min, args.prompt_len_max, args.vocab)
-    runner = Runner(args, schedule, prompts)
-    _, failed = common.run_guarded(PROG, asyncio.run, runner.run())
+    measured, failed = common.run_guarded(PROG, lambda: measure(args, *workload(args)))
     if failed is not None:
         return failed
-    report = build_report(args, runner)
+    runner, report = measured
     if runner.metrics_error:
         print(f"{PROG}: warning: server counters unavailable: {runner.metrics_error}", file=sys.stderr)
     srv = report["server"]

@@ -134,13 +134,14 @@ def _step_spec():
     return int(users), seconds, int(steps)
 
 
-if _step_spec():
+STEP_LOAD = _step_spec()
+if STEP_LOAD:
     class StepLoadShape(LoadTestShape):
         """USERS_PER_STEP more users every STEP_SECONDS, for STEPS steps, then stop."""
 
         def __init__(self):
             super().__init__()
-            self.users, self.seconds, self.steps = _step_spec()
+            self.users, self.seconds, self.steps = STEP_LOAD
 
         def tick(self):
             t = self.get_run_time()

@@ -149,9 +149,11 @@ def _f(v, digits=1) -> str:
 
 def summarize(args, gpu_info, reason, samples, command, exit_code, elapsed) -> dict:
     energy = tokens = None
+    sampled_s = 0.0  # energy counts from the first sample to the last, so power divides by that span
     if samples:
         energy = samples[-1]["energy_since_start_j"]
         tokens = samples[-1]["tokens_since_start"]
+        sampled_s = samples[-1]["t_s"] - samples[0]["t_s"]
     power = [s["power_w"] for s in samples if s["power_w"] is not None]
     temps = [s["temperature_c"] for s in samples if s["temperature_c"] is not None]
     slowdown = {name: sum(1 for s in samples if name in s["clock_events"]) for name in SLOWDOWNS} if samples else None
@@ -174,7 +176,7 @@ def summarize(args, gpu_info, reason, samples, command, exit_code, elapsed) -> d
         "metrics_url": args.metrics_url,
         "model": args.model,
         "energy_j": energy,
-        "avg_power_w": (energy / elapsed) if energy is not None and elapsed else None,
+        "avg_power_w": (energy / sampled_s) if energy is not None and sampled_s else None,
         "mean_sampled_power_w": sum(power) / len(power) if power else None,
         "max_power_w": max(power) if power else None,
         "max_temperature_c": max(temps) if temps else None,

@@ -42,7 +42,7 @@ class Driver:
         self.generators = []
         self.lock = threading.Lock()
         self.pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="warmup")
-        self.module = common._client_module(args.protocol)
+        self.module = common.client_module(args.protocol)
         self.outputs = common.requested_outputs(self.module)
 
     def _generator(self) -> common.BlockingGenerator:
@@ -172,7 +172,8 @@ def run(args) -> dict:
     max_abs_diff, diff_reason = None, None
     snap = after_all or common.try_scrape(args.metrics_url)
     if snap is None:
-        diff_reason = f"metrics endpoint {args.metrics_url} unreachable"
+        diff_reason = (f"metrics endpoint {args.metrics_url} unreachable" if args.metrics_url
+                       else "no metrics endpoint (--metrics-url none)")
     else:
         max_abs_diff = snap.sum("gpt_max_abs_diff", model=args.model)
         if max_abs_diff is None:
