@@ -115,6 +115,16 @@ def request_metric(rec: Record, metric: str):
     return {"e2e_ms": rec.e2e_ms, "ttft_ms": rec.ttft_ms, "tpot_ms": rec.tpot_ms}[metric]()
 
 
+def latency_values(records, streaming: bool) -> dict[str, list]:
+    """Every latency sample of the completed requests by metric (ITL: every gap of every request); the streaming
+    metrics only when the model streamed."""
+    values = {"e2e_ms": [r.e2e_ms() for r in records]}
+    if streaming:
+        values.update(ttft_ms=[r.ttft_ms() for r in records], tpot_ms=[r.tpot_ms() for r in records],
+                      itl_ms=[x for r in records for x in r.itl_ms()])
+    return values
+
+
 def meets(rec: Record, slos) -> bool:
     if not rec.ok:
         return False
@@ -309,12 +319,9 @@ def build_report(args, runner: Runner) -> dict:
     def rate(n):
         return n / window if window else None
 
-    latency = {
-        "e2e_ms": common.summarize(r.e2e_ms() for r in ok),
-        "ttft_ms": common.summarize(r.ttft_ms() for r in ok) if streaming else None,
-        "tpot_ms": common.summarize(r.tpot_ms() for r in ok) if streaming else None,
-        "itl_ms": common.summarize(x for r in ok for x in r.itl_ms()) if streaming else None,
-    }
+    values = latency_values(ok, streaming)
+    latency = {k: common.summarize(values[k]) if k in values else None
+               for k in ("e2e_ms", "ttft_ms", "tpot_ms", "itl_ms")}
     scheduled = len(recs)
     error_rate = len(failed) / scheduled if scheduled else 0.0
     attainment = len(good) / scheduled if scheduled else None
@@ -330,11 +337,8 @@ def build_report(args, runner: Runner) -> dict:
                         f"({len(good)} of {scheduled} requests met {_slo_text(per_request_slos)})")
     percentile_checks = []
     for slo in (s for s in args.slos if s.percentile is not None):
-        if slo.metric == "itl_ms":
-            values = [x for r in ok for x in r.itl_ms()]
-        else:
-            values = [request_metric(r, slo.metric) for r in ok]
-        value = common.percentile(sorted(v for v in values if v is not None), slo.percentile)
+        samples = values.get(slo.metric) or [request_metric(r, slo.metric) for r in ok]
+        value = common.percentile(sorted(v for v in samples if v is not None), slo.percentile)
         passed = value is not None and value <= slo.limit
         percentile_checks.append({"slo": slo.key, "limit": slo.limit, "value": value, "passed": passed})
         if not passed:
@@ -455,14 +459,11 @@ def write_png(path: str, runner: Runner, report: dict, args) -> Optional[str]:
     ok = [r for r in runner.records if r.ok]
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
     ax = axes[0][0]
-    series = [("e2e", [r.e2e_ms() for r in ok])]
-    if runner.streaming:
-        series += [("TTFT", [r.ttft_ms() for r in ok]), ("TPOT", [r.tpot_ms() for r in ok]),
-                   ("ITL", [x for r in ok for x in r.itl_ms()])]
-    for name, vals in series:
+    for key, vals in latency_values(ok, runner.streaming).items():
         vals = np.sort([v for v in vals if v is not None])
         if len(vals):
-            ax.plot(vals, np.arange(1, len(vals) + 1) / len(vals), label=f"{name} (p99 {np.percentile(vals, 99):.1f})")
+            name = key.removesuffix("_ms").upper() if key != "e2e_ms" else "e2e"
+            ax.plot(vals, np.arange(1, len(vals) + 1) / len(vals), label=f"{name} (p99 {report[key]['p99']:.1f})")
     for slo in args.slos:
         ax.axvline(slo.limit, ls=":", color="gray")
     ax.set_xscale("log")
