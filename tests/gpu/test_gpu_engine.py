@@ -1,19 +1,22 @@
-"""Engine checks on a CUDA GPU (skipped without one): compiled, CUDA-graph and FP8 paths against references."""
+"""Engine checks on a CUDA GPU (tests/conftest.py skips the gpu marker without one): compiled, CUDA-graph and FP8
+paths against references."""
 import pytest
 import torch
 
 from gptserve import Engine, GenerationRequest, ServingConfig
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-]
+pytestmark = pytest.mark.gpu
 
 PROMPTS = [tuple(range(3, 40)), (5, 6, 7), tuple(range(100, 250))]
 
 
 def greedy(prompts, n=24):
     return [GenerationRequest(prompt_ids=p, max_tokens=n, end_id=-1) for p in prompts]
+
+
+def match_ratio(want, got) -> float:
+    """Fraction of positions where two lists of greedy generations agree."""
+    return sum(a == b for x, y in zip(want, got) for a, b in zip(x, y)) / sum(len(x) for x in want)
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +31,7 @@ def test_cuda_graph_decode_matches_eager(eager, backend):
     engine.warmup()
     want = [r.output_ids for r in eager.generate(greedy(PROMPTS))]
     got = [r.output_ids for r in engine.generate(greedy(PROMPTS))]
-    match = sum(a == b for x, y in zip(want, got) for a, b in zip(x, y)) / sum(len(x) for x in want)
-    assert match >= 0.9  # bf16 rounding differs between fused and eager kernels; tokens mostly agree
+    assert match_ratio(want, got) >= 0.9  # bf16 rounding differs between fused and eager kernels; tokens mostly agree
     assert engine.probe_max_abs_diff() < 0.1
 
 
@@ -53,6 +55,9 @@ def test_fp8_engine_generates(eager):
     engine.warmup()
     results = engine.generate(greedy(PROMPTS))
     assert [len(r.output_ids) for r in results] == [24] * 3
+    want = [r.output_ids for r in eager.generate(greedy(PROMPTS))]
+    # FP8 weights and KV cache on tiny random weights: near-tied logits flip more often than with bf16
+    assert match_ratio(want, [r.output_ids for r in results]) >= 0.5
     assert engine.probe_max_abs_diff() < 1.0
 
 

@@ -12,13 +12,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
-from tests.integration.triton_server import REPO_ROOT, TritonServer, free_ports, sum_metric
+from tests.integration.triton_server import (REPO_ROOT, TritonServer, counters, explain, free_ports,
+                                             settled_counters)
 
-pytest.importorskip("tritonclient.grpc")
 pytestmark = pytest.mark.integration
 
 PLAIN, STREAM = "gpt_large", "gpt_large_stream"
@@ -29,43 +28,12 @@ SMALL = ["--prompt-len-min", 8, "--prompt-len-max", 32, "--max-new-tokens", 8, "
 @pytest.fixture(scope="module")
 def server():
     with TritonServer(REPO_ROOT / "model_repository", models=[PLAIN, STREAM], startup_timeout=240) as srv:
-        # tritonserver opens its metrics port after the HTTP one that TritonServer polls for readiness
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                srv.metrics(timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
         yield srv
 
 
 def compare(*args, timeout=120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(TOOL), *map(str, args)], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=dict(os.environ))
-
-
-def explain(proc) -> str:
-    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
-
-
-def counters(server) -> dict:
-    """{model: (requests Triton counted as successful, tokens the model counted as generated)}."""
-    text = server.metrics()
-    return {m: (int(sum_metric(text, "nv_inference_request_success", model=m)),
-                int(sum_metric(text, "gpt_generated_tokens_total", model=m))) for m in (PLAIN, STREAM)}
-
-
-def settled_counters(server, want: dict, before: dict) -> dict:
-    """Counters after the run; a model may bump them just after its last response, so poll briefly."""
-    deadline = time.monotonic() + 3
-    while True:
-        now = counters(server)
-        if all(now[m][0] - before[m][0] >= want[m] for m in want) or time.monotonic() > deadline:
-            return now
-        time.sleep(0.05)
 
 
 def load_tool():
@@ -78,7 +46,7 @@ def load_tool():
 # ---------------------------------------------------------------------------------------------------- sweep
 def test_sweep_reports_both_models_on_the_same_schedule(server, tmp_path):
     out = tmp_path / "cmp.json"
-    before = counters(server)
+    before = counters(server, PLAIN, STREAM)
     proc = compare("--url", server.grpc_url, "--metrics-url", server.metrics_url, "--models", f"{PLAIN},{STREAM}",
                    "--qps", "1,2", "--duration", 3, "--seed", 5, *SMALL, "--output-json", out)
     assert proc.returncode == 0, explain(proc)
@@ -92,13 +60,12 @@ def test_sweep_reports_both_models_on_the_same_schedule(server, tmp_path):
         assert [p["qps"] for p in m["points"]] == [1.0, 2.0][:len(m["points"])] and m["points"], name
         for p in m["points"]:
             where = f"{name} @ {p['qps']}"
-            assert p["scheduled"] >= 1 and p["completed"] == p["scheduled"] - p["failed"], where
+            assert p["scheduled"] >= 1 and p["failed"] == 0 and p["completed"] == p["scheduled"], where
             # the same window as Triton sees it: its metrics endpoint and its statistics API
             assert p["server_success"] == p["statistics_success"] == p["completed"], where
             assert p["server_generated_tokens"] == p["total_output_tokens"] == 8 * p["completed"], where
-            if p["completed"]:
-                assert 0 < p["e2e_p50_ms"] <= p["e2e_p90_ms"] <= p["e2e_p99_ms"], where
-                assert p["output_throughput"] > 0 and p["request_throughput"] > 0, where
+            assert 0 < p["e2e_p50_ms"] <= p["e2e_p90_ms"] <= p["e2e_p99_ms"], where
+            assert p["output_throughput"] > 0 and p["request_throughput"] > 0, where
             if m["streaming"]:
                 assert 0 < p["ttft_p50_ms"] <= p["ttft_p99_ms"] <= p["e2e_p99_ms"], where  # TTFT <= e2e per request
             else:
@@ -111,12 +78,11 @@ def test_sweep_reports_both_models_on_the_same_schedule(server, tmp_path):
     # both models saw the same arrivals and prompts at each point they both ran
     for p, s in zip(plain["points"], stream["points"]):
         assert p["schedule_fingerprint"] == s["schedule_fingerprint"] and p["scheduled"] == s["scheduled"]
-        if not p["failed"] and not s["failed"]:
-            assert p["load_test"]["total_input_tokens"] == s["load_test"]["total_input_tokens"]
+        assert p["load_test"]["total_input_tokens"] == s["load_test"]["total_input_tokens"]
 
     # the whole run, as this test reads Triton's counters: nothing counted that the tool did not report
     want = {name: sum(p["completed"] for p in m["points"]) for name, m in r["models"].items()}
-    after = settled_counters(server, want, before)
+    after = settled_counters(server, before, want)
     for name, m in r["models"].items():
         assert after[name][0] - before[name][0] == want[name], name
         assert after[name][1] - before[name][1] == sum(p["total_output_tokens"] for p in m["points"]), name
@@ -128,13 +94,16 @@ def test_sweep_reports_both_models_on_the_same_schedule(server, tmp_path):
             if not p["within_budget"]:
                 break
             leading.append(p["qps"])
-        assert m["highest_sustained_qps"] in (1.0, 2.0, None)
         assert m["highest_sustained_qps"] == (leading[-1] if leading else None), name
         assert m["capped_by_sweep"] == (m["highest_sustained_qps"] == 2.0)
     ratio = r["stream_over_non_stream"]
     assert ratio["stream_model"] == STREAM and ratio["non_stream_model"] == PLAIN
-    if plain["highest_sustained_qps"] and stream["highest_sustained_qps"] is not None:
-        assert ratio["value"] == pytest.approx(stream["highest_sustained_qps"] / plain["highest_sustained_qps"])
+    # which points pass the latency budget depends on this (noisy) machine: check the ratio for whatever happened
+    stream_qps, plain_qps = stream["highest_sustained_qps"], plain["highest_sustained_qps"]
+    if plain_qps is None:
+        assert ratio["value"] is None and ratio["reason"]
+    else:  # 0.0 when the streaming model sustained no point
+        assert ratio["value"] == pytest.approx((stream_qps or 0.0) / plain_qps)
     assert r["config"]["p99_e2e_ms"] == 2500 and r["config"]["max_new_tokens"] == 8
 
     # the markdown table on stdout

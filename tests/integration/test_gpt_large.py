@@ -10,14 +10,18 @@ import math
 import queue
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Iterator
 
 import pytest
+import torch
+import transformers
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from tests.integration.triton_server import REPO_ROOT, TritonServer, TritonServerError, make_inputs, sum_metric
-
-grpcclient = pytest.importorskip("tritonclient.grpc")
-httpclient = pytest.importorskip("tritonclient.http")
-from tritonclient.utils import InferenceServerException  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +31,7 @@ MAX_TOKENS_LIMIT = N_CTX - 1  # min(max_tokens_limit=1024, context - 1)
 OUTPUTS = ("output_ids", "text_output", "num_input_tokens", "num_output_tokens")
 INVALID = "StatusCode.INVALID_ARGUMENT"
 UNAVAILABLE = "StatusCode.UNAVAILABLE"
-
+PROMPT = [10, 20, 30, 40, 50, 60]
 
 
 def as_dict(result) -> dict:
@@ -98,34 +102,39 @@ def settled(server, *names: str, timeout: float = 10.0) -> dict[str, float]:
         time.sleep(0.2)
 
 
-def wait_executing(server, timeout: float = 20.0) -> None:
-    """After sending one request: wait until it has left Triton's queue (the model instance is running it)."""
-    time.sleep(0.25)
-    deadline = time.monotonic() + timeout
-    while metric(server, "nv_inference_pending_request_count") != 0:
-        if time.monotonic() > deadline:
-            raise AssertionError("the request is still pending in Triton's queue")
-        time.sleep(0.02)
+@contextmanager
+def blocking_request(server, max_tokens: int, timeout: float = 20.0) -> Iterator["Future[dict]"]:
+    """Send one slow greedy request (PROMPT, ``max_tokens`` tokens) from a thread and wait until the model instance
+    is executing it, so that whatever the block sends waits in Triton's queue; yields its Future, which is done
+    (its outputs, or the error) when the block is left.
 
-
-def metrics_endpoint_up(server, timeout: float = 30.0):
-    """TritonServer.start() returns once HTTP is ready; the metrics service starts a moment later."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            server.metrics()
-            return server
-        except OSError:
+    model.py observes gpt_batch_size at the start of execute(): the request is executing once that histogram's
+    count rose by one.
+    """
+    before = metric(server, "gpt_batch_size_count")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(grpc_infer, server, input_ids=PROMPT, max_tokens=max_tokens, end_id=-1)
+        deadline = time.monotonic() + timeout
+        while True:
+            ended = future.done()  # read before the count: had it executed, the count shows it
+            count = metric(server, "gpt_batch_size_count")
+            if count >= before + 1:
+                break
+            if ended:
+                raise AssertionError(f"the slow request ended without executing: {future.exception()!r}")
             if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+                raise AssertionError(f"the slow request did not start executing within {timeout:g} s")
+            time.sleep(0.01)
+        assert count == before + 1, (before, count)  # it alone started an execute()
+        yield future
+    # leaving the pool joined the thread: the future is done
 
 
 # -- the module's server ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def server():
     with TritonServer(REPO_ROOT / "model_repository", models=[MODEL], startup_timeout=240) as srv:
-        yield metrics_endpoint_up(srv)
+        yield srv
 
 
 # -- 1. the two protocols ---------------------------------------------------------------------------------------
@@ -217,8 +226,6 @@ def test_burst_of_ragged_requests_is_batched_and_matches_one_at_a_time(server):
 
 
 # -- 4. bad inputs ------------------------------------------------------------------------------------------------
-PROMPT = [10, 20, 30, 40, 50, 60]
-
 BAD_REQUESTS = {
     "no prompt": (dict(max_tokens=4), ["exactly one of input_ids", "text_input"]),
     "both prompts": (dict(input_ids=PROMPT, text_input="hi", max_tokens=4), ["exactly one of input_ids"]),
@@ -281,24 +288,18 @@ def test_bad_requests_inside_a_batch_fail_alone(server):
     requests = list(good)
     for at, fields in sorted(bad.items()):
         requests.insert(at, fields)
-    assert len(requests) == 8  # a preferred batch size: Triton hands 8 queued requests over together
+    # 8 requests (max_batch_size 16): queued behind the blocker, Triton hands them over in one execute() when the
+    # instance frees up (config.pbtxt has no preferred batch sizes and a 5 ms max_queue_delay)
+    assert len(requests) == 8
     want = [grpc_infer(server, **fields) for fields in good]
 
     names = ("nv_inference_exec_count", "gpt_invalid_requests_total", "gpt_batch_size_count",
              "gpt_batch_size_sum", "gpt_generated_tokens_total")
     before = settled(server, *names)
     # A slow request occupies the model instance, so the 8 wait in Triton's queue and are batched together.
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    blocker: "queue.Queue" = queue.Queue()
-    try:
-        client.async_infer(MODEL, make_inputs(grpcclient, input_ids=PROMPT, max_tokens=400, end_id=-1),
-                           callback=lambda result, error: blocker.put((result, error)))
-        wait_executing(server)
+    with blocking_request(server, max_tokens=400) as blocker:
         results = concurrent(server, requests)
-        result, error = blocker.get(timeout=60)
-    finally:
-        client.close()
-    assert error is None and len(ids(as_dict(result))) == 400
+    assert len(ids(blocker.result())) == 400
     after = settled(server, *names)
     delta = {k: after[k] - before[k] for k in names}
 
@@ -308,7 +309,6 @@ def test_bad_requests_inside_a_batch_fail_alone(server):
         assert ids(result) == ids(expected)
         assert result["text_output"][0, 0] == expected["text_output"][0, 0]
         assert int(result["num_output_tokens"][0, 0]) == fields["max_tokens"]
-    assert bad[2] is requests[2] and bad[5] is requests[5]
     assert results[2].status() == INVALID and "input_ids holds 9999" in results[2].message()
     assert results[5].status() == INVALID and "max_tokens=0" in results[5].message()
     assert delta["gpt_invalid_requests_total"] == 2
@@ -366,8 +366,6 @@ def test_model_and_server_still_ready(server):
 # -- 3. checkpoints through MODEL_PATH ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def hf_checkpoint(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
     torch.manual_seed(4321)
     config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=512, n_positions=256,
                                      bos_token_id=None, eos_token_id=None)
@@ -378,14 +376,11 @@ def hf_checkpoint(tmp_path_factory):
 
 
 def test_hf_checkpoint_through_model_path_matches_transformers(hf_checkpoint):
-    import torch
-
     path, hf = hf_checkpoint
     prompts = [[5, 17, 200, 3], list(range(30, 71)), [300, 2, 9, 9, 9, 11, 400]]
     new = 20
     with TritonServer(REPO_ROOT / "model_repository", models=[MODEL], env={"MODEL_PATH": str(path)},
                       startup_timeout=240) as srv:
-        metrics_endpoint_up(srv)
         batched = concurrent(srv, [dict(input_ids=p, max_tokens=new, end_id=-1) for p in prompts])
         alone = [grpc_infer(srv, input_ids=p, max_tokens=new, end_id=-1) for p in prompts]
         # the checkpoint's own architecture: n_positions=256 is the context
@@ -439,25 +434,17 @@ def small_queue_server(tmp_path_factory):
     assert "max_queue_size: 64" in text
     cfg.write_text(text.replace("max_queue_size: 64", f"max_queue_size: {QUEUE}"))
     with TritonServer(repo, models=[MODEL], startup_timeout=240) as srv:
-        yield metrics_endpoint_up(srv)
+        yield srv
 
 
 def test_queue_overflow_is_unavailable(small_queue_server):
     server = small_queue_server
     flood = 12
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    blocker: "queue.Queue" = queue.Queue()
-    try:
-        # a slow request holds the single model instance; everything sent meanwhile waits in Triton's queue
-        client.async_infer(MODEL, make_inputs(grpcclient, input_ids=PROMPT, max_tokens=300, end_id=-1),
-                           callback=lambda result, error: blocker.put((result, error)))
-        wait_executing(server)
+    # a slow request holds the single model instance; everything sent meanwhile waits in Triton's queue
+    with blocking_request(server, max_tokens=300) as blocker:
         results = concurrent(server, [dict(input_ids=PROMPT[: 1 + i % 6], max_tokens=40, end_id=-1)
                                       for i in range(flood)])
-        result, error = blocker.get(timeout=60)
-    finally:
-        client.close()
-    assert error is None and int(as_dict(result)["num_output_tokens"][0, 0]) == 300
+    assert int(blocker.result()["num_output_tokens"][0, 0]) == 300
     ok = [r for r in results if isinstance(r, dict)]
     rejected = [r for r in results if not isinstance(r, dict)]
     assert rejected, "no request was refused"

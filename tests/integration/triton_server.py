@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVE_SH = REPO_ROOT / "scripts" / "serve.sh"
@@ -87,11 +89,13 @@ class TritonServer:
             ``--load-model NAME`` for each name (an empty list starts with nothing loaded).
         env: extra environment variables for the server and its python-backend stubs (e.g. ``MODEL_PATH``).
         extra_args: extra tritonserver command-line arguments.
-        startup_timeout: seconds to wait for ``/v2/health/ready`` to return 200 (default 300).
-        log_path: where to write the server's stdout+stderr (default: a new temp file, kept after stop).
-        log_verbose: ``--log-verbose`` level (0 = off).
-        host: address the three endpoints bind to (default 127.0.0.1).
+        startup_timeout: seconds to wait for ``/v2/health/ready`` and the metrics endpoint (default 300).
+
+    The three endpoints bind to 127.0.0.1; the server's stdout+stderr go to a new temp file (``log_path``), kept
+    after stop.
     """
+
+    host = "127.0.0.1"
 
     def __init__(
         self,
@@ -101,25 +105,17 @@ class TritonServer:
         env: Optional[Mapping[str, str]] = None,
         extra_args: Sequence[str] = (),
         startup_timeout: float = 300.0,
-        log_path: "str | os.PathLike[str] | None" = None,
-        log_verbose: int = 0,
-        host: str = "127.0.0.1",
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.models = None if models is None else list(models)
         self.env = {k: str(v) for k, v in (env or {}).items()}
         self.extra_args = list(extra_args)
         self.startup_timeout = float(startup_timeout)
-        self.log_verbose = int(log_verbose)
-        self.host = host
-        if log_path is None:
-            fd, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
-            os.close(fd)
-            log_path = name
+        fd, log_path = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
+        os.close(fd)
         self.log_path = Path(log_path)
         self.process: Optional[subprocess.Popen] = None
         self.returncode: Optional[int] = None
-        self.startup_seconds: Optional[float] = None
         self.http_port = self.grpc_port = self.metrics_port = 0
         self._clients: list = []
         self._log_offset = 0
@@ -139,10 +135,6 @@ class TritonServer:
     def metrics_url(self) -> str:
         return f"http://{self.host}:{self.metrics_port}/metrics"
 
-    @property
-    def pid(self) -> Optional[int]:
-        return self.process.pid if self.process else None
-
     # ------------------------------------------------------------------ lifecycle
     def command(self) -> list[str]:
         """The command line (serve.sh adds repository, backend dir, ports and --allow-metrics)."""
@@ -151,8 +143,6 @@ class TritonServer:
         if self.models is not None:
             args.append("--model-control-mode=explicit")
             args += [f"--load-model={m}" for m in self.models]
-        if self.log_verbose:
-            args.append(f"--log-verbose={self.log_verbose}")
         return args + self.extra_args
 
     def start(self) -> "TritonServer":
@@ -192,7 +182,8 @@ class TritonServer:
             log.write(f"### {' '.join(self.command())}  (http {self.http_port}, grpc {self.grpc_port}, "
                       f"metrics {self.metrics_port})\n".encode())
             log.flush()
-            # Own session: a Ctrl-C in the test runner does not hit it, and kill() can take the stubs too.
+            # Own session: a Ctrl-C in the test runner does not hit it, and stop()'s SIGKILL fallback can take
+            # the stubs too.
             self.process = subprocess.Popen(
                 self.command(), cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -211,7 +202,6 @@ class TritonServer:
                     f"tritonserver exited with code {code} during start-up\n{self._log_tail()}")
             # The metrics port opens a few ms after the HTTP port: wait for both, so tests can read counters.
             if self._http_status(url) == 200 and self._http_status(self.metrics_url) == 200:
-                self.startup_seconds = time.monotonic() - self._t0
                 return
             if time.monotonic() > deadline:
                 raise TritonServerError(
@@ -230,9 +220,6 @@ class TritonServer:
 
     def is_alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
-
-    def is_ready(self) -> bool:
-        return self.is_alive() and self._http_status(f"http://{self.host}:{self.http_port}/v2/health/ready") == 200
 
     def stop(self, timeout: float = 60.0) -> Optional[int]:
         """SIGTERM the server, wait up to ``timeout`` s (then SIGKILL its process group); return its exit code.
@@ -258,17 +245,6 @@ class TritonServer:
                 self._kill_group()
                 proc.wait()
         self.returncode = proc.returncode
-        _live_servers.discard(self)
-        return self.returncode
-
-    def kill(self) -> Optional[int]:
-        """SIGKILL the server and its stubs (process group) at once; return the exit code."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self._kill_group()
-            self.process.wait()
-        self.returncode = self.process.returncode
         _live_servers.discard(self)
         return self.returncode
 
@@ -308,16 +284,12 @@ class TritonServer:
 
     def http_client(self, **kwargs):
         """A tritonclient.http client for this server; stop() closes it."""
-        import tritonclient.http as httpclient
-
         client = httpclient.InferenceServerClient(self.http_url, **kwargs)
         self._clients.append(client)
         return client
 
     def grpc_client(self, **kwargs):
         """A tritonclient.grpc client for this server; stop() closes it."""
-        import tritonclient.grpc as grpcclient
-
         client = grpcclient.InferenceServerClient(self.grpc_url, **kwargs)
         self._clients.append(client)
         return client
@@ -376,6 +348,30 @@ def sum_metric(text: str, name: str, **labels: str) -> float:
         if all(have.get(k) == str(v) for k, v in labels.items()):
             total += float(m.group(4))
     return total
+
+
+def counters(server: TritonServer, *models: str) -> dict[str, tuple[int, int]]:
+    """{model: (requests Triton counted as successful, tokens the model counted as generated)}."""
+    text = server.metrics()
+    return {m: (int(sum_metric(text, "nv_inference_request_success", model=m)),
+                int(sum_metric(text, "gpt_generated_tokens_total", model=m))) for m in models}
+
+
+def settled_counters(server: TritonServer, before: Mapping[str, tuple[int, int]], want: Mapping[str, int],
+                     timeout: float = 3.0) -> dict[str, tuple[int, int]]:
+    """counters() for the models of ``want`` once each counted at least ``want[model]`` more successful requests
+    than in ``before`` (or ``timeout`` s passed): a model may bump them just after its last response."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = counters(server, *want)
+        if all(now[m][0] - before[m][0] >= n for m, n in want.items()) or time.monotonic() > deadline:
+            return now
+        time.sleep(0.05)
+
+
+def explain(proc: subprocess.CompletedProcess) -> str:
+    """A finished subprocess's exit status and output, for assertion messages."""
+    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
 
 
 @atexit.register

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from gptserve import GenerationRequest
-from gptserve.scheduler import Failure, Final, Observer, Scheduler, SchedulerConfig, Token
+from gptserve.scheduler import (MAX_CONSECUTIVE_FAILURES, Failure, Final, Observer, Scheduler, SchedulerConfig,
+                                 Token)
 
 PROMPT = (10, 20, 30, 40, 50, 60)
 
@@ -93,11 +94,17 @@ def reference(engine, r):
 def test_greedy_alone_equals_generate(make, tiny_engine, stream):
     sched = make()
     r = req(n=20, stream=stream)
-    final = run(sched, r).wait()
+    sink = run(sched, r)
+    final = sink.wait()
     ref = reference(tiny_engine, req(n=20))
     assert isinstance(final, Final)
     assert final.num_output_tokens == 20 and final.num_input_tokens == len(PROMPT)
-    if not stream:
+    if stream:  # one token per event, then a final without ids
+        assert all(len(e.ids) == 1 for e in sink.tokens)
+        assert [e.ids[0] for e in sink.tokens] == ref.output_ids
+        assert final.ids == []
+    else:
+        assert sink.tokens == []
         assert final.ids == ref.output_ids
         assert final.text == ref.text  # prompt + generated text, as gpt_large answers
 
@@ -292,9 +299,13 @@ class _BrokenEngine:
 def test_engine_failures_fail_requests_then_kill_thread(tiny_engine):
     sched = Scheduler(lambda: _BrokenEngine(tiny_engine), SchedulerConfig()).start(timeout=60)
     try:
-        for _ in range(3):
+        codes = []
+        for _ in range(MAX_CONSECUTIVE_FAILURES):
             failure = run(sched, req(n=5)).wait(5)
-            assert failure.code in ("INTERNAL", "UNAVAILABLE") and "boom" in failure.message
+            assert isinstance(failure, Failure) and "boom" in failure.message
+            codes.append(failure.code)
+        # each failed step fails its request; the last one gives up the engine thread, which fails it UNAVAILABLE
+        assert codes == ["INTERNAL"] * (MAX_CONSECUTIVE_FAILURES - 1) + ["UNAVAILABLE"]
         deadline = time.time() + 5
         while sched.alive and time.time() < deadline:
             time.sleep(0.01)
