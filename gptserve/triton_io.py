@@ -4,7 +4,9 @@ Triton's python-backend module (pb_utils) is passed in, so this file imports wit
 """
 from __future__ import annotations
 
+import faulthandler
 import logging
+import signal
 
 import numpy as np
 import torch
@@ -52,8 +54,26 @@ def output_tensor(pb_utils, name: str, arr: np.ndarray):
     return pb_utils.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(torch.from_numpy(np.ascontiguousarray(arr))))
 
 
-def response(pb_utils, arrays: dict[str, np.ndarray]):
-    return pb_utils.InferenceResponse(output_tensors=[output_tensor(pb_utils, k, v) for k, v in arrays.items()])
+def requested_outputs(request) -> frozenset[str]:
+    """The output names the client asked for; empty means all."""
+    return frozenset(request.requested_output_names())
+
+
+def response(pb_utils, arrays: dict[str, np.ndarray], requested: frozenset[str] = frozenset()):
+    """A response with the outputs of `arrays` that the client requested (all when `requested` is empty).
+    Leaving the others out is not only cheaper: Triton 2.51's python backend crashed a decoupled model's stub
+    (segfault in response_sender.send, GPU instance) when a response carried outputs the client had not asked
+    for, taking every in-flight stream with it."""
+    return pb_utils.InferenceResponse(output_tensors=[
+        output_tensor(pb_utils, k, v) for k, v in arrays.items() if not requested or k in requested
+    ])
+
+
+def enable_stack_dumps():
+    """Every Python thread's stack goes to the server log when the stub crashes (SIGSEGV, SIGABRT, ...) and on
+    `kill -USR1 <stub pid>` (for a model that hangs)."""
+    faulthandler.enable(all_threads=True)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 def warn_if_numpy_2():

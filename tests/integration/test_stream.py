@@ -57,8 +57,9 @@ class Stream:
         self.events = queue.Queue()
         self.client.start_stream(callback=lambda result, error: self.events.put((result, error, time.monotonic())))
 
-    def send(self, request_id, model=STREAM, **fields):
-        self.client.async_stream_infer(model, inputs(**fields), request_id=str(request_id),
+    def send(self, request_id, model=STREAM, outputs=None, **fields):
+        requested = [grpcclient.InferRequestedOutput(name) for name in outputs] if outputs else None
+        self.client.async_stream_infer(model, inputs(**fields), outputs=requested, request_id=str(request_id),
                                        enable_empty_final_response=True)
 
     def next(self, timeout=30):
@@ -122,6 +123,29 @@ def test_stream_of_n_tokens_is_n_responses_and_one_final(server):
     assert final and last["output_ids"].shape == (1, 0)
     assert int(last["num_input_tokens"][0, 0]) == len(PROMPT)
     assert int(last["num_output_tokens"][0, 0]) == 12
+
+
+def test_responses_carry_only_the_requested_outputs(server):
+    # What the load test asks for; the client sees the same either way (Triton prunes), the unit test
+    # tests/unit/test_triton_io.py checks that the models leave the rest out themselves.
+    wanted = ("output_ids", "num_output_tokens")
+    s = Stream(server)
+    try:
+        s.send("r", outputs=wanted, input_ids=PROMPT, max_tokens=5, stream=True, end_id=-1)
+        responses = s.collect()
+    finally:
+        s.close()
+    assert len(responses) == 6
+    assert all(set(out) == {"output_ids"} for _, out, _, _ in responses[:-1])  # a token: no counts yet
+    _, last, final, _ = responses[-1]
+    assert final and set(last) == set(wanted) and int(last["num_output_tokens"][0, 0]) == 5
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        result = client.infer(PLAIN, inputs(input_ids=PROMPT, max_tokens=5),
+                              outputs=[grpcclient.InferRequestedOutput(name) for name in wanted])
+    finally:
+        client.close()
+    assert {o.name for o in result.get_response().outputs} == set(wanted)
 
 
 def test_greedy_tokens_equal_non_streaming_model_alone(server):

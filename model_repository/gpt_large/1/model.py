@@ -11,7 +11,8 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from gptserve import Engine, RequestError, ServingConfig, parse_request  # noqa: E402
 from gptserve.triton_io import (  # noqa: E402
-    Metrics, error_response, output_arrays, request_inputs, response, warn_if_numpy_2,
+    Metrics, enable_stack_dumps, error_response, output_arrays, request_inputs, requested_outputs, response,
+    warn_if_numpy_2,
 )
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -20,6 +21,7 @@ log = logging.getLogger("gptserve")
 
 class TritonPythonModel:
     def initialize(self, args):
+        enable_stack_dumps()
         warn_if_numpy_2()
         model_config = json.loads(args["model_config"])
         serving = ServingConfig.from_parameters(ServingConfig.triton_parameters(model_config))
@@ -57,8 +59,8 @@ class TritonPythonModel:
             else:
                 seconds = time.perf_counter() - received
                 for (i, _), result in zip(batch, results):
-                    responses[i] = response(pb_utils, output_arrays(result.output_ids, result.text,
-                                                                    result.num_input_tokens))
+                    arrays = output_arrays(result.output_ids, result.text, result.num_input_tokens)
+                    responses[i] = response(pb_utils, arrays, requested_outputs(requests[i]))
                     self.metrics.record_success(result.num_input_tokens, len(result.output_ids), seconds)
         return responses
 

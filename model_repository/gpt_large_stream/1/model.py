@@ -25,8 +25,8 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 from gptserve import Engine, RequestError, ServingConfig, parse_request  # noqa: E402
 from gptserve.scheduler import Final, Observer, Scheduler, SchedulerConfig, Token  # noqa: E402
 from gptserve.triton_io import (  # noqa: E402
-    LATENCY_BUCKETS, TOKEN_TIME_BUCKETS, Metrics, error_response, output_arrays, request_inputs, response,
-    warn_if_numpy_2,
+    LATENCY_BUCKETS, TOKEN_TIME_BUCKETS, Metrics, enable_stack_dumps, error_response, output_arrays, request_inputs,
+    requested_outputs, response, warn_if_numpy_2,
 )
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -38,11 +38,12 @@ FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 class TritonSink:
     """One request's response channel; called on the scheduler's delivery thread only."""
 
-    __slots__ = ("request", "sender")
+    __slots__ = ("request", "sender", "requested")
 
     def __init__(self, request):
         self.request = request  # kept alive until the final response is sent
         self.sender = request.get_response_sender()
+        self.requested = requested_outputs(request)
 
     def is_cancelled(self) -> bool:
         return self.request.is_cancelled()
@@ -50,10 +51,11 @@ class TritonSink:
     def deliver(self, event):
         if isinstance(event, Token):
             arrays = output_arrays(event.ids, event.text, 0)
-            self.sender.send(response(pb_utils, {k: arrays[k] for k in ("output_ids", "text_output")}))
+            tokens = {k: arrays[k] for k in ("output_ids", "text_output")}
+            self.sender.send(response(pb_utils, tokens, self.requested))
         elif isinstance(event, Final):
             arrays = output_arrays(event.ids, event.text, event.num_input_tokens, event.num_output_tokens)
-            self.sender.send(response(pb_utils, arrays), flags=FINAL)
+            self.sender.send(response(pb_utils, arrays, self.requested), flags=FINAL)
         else:
             self.sender.send(error_response(pb_utils, event.message, event.code), flags=FINAL)
         if not isinstance(event, Token):
@@ -109,6 +111,7 @@ class TritonObserver(Observer):
 
 class TritonPythonModel:
     def initialize(self, args):
+        enable_stack_dumps()
         warn_if_numpy_2()
         self.name = args["model_name"]
         model_config = json.loads(args["model_config"])

@@ -1,0 +1,37 @@
+"""triton_io's response building, against a stand-in for Triton's pb_utils that records what the model built.
+
+(The integration tests see responses only after Triton has pruned unrequested outputs; this shows what the
+model itself put in them.)"""
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from gptserve.triton_io import output_arrays, response
+
+
+def recording_pb_utils():
+    """pb_utils.Tensor(name, array) and Tensor.from_dlpack(name, capsule) record (route, name, values)."""
+
+    def tensor(name, arr):
+        return ("numpy", name, arr.tolist())
+
+    tensor.from_dlpack = lambda name, capsule: ("dlpack", name, torch.utils.dlpack.from_dlpack(capsule).tolist())
+    return SimpleNamespace(Tensor=tensor, InferenceResponse=lambda output_tensors: output_tensors)
+
+
+def test_response_builds_only_the_requested_outputs():
+    pb = recording_pb_utils()
+    arrays = output_arrays([5, 6], "ab", 3)
+    built = response(pb, arrays, frozenset({"output_ids", "num_output_tokens"}))
+    assert [t[1] for t in built] == ["output_ids", "num_output_tokens"]
+    assert built[0] == ("dlpack", "output_ids", [[5, 6]])  # numeric outputs travel through DLPack
+    assert built[1] == ("dlpack", "num_output_tokens", [[2]])
+
+
+def test_response_builds_every_output_when_none_is_requested():
+    pb = recording_pb_utils()
+    built = response(pb, output_arrays([7], "é", 1))
+    assert [t[1] for t in built] == ["output_ids", "text_output", "num_input_tokens", "num_output_tokens"]
+    assert built[1] == ("numpy", "text_output", [["é".encode()]])  # BYTES can only come from numpy
+    assert np.array(built[2][2]).item() == 1
