@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
+from .attention import FLEX_BLOCK
 from .config import ServingConfig
-from .engine import Engine
+from .engine import KV_BLOCK, Engine
 from .requests import GenerationRequest
 
 VARIANTS = {
@@ -81,12 +82,13 @@ def weight_bytes(engine: Engine) -> int:
     return total
 
 
-def kv_bytes(engine: Engine, batch: int, context: float, read_all: bool) -> float:
-    """KV bytes one decode step reads: the live context, or the whole cache when the kernel reads all of it."""
+def kv_bytes(engine: Engine, batch: int, prompt_len: int, new_tokens: int, block: int) -> float:
+    """Mean KV bytes one decode step reads over a run: each row's cache up to its position, rounded up to the
+    attention kernel's granularity `block` (1: only the live context)."""
     cfg = engine.cfg
     elem = torch.empty((), dtype=engine.resolved.kv_cache_dtype).element_size()
-    length = engine.context if read_all else -(-context // 128) * 128
-    return batch * cfg.n_layer * 2 * length * cfg.n_embd * elem
+    lengths = [min(engine.context, -(-(prompt_len + step + 1) // block) * block) for step in range(new_tokens)]
+    return batch * cfg.n_layer * 2 * cfg.n_embd * elem * statistics.mean(lengths)
 
 
 def measure_engine(engine: Engine, batch: int, prompt_len: int, new_tokens: int, bandwidth: float) -> dict:
@@ -105,15 +107,15 @@ def measure_engine(engine: Engine, batch: int, prompt_len: int, new_tokens: int,
     def decode_loop():
         nonlocal tokens
         for step in range(new_tokens):
-            tokens = engine.decode_step(tokens, positions + step).argmax(-1)
+            tokens = engine.decode_step(tokens, positions + step, prompt_len + step).argmax(-1)
 
     decode = cuda_time(decode_loop, repeat=3) / new_tokens
     after = graph_counters()
     weights = weight_bytes(engine)
-    context = prompt_len + new_tokens / 2
-    read_all = engine.serving.attention_backend == "sdpa"
-    read = weights + kv_bytes(engine, batch, context, read_all)
-    useful = weights + kv_bytes(engine, batch, context, False)
+    # SDPA reads the cache in KV_BLOCK buckets (Engine.kv_len_for), flex in FLEX_BLOCK blocks
+    block = KV_BLOCK if engine.serving.attention_backend == "sdpa" else FLEX_BLOCK
+    read = weights + kv_bytes(engine, batch, prompt_len, new_tokens, block)
+    useful = weights + kv_bytes(engine, batch, prompt_len, new_tokens, 1)
     return {
         "batch": batch,
         "prefill_ms": prefill * 1e3,

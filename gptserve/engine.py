@@ -20,6 +20,7 @@ from .tokenizer import load_tokenizer
 log = logging.getLogger("gptserve")
 
 PREFILL_ALIGN = 64  # prompts are padded to a multiple of this: few distinct prefill shapes
+KV_BLOCK = 256  # attention reads the cache up to the batch's furthest position, rounded up to this many
 
 
 def bucket_for(rows: int) -> int:
@@ -59,7 +60,12 @@ class Engine:
         self.context = serving.max_seq_len or r.model.n_ctx  # KV-cache positions per slot
         if self.context > r.model.n_ctx:
             raise ValueError(f"parameter max_seq_len={self.context} exceeds the model's context of {r.model.n_ctx}")
-        self.model.setup_cache(self.slots, self.context, r.kv_cache_dtype, serving.attention_backend)
+        # One spare position: reading the whole context is then still a strict part of the cache, which the
+        # compiler handles with the other lengths (a full-length, contiguous view would be compiled apart).
+        self.model.setup_cache(self.slots, self.context + 1, r.kv_cache_dtype, serving.attention_backend)
+        # Its first kv_len entries carry kv_len into the compiled decode as a dynamic size: one graph for
+        # every length, and CUDA-graph trees record one graph per (batch bucket, length bucket).
+        self._kv_len_marker = torch.empty(self.context, dtype=torch.int8, device=self.device)
         self.tokenizer = load_tokenizer(serving.tokenizer_path, serving.model_path, r.model.vocab_size)
         self.limits = Limits(
             vocab_size=r.model.vocab_size,
@@ -90,13 +96,21 @@ class Engine:
         dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 1024)
         self._decode = torch.compile(self._forward_decode, mode=mode, fullgraph=True)
 
-    def _forward_prefill(self, tokens, positions, slots, last_index):
+    def _forward_prefill(self, tokens, positions, slots, last_index, kv_len):
         # tokens, positions: [N, T]; slots, last_index: [N] -> logits [N, V]
-        return self.model(tokens, positions, slots, last_index)
+        return self.model(tokens, positions, slots, last_index, kv_len)
 
-    def _forward_decode(self, tokens, positions):
-        # tokens, positions: [B, 1] for slots 0..B-1 -> logits [B, V]
-        return self.model(tokens, positions, slice(0, tokens.shape[0]))[:, -1]
+    def _forward_decode(self, tokens, positions, kv_len_marker):
+        # tokens, positions: [B, 1] for slots 0..B-1; kv_len_marker: [L] -> logits [B, V]
+        return self.model(tokens, positions, slice(0, tokens.shape[0]), kv_len=kv_len_marker.shape[0])[:, -1]
+
+    def kv_len_for(self, max_position: int) -> int:
+        """Cache positions attention reads when no row is past max_position: the next KV_BLOCK multiple."""
+        return min(self.context, -(-(max_position + 1) // KV_BLOCK) * KV_BLOCK)
+
+    def kv_lengths(self) -> list[int]:
+        """Every length kv_len_for returns: the decode shapes of one batch bucket."""
+        return sorted({self.kv_len_for(p) for p in range(0, self.context, KV_BLOCK)})
 
     # -- the three verbs --------------------------------------------------------------------------------------
     def prefill(self, prompts: list[tuple[int, ...]], slots: list[int], start: list[int] | None = None):
@@ -111,20 +125,27 @@ class Engine:
         positions = torch.tensor(start)[:, None] + torch.arange(padded)[None, :]
         positions = positions.clamp(max=self.context - 1)
         last = torch.tensor([len(p) - 1 for p in prompts])
+        kv_len = self.kv_len_for(int(positions.max()))
         to = dict(device=self.device, non_blocking=True)
         with torch.no_grad():
-            return self._forward_prefill(tokens.to(**to), positions.to(**to), torch.tensor(slots).to(**to), last.to(**to))
+            return self._forward_prefill(tokens.to(**to), positions.to(**to), torch.tensor(slots).to(**to),
+                                         last.to(**to), kv_len)
 
-    def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """One token for each of slots 0..B-1. tokens, positions: [B] on device -> logits [B, V]."""
+    def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, max_position: int | None = None):
+        """One token for each of slots 0..B-1. tokens, positions: [B] on device -> logits [B, V].
+        max_position (host int, default the last cache position) bounds positions: attention reads only the
+        cache up to it (kv_len_for)."""
         tokens, positions = tokens[:, None], positions[:, None]  # [B, 1]
-        if self.resolved.compile_mode != "none" and tokens.shape[0] > 1:  # batch 1 gets its own graph anyway
-            torch._dynamo.maybe_mark_dynamic(tokens, 0)
-            torch._dynamo.maybe_mark_dynamic(positions, 0)
+        marker = self._kv_len_marker[: self.kv_len_for(self.context - 1 if max_position is None else max_position)]
+        if self.resolved.compile_mode != "none":
+            torch._dynamo.maybe_mark_dynamic(marker, 0)
+            if tokens.shape[0] > 1:  # batch 1 gets its own graph anyway
+                torch._dynamo.maybe_mark_dynamic(tokens, 0)
+                torch._dynamo.maybe_mark_dynamic(positions, 0)
         if self.resolved.compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()
         with torch.no_grad():
-            return self._decode(tokens, positions)
+            return self._decode(tokens, positions, marker)
 
     sample = staticmethod(sample)
 
@@ -137,6 +158,7 @@ class Engine:
         dev = self.device
         params = SamplingParams.build(requests, rows, dev)
         max_new = max(r.max_tokens for r in requests)
+        longest_prompt = max(len(r.prompt_ids) for r in requests)
         budget = torch.tensor([r.max_tokens for r in requests] + [1] * (rows - n), device=dev)
         end_id = torch.tensor([r.end_id for r in requests] + [-1] * (rows - n), device=dev)
         positions = torch.tensor([len(r.prompt_ids) for r in requests] + [0] * (rows - n), device=dev)
@@ -163,7 +185,7 @@ class Engine:
                 if bool(done.all()):
                     break
             step += 1
-            logits = self.decode_step(token, positions)
+            logits = self.decode_step(token, positions, longest_prompt + i)  # no row is further than that
             positions = torch.where(done, positions, positions + 1)  # finished rows stay in range
         return self._results(requests, out.cpu(), recorded)
 
@@ -203,7 +225,7 @@ class Engine:
 
     # -- start-up ------------------------------------------------------------------------------------------
     def warmup(self, prompt_len: int | None = None) -> dict[int, float]:
-        """Run every batch bucket once (compiles and captures each); seconds per bucket."""
+        """Run every batch bucket once (compiles and captures each, at every KV length); seconds per bucket."""
         prompt_len = min(prompt_len or self.serving.warmup_prompt_len, self.context - 2)
         seconds = {}
         for b in BATCH_BUCKETS:
@@ -212,6 +234,11 @@ class Engine:
             t0 = time.perf_counter()
             reqs = [GenerationRequest(prompt_ids=(1,) * prompt_len, max_tokens=2, end_id=-1)] * b
             self.generate(reqs)
+            if self.resolved.compile_mode == "reduce-overhead":  # CUDA-graph trees record on the 2nd call
+                zeros = torch.zeros(b, dtype=torch.int64, device=self.device)  # position 0: overwritten by prefill
+                for kv_len in self.kv_lengths():
+                    for _ in range(2):
+                        self.decode_step(zeros, zeros, kv_len - 1)
             self.synchronize()
             seconds[b] = time.perf_counter() - t0
         log.info("warmup: seconds per bucket %s", {k: round(v, 2) for k, v in seconds.items()})

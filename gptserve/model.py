@@ -23,12 +23,13 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, rows, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """Write k, v [B, H, T, D] at input_pos [B, T]; return the rows' caches [B, H, S, D] in k's dtype."""
+    def update(self, rows, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len=None):
+        """Write k, v [B, H, T, D] at input_pos [B, T]; return the rows' caches [B, H, L, D] in k's dtype, cut
+        to their first kv_len positions (all S when None): attention then reads only those."""
         slot_idx = torch.arange(self.k.shape[0], device=k.device)[rows][:, None]  # [B, 1]
         self.k[slot_idx, :, input_pos] = k.transpose(1, 2).to(self.k.dtype)  # indexed view: [B, T, H, D]
         self.v[slot_idx, :, input_pos] = v.transpose(1, 2).to(self.v.dtype)
-        return self.k[rows].to(k.dtype), self.v[rows].to(v.dtype)
+        return self.k[rows, :, :kv_len].to(k.dtype), self.v[rows, :, :kv_len].to(v.dtype)
 
 
 class CausalSelfAttention(nn.Module):
@@ -40,13 +41,13 @@ class CausalSelfAttention(nn.Module):
         self.cache: KVCache | None = None
         self.attend = get_attention("sdpa")
 
-    def forward(self, x: torch.Tensor, input_pos: torch.Tensor | None, rows) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, input_pos: torch.Tensor | None, rows, kv_len=None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # 3x [B, H, T, D]
         if input_pos is None:  # reference path: the whole sequence, no cache
             y = causal_reference(q, k, v)
         else:
-            k_all, v_all = self.cache.update(rows, input_pos, k, v)  # [B, H, S, D]
+            k_all, v_all = self.cache.update(rows, input_pos, k, v, kv_len)  # [B, H, L, D]
             y = self.attend(q, k_all, v_all, input_pos)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
@@ -69,8 +70,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, input_pos, rows):
-        x = x + self.attn(self.ln_1(x), input_pos, rows)
+    def forward(self, x, input_pos, rows, kv_len=None):
+        x = x + self.attn(self.ln_1(x), input_pos, rows, kv_len)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -106,14 +107,16 @@ class GPT(nn.Module):
             block.attn.cache = KVCache(slots, self.cfg.n_head, length, self.cfg.head_dim, dtype, device)
             block.attn.attend = attend
 
-    def forward(self, idx: torch.Tensor, input_pos: torch.Tensor, rows, last_index: torch.Tensor | None = None):
-        """Cached forward. idx, input_pos: [B, T]; rows: slots of the B rows (slice or index tensor).
+    def forward(self, idx: torch.Tensor, input_pos: torch.Tensor, rows, last_index: torch.Tensor | None = None,
+                kv_len=None):
+        """Cached forward. idx, input_pos: [B, T]; rows: slots of the B rows (slice or index tensor); kv_len:
+        cache positions attention reads (every input_pos must be below it; None: all).
 
         Returns logits [B, V] at last_index [B] when given, else [B, T, V].
         """
         x = self.wte(idx) + self.wpe(input_pos)  # [B, T, C]
         for block in self.blocks:
-            x = block(x, input_pos, rows)
+            x = block(x, input_pos, rows, kv_len)
         if last_index is not None:
             x = x[torch.arange(x.shape[0], device=x.device), last_index]  # [B, C]
         return self.lm_head(self.ln_f(x))

@@ -26,11 +26,11 @@ def decode_kernels(engine: Engine, batch: int, prompt_len: int, steps: int) -> d
     tokens = torch.zeros(batch, dtype=torch.int64, device="cuda")
     positions = torch.full((batch,), prompt_len, dtype=torch.int64, device="cuda")
     for _ in range(3):  # compile and capture this bucket outside the profile
-        engine.decode_step(tokens, positions)
+        engine.decode_step(tokens, positions, prompt_len)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for step in range(steps):
-            engine.decode_step(tokens, positions + step)
+            engine.decode_step(tokens, positions + step, prompt_len + step)
         torch.cuda.synchronize()
     per_kernel: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
     for event in prof.events():

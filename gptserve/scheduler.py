@@ -424,7 +424,7 @@ class Scheduler:
                     pos[slot] = s.prefilled
             host = torch.tensor([tok, pos, step], dtype=torch.int64)
             dev = host.to(eng.device)
-            logits = eng.decode_step(dev[0], dev[1])
+            logits = eng.decode_step(dev[0], dev[1], max(pos))
             params = self._sampling_params(tuple(key))
             tokens = eng.sample(logits, params, dev[2]).tolist()
             if self.config.step_delay_s:

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from gptserve import Engine, GenerationRequest, ServingConfig
 
@@ -109,3 +110,31 @@ def test_compiled_flex_on_cpu_fails_the_load_clearly():
 def test_compiled_path_matches_reference():
     engine = Engine(ServingConfig(preset="tiny", compile_mode="default"), device="cpu")
     assert engine.probe_max_abs_diff() < 1e-4
+
+
+@pytest.mark.slow
+def test_compiled_decode_does_not_recompile_across_batch_and_kv_length_buckets():
+    from torch._dynamo.utils import counters
+
+    engine = Engine(ServingConfig(preset="tiny", compile_mode="default"), device="cpu")
+    engine.warmup()
+    graphs = counters["stats"]["unique_graphs"]
+    for rows in (1, 3, 16):
+        for position in (5, 300, engine.context - 1):
+            tokens = torch.zeros(rows, dtype=torch.int64)
+            logits = engine.decode_step(tokens, torch.full((rows,), position), position)
+            assert logits.shape == (rows, engine.cfg.vocab_size)
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_decode_reads_only_the_cache_up_to_the_bucketed_position(tiny_engine):
+    assert tiny_engine.kv_len_for(0) == 256 and tiny_engine.kv_len_for(255) == 256
+    assert tiny_engine.kv_len_for(256) == 512 and tiny_engine.kv_len_for(tiny_engine.context - 1) == tiny_engine.context
+    # the same logits whether attention reads 256 positions or the whole cache
+    prompt = tuple(range(1, 40))
+    tiny_engine.prefill([prompt], [0])
+    token, position = torch.tensor([7]), torch.tensor([len(prompt)])
+    bounded = tiny_engine.decode_step(token, position, len(prompt))
+    tiny_engine.prefill([prompt], [0])
+    whole = tiny_engine.decode_step(token, position)
+    assert torch.allclose(bounded, whole, atol=1e-5)

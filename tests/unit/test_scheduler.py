@@ -339,9 +339,9 @@ class _SpyEngine:
         self.calls.append(("prefill", [len(p) for p in prompts], list(start or [])))
         return self._e.prefill(prompts, slots, start)
 
-    def decode_step(self, tokens, positions):
+    def decode_step(self, tokens, positions, max_position=None):
         self.calls.append(("decode", tokens.shape[0]))
-        return self._e.decode_step(tokens, positions)
+        return self._e.decode_step(tokens, positions, max_position)
 
 
 def test_long_prompt_is_prefilled_in_chunks_between_decode_steps(tiny_engine):
