@@ -18,8 +18,8 @@ Threads:
 
 Sinks (one per request) are duck-typed:
     sink.deliver(event)     event is a Token, Final or Failure (see below); called on the delivery thread
-    sink.is_cancelled()     polled on the delivery thread before each round of deliveries (about once per
-                            engine iteration) for running sequences, every WAITING_POLL_S for waiting ones
+    sink.is_cancelled()     polled on the delivery thread before a round of deliveries, at most every
+                            RUNNING_POLL_S for running sequences and WAITING_POLL_S for waiting ones
 
 Tokens, and their order, equal Engine.generate's for the same request: prefill logits give output 0, each
 decode step output k at position len(prompt) + k - 1, and sampling is keyed on (seed, output index k).
@@ -45,6 +45,9 @@ from .tokenizer import IncrementalDecoder
 log = logging.getLogger("gptserve")
 
 WAITING_POLL_S = 0.1  # cancellation poll period for requests still waiting for a slot
+# ... and for running ones: each poll is an IPC round trip per sequence (as costly as sending a token), so not
+# every step; a cancel still stops its sequence within ~10 ms plus MAX_LAG steps.
+RUNNING_POLL_S = 0.01
 IDLE_POLL_S = 0.05  # delivery thread: cancellation poll period while the engine thread posts nothing
 MAX_LAG = 2  # engine iterations the engine thread may run ahead of the delivery thread
 MAX_CONSECUTIVE_FAILURES = 3  # engine errors in a row before the engine thread gives up
@@ -402,7 +405,7 @@ class Scheduler:
                 rows = [r for r, _ in done]
                 params = SamplingParams.build([s.req for _, s in done], len(done), eng.device)
                 step = torch.zeros(len(done), dtype=torch.int64, device=eng.device)
-                tokens = eng.sample(logits[rows], params, step).tolist()
+                tokens = self._host(eng.sample(logits[rows], params, step))
                 now = time.perf_counter()
                 for (_, s), tok in zip(done, tokens):
                     s.first_token_at = now
@@ -426,7 +429,7 @@ class Scheduler:
             dev = host.to(eng.device)
             logits = eng.decode_step(dev[0], dev[1], max(pos))
             params = self._sampling_params(tuple(key))
-            tokens = eng.sample(logits, params, dev[2]).tolist()
+            tokens = self._host(eng.sample(logits, params, dev[2]))
             if self.config.step_delay_s:
                 time.sleep(self.config.step_delay_s)
             now = time.perf_counter()
@@ -437,6 +440,12 @@ class Scheduler:
             self._lag += 1
         out.append((None, ("step", None)))
         self._post(out)
+
+    def _host(self, tokens: torch.Tensor) -> list[int]:
+        """tokens.tolist(), waiting for the GPU without the GIL (tolist would hold it for the whole step), so
+        the delivery thread streams the previous step's tokens meanwhile."""
+        self.engine.synchronize()
+        return tokens.tolist()
 
     def _prefill_groups(self, work):
         """Split prefill work into Engine.prefill calls whose padded length fits every row's context."""
@@ -526,7 +535,7 @@ class Scheduler:
             self._outbox.put([(None, ("gauges", gauges))])
 
     def _delivery_main(self):
-        last_waiting_poll = 0.0
+        last_poll = {"running": 0.0, "waiting": 0.0}
         while True:
             try:
                 batches = [self._outbox.get(timeout=IDLE_POLL_S)]
@@ -537,12 +546,12 @@ class Scheduler:
                     batches.append(self._outbox.get_nowait())
                 except queue.Empty:
                     break
-            # Poll before delivering: a cancel is seen within one round even when tokens are backlogged.
+            # Poll before delivering: a cancel is seen even when tokens are backlogged.
             now = time.monotonic()
-            poll_waiting = now - last_waiting_poll >= WAITING_POLL_S
-            if poll_waiting:
-                last_waiting_poll = now
-            self._poll_cancellations(poll_waiting)
+            due = {kind: now - last_poll[kind] >= period
+                   for kind, period in (("running", RUNNING_POLL_S), ("waiting", WAITING_POLL_S))}
+            last_poll.update({kind: now for kind, is_due in due.items() if is_due})
+            self._poll_cancellations(due["running"], due["waiting"])
             for batch in batches:
                 if batch is None:
                     return
@@ -552,11 +561,11 @@ class Scheduler:
                     except Exception:  # noqa: BLE001 - one client's failure must not stop the others
                         log.exception("scheduler: delivery failed")
 
-    def _poll_cancellations(self, include_waiting: bool):
+    def _poll_cancellations(self, running: bool, waiting: bool):
         with self._lock:
             live = list(self._live.values())
         for s in live:
-            if s.cancel_requested or s.closed or (s.slot is None and not include_waiting):
+            if s.cancel_requested or s.closed or not (waiting if s.slot is None else running):
                 continue
             try:
                 if s.sink.is_cancelled():
