@@ -109,6 +109,14 @@ class SchedulerConfig:
 
 
 # -- one request's state ----------------------------------------------------------------------------------------
+@dataclass
+class _Step:
+    """A decode step queued on the device and not yet read back."""
+
+    tokens: torch.Tensor  # [rows] sampled tokens, by slot
+    seqs: list  # the _Seqs it advances
+
+
 _ids = itertools.count()
 
 
@@ -166,6 +174,8 @@ class Scheduler:
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         self._params_key: tuple | None = None
         self._params: SamplingParams | None = None
+        self._in_flight: _Step | None = None  # the decode step launched last, not yet read back
+        self._next_tokens: torch.Tensor | None = None  # [slots] on the device: its sampled tokens, by slot
         self._last_gauges: tuple[int, int] | None = None
         self._thread = threading.Thread(target=self._engine_main, name="gptserve-engine", daemon=True)
         self._delivery = threading.Thread(target=self._delivery_main, name="gptserve-delivery", daemon=True)
@@ -265,6 +275,7 @@ class Scheduler:
             return
         self._slot_seq: list[_Seq | None] = [None] * self.slots
         self._free = self.slots
+        self._next_tokens = torch.zeros(self.engine.slots, dtype=torch.int64, device=self.engine.device)
         self._ready.set()
         log.info("scheduler: %d slots, max_queue_size=%d, queue_timeout=%.1fs, prefill_chunk=%d",
                  self.slots, self.config.max_queue_size, self.config.queue_timeout_s, self.config.prefill_chunk)
@@ -321,6 +332,7 @@ class Scheduler:
                                       f"generation failed: {exc!r}")
                     self._slot_seq = [None] * self.slots
                     self._free = self.slots
+                self._in_flight = None
             self._post_gauges()
 
     def _running(self) -> bool:
@@ -410,36 +422,54 @@ class Scheduler:
                 for (_, s), tok in zip(done, tokens):
                     s.first_token_at = now
                     self._accept(s, tok, now, out)
-        # 3. one decode step for every sequence that has a token to feed
-        active = [s for s in self._slot_seq if s is not None and s.decoding]
-        if active:
-            hi = max(s.slot for s in active) + 1
-            rows = min(bucket_for(hi), self.slots)
-            tok, pos, step, key = [0] * rows, [0] * rows, [0] * rows, [None] * rows
-            for slot in range(rows):
-                s = self._slot_seq[slot]
-                if s is None:
-                    continue
-                if s.decoding:
-                    tok[slot], pos[slot], step[slot] = s.last, s.prompt_len + len(s.ids) - 1, len(s.ids)
-                    key[slot] = s.id
-                else:  # mid-prefill: the garbage row writes where the next chunk will write anyway
-                    pos[slot] = s.prefilled
-            host = torch.tensor([tok, pos, step], dtype=torch.int64)
-            dev = host.to(eng.device)
-            logits = eng.decode_step(dev[0], dev[1], max(pos))
-            params = self._sampling_params(tuple(key))
-            tokens = self._host(eng.sample(logits, params, dev[2]))
+        # 3. one decode step for every sequence that has a token to feed, launched BEFORE the previous step's
+        #    tokens are read back: the host work of one step (reading, streaming, stop checks, the next launch)
+        #    overlaps the GPU work of the next. A sequence in the previous step is fed that step's sampled token
+        #    straight from the device; if it then turns out to have ended, its extra token is dropped (its
+        #    slot's KV past the end is never read: a new owner overwrites every position before reading it).
+        prev = self._in_flight
+        ahead = {s.id for s in prev.seqs} if prev else set()  # one token further than s.ids on the device
+        active = [s for s in self._slot_seq
+                  if s is not None and s.decoding and len(s.ids) + (s.id in ahead) < s.req.max_tokens]
+        self._in_flight = self._launch(active, ahead) if active else None
+        if prev is not None:
+            tokens = self._host(prev.tokens)
             if self.config.step_delay_s:
                 time.sleep(self.config.step_delay_s)
             now = time.perf_counter()
-            out.append((None, ("batch", len(active))))
-            for s in active:
-                self._accept(s, tokens[s.slot], now, out)
+            out.append((None, ("batch", len(prev.seqs))))
+            for s in prev.seqs:
+                if not s.closed:  # cancelled meanwhile, or ended in an earlier step
+                    self._accept(s, tokens[s.slot], now, out)
         with self._lock:
             self._lag += 1
         out.append((None, ("step", None)))
         self._post(out)
+
+    def _launch(self, active: list[_Seq], ahead: set[int]) -> "_Step":
+        """Queue one decode step + sampling on the device for `active` (rows = slots 0..bucket-1)."""
+        eng = self.engine
+        rows = min(bucket_for(max(s.slot for s in active) + 1), self.slots)
+        tok, pos, step, from_device, key = [0] * rows, [0] * rows, [0] * rows, [0] * rows, [None] * rows
+        active_ids = {s.id for s in active}
+        for slot in range(rows):
+            s = self._slot_seq[slot]
+            if s is None:
+                continue
+            if s.id in active_ids:
+                k = len(s.ids) + (s.id in ahead)  # the output index this step produces
+                tok[slot], pos[slot], step[slot], key[slot] = s.last, s.prompt_len + k - 1, k, s.id
+                from_device[slot] = int(s.id in ahead)
+            elif s.decoding:  # its last token is still in flight: the garbage row writes past its end
+                pos[slot] = min(s.prompt_len + len(s.ids), eng.context - 1)
+            else:  # mid-prefill: the garbage row writes where the next chunk will write anyway
+                pos[slot] = s.prefilled
+        dev = torch.tensor([tok, pos, step, from_device], dtype=torch.int64).to(eng.device)
+        tokens = torch.where(dev[3].bool(), self._next_tokens[:rows], dev[0])
+        logits = eng.decode_step(tokens, dev[1], max(pos))
+        sampled = eng.sample(logits, self._sampling_params(tuple(key)), dev[2])
+        self._next_tokens[:rows].copy_(sampled)
+        return _Step(sampled, active)
 
     def _host(self, tokens: torch.Tensor) -> list[int]:
         """tokens.tolist(), waiting for the GPU without the GIL (tolist would hold it for the whole step), so
