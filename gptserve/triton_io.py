@@ -76,6 +76,14 @@ def enable_stack_dumps():
     faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
+def disable_stack_dumps():
+    """Called at the end of finalize(): the stub's interpreter teardown that follows can segfault in garbage
+    collection (seen on the H100 with Triton 2.51, for both models, after "successfully unloaded"); the model is
+    gone by then, and a crash dump would only alarm."""
+    faulthandler.disable()
+    faulthandler.unregister(signal.SIGUSR1)
+
+
 def warn_if_numpy_2():
     """Say at load time what numpy >= 2 costs on older python backends (see output_tensor)."""
     if int(np.__version__.split(".")[0]) >= 2:

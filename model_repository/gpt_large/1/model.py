@@ -11,8 +11,8 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from gptserve import Engine, RequestError, ServingConfig, parse_request  # noqa: E402
 from gptserve.triton_io import (  # noqa: E402
-    Metrics, enable_stack_dumps, error_response, output_arrays, request_inputs, requested_outputs, response,
-    warn_if_numpy_2,
+    Metrics, disable_stack_dumps, enable_stack_dumps, error_response, output_arrays, request_inputs,
+    requested_outputs, response, warn_if_numpy_2,
 )
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -66,3 +66,4 @@ class TritonPythonModel:
 
     def finalize(self):
         log.info("gpt_large: finalize")
+        disable_stack_dumps()

@@ -25,8 +25,8 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 from gptserve import Engine, RequestError, ServingConfig, parse_request  # noqa: E402
 from gptserve.scheduler import Final, Observer, Scheduler, SchedulerConfig, Token  # noqa: E402
 from gptserve.triton_io import (  # noqa: E402
-    LATENCY_BUCKETS, TOKEN_TIME_BUCKETS, Metrics, enable_stack_dumps, error_response, output_arrays, request_inputs,
-    requested_outputs, response, warn_if_numpy_2,
+    LATENCY_BUCKETS, TOKEN_TIME_BUCKETS, Metrics, disable_stack_dumps, enable_stack_dumps, error_response,
+    output_arrays, request_inputs, requested_outputs, response, warn_if_numpy_2,
 )
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -180,3 +180,4 @@ class TritonPythonModel:
         t0 = time.perf_counter()
         self.scheduler.stop()
         log.info("%s: finalize done in %.1fs", self.name, time.perf_counter() - t0)
+        disable_stack_dumps()
