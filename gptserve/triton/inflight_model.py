@@ -57,7 +57,7 @@ class InflightBatchingModel:
         self.instance = instance = Instance.start(args)
         if not pb_utils.using_decoupled_model_transaction_policy(instance.model_config):
             raise ValueError(f"{instance.name} must be decoupled: model_transaction_policy {{ decoupled: true }}")
-        self.metrics = Metrics(pb_utils, instance.name, instance.gpu, {**SHARED, **IN_FLIGHT})
+        self.metrics = Metrics(pb_utils, instance.labels, {**SHARED, **IN_FLIGHT})
 
         def build():  # on the engine thread: the CUDA device and compiled graphs belong to that thread
             instance.use_device()

@@ -1,5 +1,5 @@
-"""The models' own Prometheus metrics, beside Triton's nv_* ones. Every series carries `model` and `gpu` (the
-instance's GPU index, or "cpu") labels, so instances on several GPUs report apart.
+"""The models' own Prometheus metrics, beside Triton's nv_* ones. Every series carries `model`, `instance`
+(Triton's instance name) and `gpu` (the instance's GPU index, or "cpu") labels, so instances report apart.
 
 Each update is an IPC round trip from the stub to the server: the in-flight model makes them from its metrics
 thread only (gptserve.serving.telemetry).
@@ -47,10 +47,9 @@ IN_FLIGHT = {
 class Metrics:
     """One metric object per name of `families`, as attributes without the gpt_ prefix and _total suffix."""
 
-    def __init__(self, pb_utils, model_name: str, gpu: str, families: dict):
+    def __init__(self, pb_utils, labels: dict[str, str], families: dict):
         mf = pb_utils.MetricFamily
         self._families = []  # Triton deletes a family (and fails its metrics) when its Python object dies
-        labels = {"model": model_name, "gpu": gpu}
         for name, (kind, description, buckets) in families.items():
             family = mf(name=name, description=description, kind=getattr(mf, kind))
             self._families.append(family)

@@ -24,6 +24,7 @@ class Instance:
     """One model instance as Triton describes it."""
 
     name: str
+    instance: str  # Triton's name for this instance, e.g. gpt_large_0_1
     model_config: dict
     settings: ServingConfig
     device: str  # "cuda" or "cpu"
@@ -36,8 +37,13 @@ class Instance:
         refuse_numpy_2()
         model_config = json.loads(args["model_config"])
         on_gpu = args["model_instance_kind"] == "GPU"
-        return cls(args["model_name"], model_config, ServingConfig.from_triton_config(model_config),
+        return cls(args["model_name"], args.get("model_instance_name", args["model_name"]), model_config, ServingConfig.from_triton_config(model_config),
                    "cuda" if on_gpu else "cpu", str(args.get("model_instance_device_id", 0)) if on_gpu else "cpu")
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """Labels of this instance's metrics: instances on several GPUs (or several on one) report apart."""
+        return {"model": self.name, "instance": self.instance, "gpu": self.gpu}
 
     def use_device(self):
         """Make this instance's GPU the current one (per thread: call it on the thread that runs torch)."""

@@ -22,7 +22,7 @@ class StaticBatchingModel:
 
     def initialize(self, args):
         self.instance = Instance.start(args)
-        self.metrics = Metrics(pb_utils, self.instance.name, self.instance.gpu, SHARED)
+        self.metrics = Metrics(pb_utils, self.instance.labels, SHARED)
         self.instance.use_device()
         self.engine = Engine(self.instance.settings, device=self.instance.device)
         self.limits = Limits.of(self.engine)
