@@ -1,15 +1,19 @@
-# Developer / CI entry points. `make setup` is cheap to re-run: it only reinstalls when requirements.txt,
-# pyproject.toml or scripts/setup_triton.sh change (stamp file .venv/.setup-done).
+# Developer / CI entry points; `make help` lists them. `make setup` is cheap to re-run: it only reinstalls when
+# requirements.txt, pyproject.toml or scripts/setup_triton.sh change (stamp file .venv/.setup-done).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
 ARGS ?=
+MODEL ?= gpt_large_stream
 
-.PHONY: setup serve test bench release-check clean distclean
+.PHONY: help setup serve test bench trace release-check rollback-drill check-tools clean distclean
 
-setup: $(STAMP)
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## create .venv with everything the server, the tools and the tests need
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,25 +24,31 @@ $(STAMP): requirements.txt pyproject.toml scripts/setup_triton.sh | $(PY)
 	bash scripts/setup_triton.sh $(PY)
 	touch $@
 
-# tritonserver on model_repository; MODEL_REPOSITORY, HTTP_PORT, GRPC_PORT, METRICS_PORT and ARGS override.
-serve: $(STAMP)
-	bash scripts/serve.sh $(ARGS)
+serve: $(STAMP) ## start tritonserver on model_repository (HOST, HTTP_PORT, GRPC_PORT, METRICS_PORT, ARGS)
+	@bash scripts/serve.sh $(ARGS)
 
-# GPU tests skip themselves without CUDA; integration tests start real tritonservers.
-# pytest's exit 5 ("no tests collected") is reported but not treated as a failure.
-test: $(STAMP)
+test: $(STAMP) ## the whole test suite (GPU tests skip themselves without CUDA); ARGS go to pytest
 	@rc=0; $(PY) -m pytest tests -q -rs $(ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; rc=0; fi; exit $$rc
 
-bench: $(STAMP)
-	$(PY) -m gptserve.bench $(ARGS)
+bench: $(STAMP) ## engine benchmark on a GPU (python -m bench.engine; ARGS e.g. --variants bf16-sdpa)
+	$(PY) -m bench.engine $(ARGS)
 
-release-check: $(STAMP)
+trace: $(STAMP) ## profiler trace of decode steps of MODEL's configuration, under artifacts/trace (GPU)
+	$(PY) -m bench.profile_decode --config model_repository/$(MODEL)/config.pbtxt --trace --output artifacts/trace $(ARGS)
+
+release-check: $(STAMP) ## warm-up checks + SLO load test against a running server
 	bash scripts/release_check.sh $(ARGS)
 
-clean:
+rollback-drill: $(STAMP) ## serve a candidate version beside the current one, check it, roll back on failure
+	bash scripts/rollback_drill.sh $(ARGS)
+
+check-tools: ## install the deployment checkers (kubectl, hadolint, checkov, promtool, systemd-analyze)
+	bash scripts/install_check_tools.sh
+
+clean: ## remove build leftovers (keeps .venv's packages)
 	rm -rf $(VENV)/triton $(STAMP) .pytest_cache build *.egg-info
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf
 
-distclean: clean
+distclean: clean ## remove .venv too
 	rm -rf $(VENV)

@@ -1,9 +1,8 @@
-"""gptserve: a GPT-2-architecture decoder engine for single-GPU serving behind Triton."""
-from .config import BATCH_BUCKETS, PRESETS, ModelConfig, ServingConfig
-from .engine import Engine, GenerationResult
-from .requests import GenerationRequest, Limits, RequestError, parse_request
+"""gptserve: a GPT-2-architecture decoder served by Triton, in three layers that import only downwards:
 
-__all__ = [
-    "BATCH_BUCKETS", "PRESETS", "ModelConfig", "ServingConfig", "Engine", "GenerationResult",
-    "GenerationRequest", "Limits", "RequestError", "parse_request",
-]
+    gptserve.engine   torch: the model, KV cache, sampling, prefill / decode_step / generate
+    gptserve.serving  requests, the stopping rule, static batches, the in-flight scheduler
+    gptserve.triton   Triton's python backend: tensors, metrics, the two model classes
+
+gptserve.settings declares every serving setting once; all three layers read it.
+"""

@@ -22,18 +22,18 @@ export PYTHONUNBUFFERED=1
 case "$STAGE" in
 engine)
     nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm --format=csv | tee "$OUT_DIR/device.txt"
-    "$PY" -m gptserve.bench --preset gpt2-large --variants "${VARIANTS:-bf16-sdpa,bf16-flex,fp8-flex}" \
+    "$PY" -m bench.engine --preset gpt2-large --variants "${VARIANTS:-bf16-sdpa,bf16-flex,fp8-flex}" \
         --peers '' --batches 1,4,8,16 --output "$OUT_DIR"
     "$PY" -m pytest tests/gpu -q -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT_DIR/gpu-tests.txt"
     ;;
 peers)
-    "$PY" -m gptserve.bench --preset gpt2-large --variants "${VARIANTS:-bf16-sdpa}" --batches 1,16 \
+    "$PY" -m bench.engine --preset gpt2-large --variants "${VARIANTS:-bf16-sdpa}" --batches 1,16 \
         --peers eager,hf,hf-static --peer-batches 1,16 --output "$OUT_DIR"
     ;;
 40b)
     # bf16 KV for 16 slots of 2048 positions (51 GB) and FP8 weights (41 GB) exceed 80 GB: size the cache to
     # the benchmark's prompt + new tokens (1280 positions, 32 GB).
-    "$PY" -m gptserve.bench --preset gpt-large-40b --variants fp8-sdpa --batches 1,16 --peers '' \
+    "$PY" -m bench.engine --preset gpt-large-40b --variants fp8-sdpa --batches 1,16 --peers '' \
         --max-seq-len 1280 --output "$OUT_DIR"
     ;;
 triton)
@@ -55,7 +55,7 @@ print(*[x.getsockname()[1] for x in s])")
         --output-json "$OUT_DIR/compare-models.json"
     kill -TERM $SERVER; wait $SERVER || true
     trap - EXIT
-    "$PY" -m gptserve.bench --preset gpt2-large --variants bf16-sdpa --batches 16 --peers '' --output "$OUT_DIR"
+    "$PY" -m bench.engine --preset gpt2-large --variants bf16-sdpa --batches 16 --peers '' --output "$OUT_DIR"
     ;;
 *)
     echo "bench_gpu.sh: unknown stage '$STAGE' (engine, peers, 40b, triton)" >&2

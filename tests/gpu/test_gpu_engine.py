@@ -3,7 +3,9 @@ paths against references."""
 import pytest
 import torch
 
-from gptserve import Engine, GenerationRequest, ServingConfig
+from gptserve.engine import Engine
+from gptserve.serving import GenerationRequest, generate
+from gptserve.settings import ServingConfig
 
 pytestmark = pytest.mark.gpu
 
@@ -29,14 +31,14 @@ def test_cuda_graph_decode_matches_eager(eager, backend):
     engine = Engine(ServingConfig(preset="tiny", compile_mode="reduce-overhead", attention_backend=backend),
                     device="cuda")
     engine.warmup()
-    want = [r.output_ids for r in eager.generate(greedy(PROMPTS))]
-    got = [r.output_ids for r in engine.generate(greedy(PROMPTS))]
+    want = [r.output_ids for r in generate(eager, greedy(PROMPTS))]
+    got = [r.output_ids for r in generate(engine, greedy(PROMPTS))]
     assert match_ratio(want, got) >= 0.9  # bf16 rounding differs between fused and eager kernels; tokens mostly agree
     assert engine.probe_max_abs_diff() < 0.1
 
 
 def test_fp8_linear_close_to_bf16():
-    from gptserve.fp8 import TorchFp8Linear
+    from gptserve.engine.fp8 import TorchFp8Linear
 
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 needs compute capability >= 8.9")
@@ -53,9 +55,9 @@ def test_fp8_engine_generates(eager):
         pytest.skip("FP8 needs compute capability >= 8.9")
     engine = Engine(ServingConfig(preset="tiny", fp8_mode="torch", kv_cache_dtype="fp8"), device="cuda")
     engine.warmup()
-    results = engine.generate(greedy(PROMPTS))
+    results = generate(engine, greedy(PROMPTS))
     assert [len(r.output_ids) for r in results] == [24] * 3
-    want = [r.output_ids for r in eager.generate(greedy(PROMPTS))]
+    want = [r.output_ids for r in generate(eager, greedy(PROMPTS))]
     # FP8 weights and KV cache on tiny random weights: near-tied logits flip more often than with bf16
     assert match_ratio(want, [r.output_ids for r in results]) >= 0.5
     assert engine.probe_max_abs_diff() < 1.0

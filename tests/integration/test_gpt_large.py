@@ -43,8 +43,16 @@ def ids(out) -> list[int]:
 
 
 def decode_bytes(token_ids) -> str:
-    """What the byte tokenizer (the tiny preset's) makes of generated ids: ids above 255 decode to nothing."""
-    return bytes(i for i in token_ids if 0 <= i < 256).decode("utf-8", errors="replace")
+    """What the byte tokenizer (the tiny preset's) makes of ids: UTF-8 bytes, and U+FFFD for each id above 255
+    (it stays visible) after the bytes before it."""
+    text, run = "", bytearray()
+    for i in token_ids:
+        if 0 <= i < 256:
+            run.append(i)
+        else:
+            text += run.decode("utf-8", errors="replace") + "\ufffd"
+            run.clear()
+    return text + run.decode("utf-8", errors="replace")
 
 
 def grpc_infer(server, **fields) -> dict:
@@ -322,14 +330,17 @@ def test_bad_requests_inside_a_batch_fail_alone(server):
 
 
 # -- 8. custom metrics --------------------------------------------------------------------------------------------
+LABELS = f'gpu="cpu",instance="{MODEL}_0",model="{MODEL}"'  # every series says which instance (and GPU) it is
+
+
 def test_custom_metrics_exist_and_move(server):
     text = server.metrics()
     for name in ("gpt_prompt_tokens_total", "gpt_generated_tokens_total", "gpt_invalid_requests_total",
                  "gpt_batch_size_count", "gpt_batch_size_sum", "gpt_request_latency_seconds_count",
                  "gpt_request_latency_seconds_sum", "gpt_max_abs_diff"):
-        assert f'{name}{{model="{MODEL}"}}' in text, name
-    assert f'gpt_batch_size_bucket{{model="{MODEL}",le="16"}}' in text
-    assert f'gpt_request_latency_seconds_bucket{{model="{MODEL}",le="+Inf"}}' in text
+        assert f'{name}{{{LABELS}}}' in text, name
+    assert f'gpt_batch_size_bucket{{{LABELS},le="16"}}' in text
+    assert f'gpt_request_latency_seconds_bucket{{{LABELS},le="+Inf"}}' in text
     diff = metric(server, "gpt_max_abs_diff")
     assert math.isfinite(diff) and 0.0 <= diff < 1e-3  # fp32 on a CPU: the optimized path is the reference
 

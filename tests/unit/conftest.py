@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from gptserve import Engine, ServingConfig
+from gptserve.engine import Engine
+from gptserve.settings import ServingConfig
 
 
 @pytest.fixture(scope="session")

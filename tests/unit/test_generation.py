@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from gptserve import Engine, GenerationRequest, ServingConfig
+from gptserve.engine import Engine
+from gptserve.serving import GenerationRequest, generate
+from gptserve.settings import ServingConfig
 
 PROMPT = (10, 20, 30, 40, 50, 60)
 
@@ -11,9 +13,9 @@ def greedy(prompt, n=10, **kw):
 
 
 def test_prompt_alone_equals_prompt_in_ragged_batch(tiny_engine):
-    alone = tiny_engine.generate([greedy(PROMPT)])[0].output_ids
+    alone = generate(tiny_engine, [greedy(PROMPT)])[0].output_ids
     batch = [greedy(range(1, 40)), greedy(PROMPT), greedy((7,)), greedy(range(100, 300))]
-    assert tiny_engine.generate(batch)[1].output_ids == alone
+    assert generate(tiny_engine, batch)[1].output_ids == alone
     assert len(alone) == 10
 
 
@@ -21,60 +23,60 @@ def test_same_seed_same_samples_in_any_batch(tiny_engine):
     def sampled(seed, **kw):
         return greedy(PROMPT, n=24, temperature=1.0, seed=seed, **kw)
 
-    first = tiny_engine.generate([sampled(42)])[0].output_ids
-    again = tiny_engine.generate([greedy((1, 2, 3)), sampled(42), sampled(7)])[1].output_ids
-    other = tiny_engine.generate([sampled(43)])[0].output_ids
+    first = generate(tiny_engine, [sampled(42)])[0].output_ids
+    again = generate(tiny_engine, [greedy((1, 2, 3)), sampled(42), sampled(7)])[1].output_ids
+    other = generate(tiny_engine, [sampled(43)])[0].output_ids
     assert first == again
     assert first != other
     # 64-bit seeds work too
     big = sampled(2**64 - 5)
-    assert tiny_engine.generate([big])[0].output_ids == tiny_engine.generate([big])[0].output_ids
+    assert generate(tiny_engine, [big])[0].output_ids == generate(tiny_engine, [big])[0].output_ids
 
 
 def test_top_k_one_and_tiny_top_p_are_greedy(tiny_engine):
-    want = tiny_engine.generate([greedy(PROMPT)])[0].output_ids
+    want = generate(tiny_engine, [greedy(PROMPT)])[0].output_ids
     k1 = greedy(PROMPT, temperature=1.5, top_k=1, seed=3)
     p0 = greedy(PROMPT, temperature=1.5, top_p=1e-6, seed=3)
-    got = tiny_engine.generate([k1, p0])
+    got = generate(tiny_engine, [k1, p0])
     assert got[0].output_ids == want
     assert got[1].output_ids == want
 
 
 def test_stops_on_end_id(tiny_engine):
-    free = tiny_engine.generate([greedy(PROMPT, n=12)])[0]
+    free = generate(tiny_engine, [greedy(PROMPT, n=12)])[0]
     end = free.output_ids[3]
     first = free.output_ids.index(end)
-    stopped = tiny_engine.generate([GenerationRequest(prompt_ids=PROMPT, max_tokens=12, end_id=end)])[0]
+    stopped = generate(tiny_engine, [GenerationRequest(prompt_ids=PROMPT, max_tokens=12, end_id=end)])[0]
     assert stopped.output_ids == free.output_ids[:first]
     assert stopped.finish_reason == "end_id"
 
 
 def test_stops_at_max_tokens_per_request(tiny_engine):
-    results = tiny_engine.generate([greedy(PROMPT, n=3), greedy(PROMPT, n=17)])
+    results = generate(tiny_engine, [greedy(PROMPT, n=3), greedy(PROMPT, n=17)])
     assert [len(r.output_ids) for r in results] == [3, 17]
     assert results[1].output_ids[:3] == results[0].output_ids
     assert results[0].finish_reason == "length"
 
 
 def test_stop_words_cut_text(tiny_engine):
-    free = tiny_engine.generate([greedy(PROMPT, n=12)])[0]
+    free = generate(tiny_engine, [greedy(PROMPT, n=12)])[0]
     text = tiny_engine.tokenizer.decode(free.output_ids)
     word = text[4:6]
     assert word
-    r = tiny_engine.generate([greedy(PROMPT, n=12, stop_words=(word,), exclude_input_in_output=True)])[0]
+    r = generate(tiny_engine, [greedy(PROMPT, n=12, stop_words=(word,), exclude_input_in_output=True)])[0]
     assert r.finish_reason == "stop_word"
     assert r.text == text[: text.find(word)]
 
 
 def test_text_output_includes_prompt_unless_excluded(tiny_engine):
     req = dict(prompt_ids=tuple(b"Hi there"), max_tokens=4, end_id=-1, prompt_text="Hi there")
-    with_prompt = tiny_engine.generate([GenerationRequest(**req)])[0]
-    without = tiny_engine.generate([GenerationRequest(**req, exclude_input_in_output=True)])[0]
+    with_prompt = generate(tiny_engine, [GenerationRequest(**req)])[0]
+    without = generate(tiny_engine, [GenerationRequest(**req, exclude_input_in_output=True)])[0]
     assert with_prompt.text == "Hi there" + without.text
 
 
 def test_sixteen_requests_in_one_batch(tiny_engine):
-    results = tiny_engine.generate([greedy(range(i + 1), n=5) for i in range(16)])
+    results = generate(tiny_engine, [greedy(range(i + 1), n=5) for i in range(16)])
     assert [len(r.output_ids) for r in results] == [5] * 16
     assert [r.num_input_tokens for r in results] == list(range(1, 17))
 
@@ -86,8 +88,8 @@ def test_warmup_covers_every_bucket(tiny_engine):
 def test_flex_attention_matches_sdpa(tiny_engine):
     flex = Engine(ServingConfig(preset="tiny", attention_backend="flex"), device="cpu")
     batch = [greedy(range(1, 40), n=6), greedy(PROMPT, n=6)]
-    a = tiny_engine.generate(batch, record_logits=True)
-    b = flex.generate(batch, record_logits=True)
+    a = generate(tiny_engine, batch, record_logits=True)
+    b = generate(flex, batch, record_logits=True)
     for x, y in zip(a, b):
         assert x.output_ids == y.output_ids
         for lx, ly in zip(x.step_logits, y.step_logits):

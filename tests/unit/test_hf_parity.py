@@ -1,8 +1,8 @@
 """The engine against Hugging Face transformers' GPT2LMHeadModel on identical weights (fp32, CPU)."""
 import torch
 
-from gptserve import GenerationRequest
-from gptserve.reference import reference_logits
+from gptserve.engine.reference import reference_logits
+from gptserve.serving import GenerationRequest, generate
 
 PROMPTS = [(5, 17, 200, 3), tuple(range(30, 71)), (300, 2, 9, 9, 9, 11, 400)]
 
@@ -19,7 +19,7 @@ def test_greedy_tokens_and_step_logits_match_hf(hf_checkpoint, hf_engine):
     _, hf = hf_checkpoint
     new = 12
     requests = [GenerationRequest(prompt_ids=p, max_tokens=new, end_id=-1) for p in PROMPTS]
-    results = hf_engine.generate(requests, record_logits=True)  # one ragged batch through the KV cache
+    results = generate(hf_engine, requests, record_logits=True)  # one ragged batch through the KV cache
     for prompt, result in zip(PROMPTS, results):
         out = hf.generate(
             torch.tensor([prompt]), max_new_tokens=new, do_sample=False, output_logits=True,

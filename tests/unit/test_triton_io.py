@@ -1,4 +1,4 @@
-"""triton_io's response building, against a stand-in for Triton's pb_utils that records what the model built.
+"""gptserve.triton.tensors' response building, against a stand-in for Triton's pb_utils that records what the model built.
 
 (The integration tests see responses only after Triton has pruned unrequested outputs; this shows what the
 model itself put in them.)"""
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from gptserve.triton_io import output_arrays, response
+from gptserve.triton.tensors import output_arrays, response
 
 
 def recording_pb_utils():

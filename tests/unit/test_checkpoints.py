@@ -1,4 +1,4 @@
-"""ServingConfig.from_parameters (config.pbtxt parameters -> typed settings) and checkpoint loading (CPU, no Triton).
+"""Checkpoint loading (CPU, no Triton).
 
 Checkpoints are judged against Hugging Face transformers' GPT2LMHeadModel holding the same weights: the weights
 are drawn larger than GPT-2's initialisation so greedy decoding does not just repeat one token.
@@ -13,122 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptserve import PRESETS, Engine, GenerationRequest, ModelConfig, ServingConfig
-from gptserve.checkpoint import CheckpointError, to_hf_names
-from gptserve.model import GPT
+from gptserve.engine import PRESETS, Engine, ModelConfig
+from gptserve.engine.checkpoint import CheckpointError, to_hf_names
+from gptserve.engine.model import GPT
+from gptserve.serving import GenerationRequest, Limits, generate
+from gptserve.settings import ServingConfig
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY = PRESETS["tiny"]
 PROMPTS = [(5, 17, 200, 3), tuple(range(30, 71)), (300, 2, 9, 9, 9, 11, 400)]
 NEW_TOKENS = 12
-
-
-# -- ServingConfig.from_parameters ---------------------------------------------------------------------------
-def build(params, env=None):
-    return ServingConfig.from_parameters(params, env={} if env is None else env)
-
-
-def test_defaults_and_typed_values():
-    config = build({})
-    assert config == ServingConfig()
-    config = build({"max_batch_size": " 8 ", "max_tokens_default": "32", "weights_seed": "0", "preset": "tiny",
-                    "dtype": "bfloat16", "model_path": "/ckpt", "sync_every": "1", "max_seq_len": "0"})
-    assert config.max_batch_size == 8 and isinstance(config.max_batch_size, int)
-    assert (config.max_tokens_default, config.weights_seed, config.sync_every, config.max_seq_len) == (32, 0, 1, 0)
-    assert (config.preset, config.dtype, config.model_path) == ("tiny", "bfloat16", "/ckpt")
-
-
-def test_repository_parameters_are_valid():
-    """Every parameter of model_repository/gpt_large/config.pbtxt is a known, valid ServingConfig setting."""
-    text = (REPO_ROOT / "model_repository" / "gpt_large" / "config.pbtxt").read_text()
-    params = dict(re.findall(r'\{\s*key:\s*"([^"]+)"\s*value:\s*\{\s*string_value:\s*"([^"]*)"\s*\}\s*\}', text))
-    assert "preset" in params and "max_tokens_limit" in params
-    config = build(params)
-    assert config.max_tokens_limit == int(params["max_tokens_limit"])
-
-
-def test_triton_parameters_reads_string_values():
-    model_config = {"parameters": {"preset": {"string_value": "tiny"}, "max_batch_size": {"string_value": "4"}}}
-    assert ServingConfig.triton_parameters(model_config) == {"preset": "tiny", "max_batch_size": "4"}
-    assert ServingConfig.triton_parameters({}) == {}
-
-
-def test_unknown_keys_are_rejected_and_listed():
-    with pytest.raises(ValueError) as info:
-        build({"preset": "tiny", "max_batch": "4", "colour": "red"})
-    message = str(info.value)
-    assert "unknown parameter(s) ['colour', 'max_batch']" in message
-    assert "allowed:" in message and "'max_batch_size'" in message and "'preset'" in message
-
-
-@pytest.mark.parametrize("key,raw,lo,hi", [
-    ("max_batch_size", "eight", 1, 16),
-    ("max_batch_size", "1.5", 1, 16),
-    ("max_tokens_limit", "", 1, 4096),
-    ("weights_seed", "0x10", 0, 2**31 - 1),
-    ("queue_timeout_ms", "5s", 1, 600_000),
-])
-def test_non_integer_is_rejected_naming_key_and_range(key, raw, lo, hi):
-    with pytest.raises(ValueError) as info:
-        build({key: raw})
-    assert str(info.value) == f"parameter {key}={raw!r} is not an integer in [{lo}, {hi}]"
-
-
-@pytest.mark.parametrize("key,lo,hi", [
-    ("max_batch_size", 1, 16),
-    ("max_tokens_default", 1, 4096),
-    ("max_tokens_limit", 1, 4096),
-    ("weights_seed", 0, 2**31 - 1),
-    ("warmup_prompt_len", 1, 4096),
-    ("sync_every", 1, 256),
-    ("max_queue_size", 1, 4096),
-    ("max_seq_len", 0, 65536),
-    ("queue_timeout_ms", 1, 600_000),
-])
-def test_integer_ranges(key, lo, hi):
-    # max_tokens_default must stay <= max_tokens_limit (defaults 16 and 1024)
-    extra = {"max_tokens_limit": "4096"} if key == "max_tokens_default" else \
-        {"max_tokens_default": "1"} if key == "max_tokens_limit" else {}
-    assert getattr(build({key: str(lo), **extra}), key) == lo  # both ends are allowed
-    assert getattr(build({key: str(hi), **extra}), key) == hi
-    for bad in (lo - 1, hi + 1):
-        with pytest.raises(ValueError) as info:
-            build({key: str(bad), **extra})
-        assert str(info.value) == f"parameter {key}={bad} is outside [{lo}, {hi}]"
-
-
-@pytest.mark.parametrize("key,raw,choices", [
-    ("preset", "gpt5", ["auto", "tiny", "gpt2-large", "gpt-large-40b"]),
-    ("device", "tpu", ["auto", "cpu", "cuda"]),
-    ("dtype", "float64", ["auto", "float32", "bfloat16", "float16"]),
-    ("compile_mode", "fast", ["auto", "reduce-overhead", "default", "max-autotune", "none"]),
-    ("attention_backend", "SDPA", ["sdpa", "flex"]),
-    ("fp8_mode", "yes", ["none", "torch", "transformer-engine", "auto"]),
-    ("kv_cache_dtype", "int8", ["auto", "fp8"]),
-])
-def test_bad_choice_is_rejected_listing_choices(key, raw, choices):
-    with pytest.raises(ValueError) as info:
-        build({key: raw})
-    assert str(info.value) == f"parameter {key}={raw!r} is not one of {choices}"
-    for good in choices:
-        assert getattr(build({key: good}), key) == good
-
-
-def test_max_tokens_default_above_limit_is_rejected():
-    with pytest.raises(ValueError, match=r"max_tokens_default=64 exceeds max_tokens_limit=32"):
-        build({"max_tokens_default": "64", "max_tokens_limit": "32"})
-
-
-def test_model_path_env_overrides_model_path(monkeypatch):
-    assert build({"model_path": "/from/config"}).model_path == "/from/config"
-    assert build({"model_path": "/from/config"}, env={"MODEL_PATH": "/from/env"}).model_path == "/from/env"
-    assert build({}, env={"MODEL_PATH": "/from/env"}).model_path == "/from/env"
-    assert build({"model_path": "/from/config"}, env={"MODEL_PATH": ""}).model_path == "/from/config"
-    # without an explicit env mapping, the process environment is read
-    monkeypatch.setenv("MODEL_PATH", "/from/process")
-    assert ServingConfig.from_parameters({"model_path": "/from/config"}).model_path == "/from/process"
-    monkeypatch.delenv("MODEL_PATH")
-    assert ServingConfig.from_parameters({"model_path": "/from/config"}).model_path == "/from/config"
 
 
 # -- checkpoints ----------------------------------------------------------------------------------------------
@@ -185,7 +78,7 @@ def engine_for(model_path, **kw) -> Engine:
 
 def greedy_tokens(engine) -> list[list[int]]:
     requests = [GenerationRequest(prompt_ids=p, max_tokens=NEW_TOKENS, end_id=-1) for p in PROMPTS]
-    return [r.output_ids for r in engine.generate(requests)]
+    return [r.output_ids for r in generate(engine, requests)]
 
 
 def save(state: dict[str, torch.Tensor], path: Path) -> Path:
@@ -244,7 +137,8 @@ def test_hf_directory_brings_its_architecture(tmp_path, hf_dir, tiny_state, hf_r
         torch.save(hf_model(tiny_state, 256).state_dict(), path / "pytorch_model.bin")
     engine = engine_for(path)  # preset "auto" (tiny on a CPU), but the architecture is config.json's
     assert engine.cfg == ModelConfig(n_layer=2, n_embd=64, n_head=4, vocab_size=512, n_ctx=256)
-    assert engine.limits.n_ctx == 256 and engine.limits.max_tokens_limit == 255
+    limits = Limits.of(engine)
+    assert limits.n_ctx == 256 and limits.max_tokens_limit == 255
     assert torch.equal(engine.model.state_dict()["wpe.weight"], tiny_state["wpe.weight"][:256])
     assert greedy_tokens(engine) == hf_reference  # prompts + 12 tokens stay inside 256 positions
 

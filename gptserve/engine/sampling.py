@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .transfer import to_device
+
 _MASK32 = 0xFFFFFFFF
 
 
@@ -37,30 +39,39 @@ class SamplingParams:
     top_k: torch.Tensor  # [B] int64, 0 = off
     top_p: torch.Tensor  # [B] float32
     seed: torch.Tensor  # [B] int64
+    min_tokens: torch.Tensor  # [B] int64: the end id is not sampled before output index min_tokens
+    end_id: torch.Tensor  # [B] int64, -1 = none
     all_greedy: bool
     needs_sort: bool
+    holds_end: bool  # some row has min_tokens > 0
 
     @classmethod
-    def build(cls, requests, rows: int, device) -> "SamplingParams":
-        """From GenerationRequests; rows past len(requests) are padding and sample greedily."""
-        pad = rows - len(requests)
-        temps = [r.temperature for r in requests] + [0.0] * pad
-        top_k = [r.top_k for r in requests] + [0] * pad
-        top_p = [r.top_p for r in requests] + [1.0] * pad
-        seeds = [r.seed - 2**64 if r.seed >= 2**63 else r.seed for r in requests] + [0] * pad  # as int64
-        sampled = [r for r in requests if not r.greedy]
+    def build(cls, rows_settings, rows: int, device) -> "SamplingParams":
+        """From objects with temperature, top_k, top_p, seed, min_length and end_id (GenerationRequests); rows
+        past len(rows_settings) are padding and sample greedily."""
+        pad = rows - len(rows_settings)
+        sampled = [r for r in rows_settings if r.temperature > 0]
+
+        def column(values, fill, dtype):
+            return to_device(torch.tensor(list(values) + [fill] * pad, dtype=dtype), torch.device(device))
+
         return cls(
-            temperature=torch.tensor(temps, dtype=torch.float32, device=device),
-            top_k=torch.tensor(top_k, dtype=torch.int64, device=device),
-            top_p=torch.tensor(top_p, dtype=torch.float32, device=device),
-            seed=torch.tensor(seeds, dtype=torch.int64, device=device),
+            temperature=column((r.temperature for r in rows_settings), 0.0, torch.float32),
+            top_k=column((r.top_k for r in rows_settings), 0, torch.int64),
+            top_p=column((r.top_p for r in rows_settings), 1.0, torch.float32),
+            seed=column((r.seed - 2**64 if r.seed >= 2**63 else r.seed for r in rows_settings), 0, torch.int64),
+            min_tokens=column((r.min_length for r in rows_settings), 0, torch.int64),
+            end_id=column((r.end_id for r in rows_settings), -1, torch.int64),
             all_greedy=not sampled,
             needs_sort=any(r.top_k > 0 or r.top_p < 1.0 for r in sampled),
+            holds_end=any(r.min_length > 0 and r.end_id >= 0 for r in rows_settings),
         )
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, step: torch.Tensor) -> torch.Tensor:
     """Next tokens [B] (int64) from logits [B, V]; `step` [B] is each row's output index (the RNG counter)."""
+    if params.holds_end:
+        logits = _hold_end(logits, params, step)
     greedy = logits.argmax(dim=-1)
     if params.all_greedy:
         return greedy
@@ -70,6 +81,14 @@ def sample(logits: torch.Tensor, params: SamplingParams, step: torch.Tensor) -> 
     # Exponential race: argmax p_i / E_i with E_i ~ Exp(1) draws token i with probability p_i.
     race = torch.softmax(logits, dim=-1).double() / -torch.log(uniform_noise(params.seed, step, logits.shape[-1]))
     return torch.where(params.temperature > 0, race.argmax(dim=-1), greedy)
+
+
+def _hold_end(logits: torch.Tensor, params: SamplingParams, step: torch.Tensor) -> torch.Tensor:
+    """Rows before their min_tokens-th output can not draw their end id."""
+    held = (step < params.min_tokens) & (params.end_id >= 0)  # [B]
+    column = params.end_id.clamp(min=0)[:, None]  # [B, 1]
+    floor = torch.full_like(column, float("-inf"), dtype=logits.dtype)
+    return logits.scatter(1, column, torch.where(held[:, None], floor, logits.gather(1, column)))
 
 
 def _filter_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,11 @@ class RequestError(ValueError):
     """A bad request: answered with INVALID_ARG, never an INTERNAL error."""
 
 
+# TensorRT-LLM-style inputs that clients (genai-perf, Triton's OpenAI frontend) send with a neutral value; any
+# other value asks for behaviour this model does not have and is refused by name.
+NEUTRAL_ONLY = {"frequency_penalty": 0.0, "presence_penalty": 0.0, "repetition_penalty": 1.0, "beam_width": 1}
+
+
 @dataclass(frozen=True)
 class Limits:
     vocab_size: int
@@ -26,6 +31,14 @@ class Limits:
     max_tokens_default: int
     max_tokens_limit: int
     allow_stream: bool = False
+
+    @classmethod
+    def of(cls, engine, allow_stream: bool = False) -> "Limits":
+        """What requests may ask of this engine under its settings."""
+        settings = engine.settings
+        return cls(vocab_size=engine.cfg.vocab_size, n_ctx=engine.context, end_id=engine.end_id,
+                   max_tokens_default=settings.max_tokens_default,
+                   max_tokens_limit=min(settings.max_tokens_limit, engine.context - 1), allow_stream=allow_stream)
 
 
 @dataclass(frozen=True)
@@ -37,6 +50,7 @@ class GenerationRequest:
     top_p: float = 1.0
     seed: int = 0
     end_id: int = -1  # -1 = never stop on a token
+    min_length: int = 0  # end_id is not generated before this many tokens
     stop_words: tuple[str, ...] = ()
     prompt_text: str | None = None
     exclude_input_in_output: bool = False
@@ -122,6 +136,11 @@ def parse_request(inputs: dict, tokenizer, limits: Limits) -> GenerationRequest:
     seed = _scalar(inputs, "seed", None)
     seed = secrets.randbits(64) if seed is None else int(np.uint64(seed))
     end_id = _int_in(inputs, "end_id", limits.end_id, -1, limits.vocab_size - 1)
+    min_length = _int_in(inputs, "min_length", 0, 0, max_tokens)
+    for name, neutral in NEUTRAL_ONLY.items():
+        value = _scalar(inputs, name, neutral)
+        if float(value) != neutral:
+            raise RequestError(f"{name}={value} is not supported; the only allowed value is {neutral}")
     stream = _bool(inputs, "stream")
     if stream and not limits.allow_stream:
         raise RequestError("stream=true is not supported by this model; use gpt_large_stream")
@@ -133,6 +152,7 @@ def parse_request(inputs: dict, tokenizer, limits: Limits) -> GenerationRequest:
         top_p=top_p,
         seed=seed,
         end_id=end_id,
+        min_length=min_length,
         stop_words=_stop_words(inputs),
         prompt_text=prompt_text,
         exclude_input_in_output=_bool(inputs, "exclude_input_in_output"),

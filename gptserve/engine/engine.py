@@ -1,21 +1,25 @@
 """The engine: prefill, decode_step, sample and generate over a slot-addressed static KV cache.
 
 Slot i of the cache belongs to batch row i. A decode step over bucket B runs rows (slots) 0..B-1, so the
-caches it touches are views, and each bucket is one shape for the compiler and one CUDA graph.
+caches it touches are views, and each bucket is one shape for the compiler and one CUDA graph. The engine knows
+tokens, never requests: which tokens end a sequence is the serving layer's business.
 """
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
-from .build import Resolved, build_model, resolve
-from .config import BATCH_BUCKETS, ServingConfig
-from .requests import GenerationRequest, Limits
+from . import checkpoint
+from .build import Resolved, build, resolve
+from .config import BATCH_BUCKETS
 from .sampling import SamplingParams, sample
 from .tokenizer import load_tokenizer
+from .transfer import to_device
 
 log = logging.getLogger("gptserve")
 
@@ -30,67 +34,83 @@ def bucket_for(rows: int) -> int:
     raise ValueError(f"{rows} rows exceed the largest batch bucket {BATCH_BUCKETS[-1]}")
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How one row picks its tokens (GenerationRequest carries the same fields)."""
+
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    min_length: int = 0  # end_id is not sampled before this many outputs
+    end_id: int = -1
+
+
+GREEDY = Sampling()
+
+
 @dataclass
-class GenerationResult:
-    output_ids: list[int]
-    text: str
-    num_input_tokens: int
-    finish_reason: str  # "length", "end_id" or "stop_word"
-    step_logits: list[torch.Tensor] = field(default_factory=list)  # only when asked for (probes, tests)
+class Generation:
+    tokens: list[list[int]]  # per prompt, every token generated (no end-of-sequence rule applied)
+    step_logits: list[torch.Tensor] = field(default_factory=list)  # [n, V] per step, when recorded
 
 
 class Engine:
-    def __init__(self, serving: ServingConfig, device: str | None = None):
+    def __init__(self, settings, device: str | None = None):
+        """settings: a gptserve.settings.ServingConfig; device overrides settings.device."""
         t0 = time.perf_counter()
-        self.serving = serving
-        self.resolved: Resolved = resolve(serving, device)
+        self.settings = settings
+        self.resolved: Resolved = resolve(settings, device)
         r = self.resolved
         self.cfg, self.device, self.dtype = r.model, r.device, r.dtype
-        self.slots = serving.max_batch_size
-        convert = None
-        if r.fp8_mode != "none":
-            from .fp8 import block_converter
-
-            convert = block_converter(r.fp8_mode)
-        self.model = build_model(r.model, r.device, r.dtype, serving.weights_seed, serving.model_path, convert)
-        if convert is not None:
-            from .fp8 import convert_lm_head
-
-            convert_lm_head(self.model, r.fp8_mode)
-        self.context = serving.max_seq_len or r.model.n_ctx  # KV-cache positions per slot
+        self.slots = settings.max_batch_size
+        self.context = settings.max_seq_len or r.model.n_ctx  # KV-cache positions per slot
         if self.context > r.model.n_ctx:
             raise ValueError(f"parameter max_seq_len={self.context} exceeds the model's context of {r.model.n_ctx}")
+        self.model = build(r, settings.weights_seed, settings.model_path)
         # One spare position: reading the whole context is then still a strict part of the cache, which the
         # compiler handles with the other lengths (a full-length, contiguous view would be compiled apart).
-        self.model.setup_cache(self.slots, self.context + 1, r.kv_cache_dtype, serving.attention_backend)
+        self.model.setup_cache(self.slots, self.context + 1, r.kv_cache_dtype, settings.attention_backend)
         # Its first kv_len entries carry kv_len into the compiled decode as a dynamic size: one graph for
         # every length, and CUDA-graph trees record one graph per (batch bucket, length bucket).
         self._kv_len_marker = torch.empty(self.context, dtype=torch.int8, device=self.device)
-        self.tokenizer = load_tokenizer(serving.tokenizer_path, serving.model_path, r.model.vocab_size)
-        self.limits = Limits(
-            vocab_size=r.model.vocab_size,
-            n_ctx=self.context,
-            end_id=r.model.end_id,
-            max_tokens_default=serving.max_tokens_default,
-            max_tokens_limit=min(serving.max_tokens_limit, self.context - 1),
-        )
+        self.tokenizer = load_tokenizer(settings.tokenizer_path, settings.model_path, r.model.vocab_size)
+        self.end_id = self._default_end_id()
+        if self.tokenizer.vocab_size < r.model.vocab_size:
+            log.warning("tokenizer %s covers ids 0..%d of the model's %d; text_output shows every other id as "
+                        "U+FFFD", self.tokenizer.name, self.tokenizer.vocab_size - 1, r.model.vocab_size)
         self._decode = self._forward_decode
         if r.compile_mode != "none":
-            self._compile(r.compile_mode)
+            self._compile(r.compile_mode, settings.compile_cache_dir)
         self.build_seconds = time.perf_counter() - t0
         log.info(
-            "engine: preset=%s params=%.0fM device=%s dtype=%s compile=%s attention=%s fp8=%s kv=%s (%.1fs)",
+            "engine: preset=%s params=%.0fM device=%s dtype=%s compile=%s attention=%s fp8=%s kv=%s end_id=%d (%.1fs)",
             r.preset, r.model.num_params() / 1e6, r.device, r.dtype, r.compile_mode,
-            serving.attention_backend, r.fp8_mode, r.kv_cache_dtype, self.build_seconds,
+            settings.attention_backend, r.fp8_mode, r.kv_cache_dtype, self.end_id, self.build_seconds,
         )
 
+    def _default_end_id(self) -> int:
+        """The checkpoint's eos_token_id, else the tokenizer's end token, else the last id (GPT-2's 50256).
+        An id outside the vocabulary can never be sampled: no end id."""
+        chosen = checkpoint.end_id(self.settings.model_path) if self.settings.model_path else checkpoint.NOT_SET
+        if chosen is checkpoint.NOT_SET:
+            chosen = self.tokenizer.end_id if self.tokenizer.end_id is not None else self.cfg.end_id
+        if chosen >= self.cfg.vocab_size:
+            log.warning("end id %d is outside the vocabulary of %d: sequences end only at max_tokens or a stop word",
+                        chosen, self.cfg.vocab_size)
+            return -1
+        return chosen
+
     # -- compiled hot functions -------------------------------------------------------------------------------
-    def _compile(self, mode: str):
+    def _compile(self, mode: str, cache_dir: str):
         # Only decode is compiled: it is shape-stable and launch-bound. It gets a dynamic batch dimension (one
         # graph for buckets 2..16, one for batch 1) and CUDA-graph trees record one graph per bucket. Prefill is
-        # GEMM-bound at every length, so eager costs little there, while compiling it took ~55 s a graph for
-        # gpt2-large on the H100 (ready time). Every Engine in a process (benchmarks, tests)
-        # compiles the same two code objects, so dynamo's per-code recompile limit must cover them all.
+        # GEMM-bound at every length, so eager costs little there, while compiling it cost ~55 s a graph of
+        # ready time. Every Engine in a process (benchmarks, tests) compiles the same two code objects, so
+        # dynamo's per-code recompile limit must cover them all.
+        if cache_dir:  # inductor reads this whenever it needs its cache: kernels and graphs survive restarts
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
+        torch._inductor.config.fx_graph_cache = True
         dynamo = torch._dynamo.config
         dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
         dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 1024)
@@ -122,14 +142,12 @@ class Engine:
         tokens = torch.zeros(len(prompts), padded, dtype=torch.int64)
         for i, p in enumerate(prompts):
             tokens[i, : len(p)] = torch.tensor(p)
-        positions = torch.tensor(start)[:, None] + torch.arange(padded)[None, :]
-        positions = positions.clamp(max=self.context - 1)
+        positions = (torch.tensor(start)[:, None] + torch.arange(padded)[None, :]).clamp(max=self.context - 1)
         last = torch.tensor([len(p) - 1 for p in prompts])
         kv_len = self.kv_len_for(int(positions.max()))
-        to = dict(device=self.device, non_blocking=True)
         with torch.no_grad():
-            return self._forward_prefill(tokens.to(**to), positions.to(**to), torch.tensor(slots).to(**to),
-                                         last.to(**to), kv_len)
+            return self._forward_prefill(self.to_device(tokens), self.to_device(positions),
+                                         self.to_device(torch.tensor(slots)), self.to_device(last), kv_len)
 
     def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, max_position: int | None = None):
         """One token for each of slots 0..B-1. tokens, positions: [B] on device -> logits [B, V].
@@ -149,91 +167,61 @@ class Engine:
 
     sample = staticmethod(sample)
 
-    # -- generation for a batch of requests (dynamic batching) -----------------------------------------------
-    @torch.no_grad()
-    def generate(self, requests: list[GenerationRequest], record_logits: bool = False) -> list[GenerationResult]:
-        """Generate for up to `slots` requests together; returns one result per request, in order."""
-        n = len(requests)
-        rows = bucket_for(n)
-        dev = self.device
-        params = SamplingParams.build(requests, rows, dev)
-        max_new = max(r.max_tokens for r in requests)
-        longest_prompt = max(len(r.prompt_ids) for r in requests)
-        budget = torch.tensor([r.max_tokens for r in requests] + [1] * (rows - n), device=dev)
-        end_id = torch.tensor([r.end_id for r in requests] + [-1] * (rows - n), device=dev)
-        positions = torch.tensor([len(r.prompt_ids) for r in requests] + [0] * (rows - n), device=dev)
-        out = torch.zeros(rows, max_new, dtype=torch.int64, device=dev)
-        recorded: list[torch.Tensor] = []
+    def to_device(self, host: torch.Tensor) -> torch.Tensor:
+        return to_device(host, self.device)
 
-        logits = self.prefill([r.prompt_ids for r in requests], list(range(n)))  # [n, V]
+    # -- a batch generated together (dynamic batching) --------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompts: list[tuple[int, ...]], sampling: list, max_new_tokens: int,
+                 on_tokens: Callable[[list[list[int]]], bool] | None = None,
+                 record_logits: bool = False) -> Generation:
+        """Up to `slots` prompts in slots 0..n-1, each sampled by its row of `sampling` (Sampling-like objects),
+        for max_new_tokens steps. on_tokens(new) receives, every sync_every steps, each prompt's tokens made since
+        its last call, and stops the generation early by returning True (every sequence has ended)."""
+        n = len(prompts)
+        rows = bucket_for(n)
+        params = SamplingParams.build(sampling, rows, self.device)
+        lengths = [len(p) for p in prompts] + [0] * (rows - n)
+        positions = self.to_device(torch.tensor(lengths))
+        out = torch.zeros(rows, max_new_tokens, dtype=torch.int64, device=self.device)
+        recorded: list[torch.Tensor] = []
+        logits = self.prefill(prompts, list(range(n)))  # [n, V]
         if rows > n:
             logits = torch.cat([logits, logits.new_zeros(rows - n, logits.shape[1])])
-        step = torch.zeros(rows, dtype=torch.int64, device=dev)
-        stop_words = any(r.stop_words for r in requests)
-        done = torch.zeros(rows, dtype=torch.bool, device=dev)
-        for i in range(max_new):
+        step = torch.zeros(rows, dtype=torch.int64, device=self.device)
+        reported = made = 0
+        for i in range(max_new_tokens):
             if record_logits:
-                recorded.append(logits.float().cpu())
+                recorded.append(logits[:n].float().cpu())
             token = self.sample(logits, params, step)
             out[:, i] = token
-            done |= (token == end_id) | (i + 1 >= budget)
-            if i + 1 == max_new:
+            made = i + 1
+            if made == max_new_tokens:
                 break
-            if (i + 1) % self.serving.sync_every == 0:
-                if stop_words:
-                    self._stop_on_words(requests, out[:, : i + 1], done)
-                if bool(done.all()):
+            if on_tokens is not None and made % self.settings.sync_every == 0:
+                stop = on_tokens(out[:n, reported:made].tolist())
+                reported = made
+                if stop:
                     break
             step += 1
-            logits = self.decode_step(token, positions, longest_prompt + i)  # no row is further than that
-            positions = torch.where(done, positions, positions + 1)  # finished rows stay in range
-        return self._results(requests, out.cpu(), recorded)
-
-    def _stop_on_words(self, requests, out: torch.Tensor, done: torch.Tensor):
-        rows = out.cpu()
-        for i, r in enumerate(requests):
-            if r.stop_words and any(w in self.tokenizer.decode(rows[i].tolist()) for w in r.stop_words):
-                done[i] = True
-
-    def _results(self, requests, out: torch.Tensor, recorded) -> list[GenerationResult]:
-        results = []
-        for i, r in enumerate(requests):
-            ids = out[i, : r.max_tokens].tolist()
-            reason = "length"
-            if r.end_id in ids:
-                ids, reason = ids[: ids.index(r.end_id)], "end_id"
-            text = self.tokenizer.decode(ids)
-            if r.stop_words:
-                ids, text, reason = self._cut_at_stop_word(ids, text, r.stop_words, reason)
-            if not r.exclude_input_in_output:
-                prompt = r.prompt_text if r.prompt_text is not None else self.tokenizer.decode(list(r.prompt_ids))
-                text = prompt + text
-            logits = [step[i] for step in recorded[: len(ids) + (reason == "end_id")]]
-            results.append(GenerationResult(ids, text, len(r.prompt_ids), reason, logits))
-        return results
-
-    def _cut_at_stop_word(self, ids, text, stop_words, reason):
-        hits = [text.find(w) for w in stop_words if w in text]
-        if not hits:
-            return ids, text, reason
-        cut = min(hits)
-        # Keep tokens up to the one that completed the stop word; the text ends before the stop word.
-        for k in range(1, len(ids) + 1):
-            if any(w in self.tokenizer.decode(ids[:k]) for w in stop_words):
-                return ids[:k], text[:cut], "stop_word"
-        return ids, text[:cut], "stop_word"
+            # rows past their own budget keep going (never past the last cache position): nobody reads them
+            logits = self.decode_step(token, (positions + i).clamp(max=self.context - 1),
+                                      min(max(lengths) + i, self.context - 1))
+        tokens = out[:n, :made].tolist()
+        if on_tokens is not None and made > reported:
+            on_tokens([row[reported:] for row in tokens])
+        return Generation(tokens, recorded)
 
     # -- start-up ------------------------------------------------------------------------------------------
     def warmup(self, prompt_len: int | None = None) -> dict[int, float]:
         """Run every batch bucket once (compiles and captures each, at every KV length); seconds per bucket."""
-        prompt_len = min(prompt_len or self.serving.warmup_prompt_len, self.context - 2)
+        prompt_len = min(prompt_len or self.settings.warmup_prompt_len, self.context - 2)
         seconds = {}
         for b in BATCH_BUCKETS:
             if b > self.slots:
                 break
             t0 = time.perf_counter()
-            reqs = [GenerationRequest(prompt_ids=(1,) * prompt_len, max_tokens=2, end_id=-1)] * b
-            self.generate(reqs)
+            self.generate([(1,) * prompt_len] * b, [GREEDY] * b, 2)
             if self.resolved.compile_mode == "reduce-overhead":  # CUDA-graph trees record on the 2nd call
                 zeros = torch.zeros(b, dtype=torch.int64, device=self.device)  # position 0: overwritten by prefill
                 for kv_len in self.kv_lengths():
@@ -251,15 +239,14 @@ class Engine:
     def probe_max_abs_diff(self, reference=None, new_tokens: int = 8) -> float:
         """Largest |logit| difference between the optimized path and the eager fp32 reference path, over a
         ragged greedy probe batch. `reference` is a GPT in fp32 with the same weights (built when None)."""
-        from .reference import reference_model, reference_logits
+        from .reference import reference_logits, reference_model
 
         prompts = [tuple((7 * i + 3 * j) % 256 for j in range(n)) for i, n in enumerate((5, 17, 9, 30))]
-        requests = [GenerationRequest(prompt_ids=p, max_tokens=new_tokens, end_id=-1) for p in prompts]
-        results = self.generate(requests, record_logits=True)
+        generation = self.generate(prompts, [GREEDY] * len(prompts), new_tokens, record_logits=True)
         reference = reference or reference_model(self)
         diff = 0.0
-        for req, res in zip(requests, results):
-            ref = reference_logits(reference, list(req.prompt_ids) + res.output_ids[:-1])[len(req.prompt_ids) - 1 :]
-            opt = torch.stack(res.step_logits)
+        for row, (prompt, tokens) in enumerate(zip(prompts, generation.tokens)):
+            ref = reference_logits(reference, list(prompt) + tokens[:-1])[len(prompt) - 1:]
+            opt = torch.stack([step[row] for step in generation.step_logits])
             diff = max(diff, (opt - ref).abs().max().item())
         return diff

@@ -1,6 +1,6 @@
 """Benchmark: roofline, engine variants and same-run peers (Hugging Face transformers, the engine's eager path).
 
-    python -m gptserve.bench --preset gpt2-large --variants bf16-sdpa,bf16-flex,fp8-flex --peers hf,hf-static,eager
+    python -m bench.engine --preset gpt2-large --variants bf16-sdpa,bf16-flex,fp8-flex --peers hf,hf-static,eager
 
 Writes bench-<preset>-<time>.json under --output and prints a markdown table. Needs a CUDA GPU.
 """
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from .attention import FLEX_BLOCK
-from .config import ServingConfig
-from .engine import KV_BLOCK, Engine
-from .requests import GenerationRequest
+from gptserve.engine import GREEDY, Engine
+from gptserve.engine.attention import FLEX_BLOCK
+from gptserve.engine.engine import KV_BLOCK
+from gptserve.settings import ServingConfig
 
 VARIANTS = {
     "bf16-sdpa": dict(attention_backend="sdpa"),
@@ -95,11 +95,14 @@ def measure_engine(engine: Engine, batch: int, prompt_len: int, new_tokens: int,
     vocab = engine.cfg.vocab_size
     batch_prompts = prompts(batch, prompt_len, vocab)
     slots = list(range(batch))
-    requests = [GenerationRequest(prompt_ids=p, max_tokens=new_tokens, end_id=-1) for p in batch_prompts]
-    engine.generate(requests)  # first run at this shape: any compile or capture happens here
+
+    def generate(rows):
+        return engine.generate(batch_prompts[:rows], [GREEDY] * rows, new_tokens).tokens
+
+    generate(batch)  # first run at this shape: any compile or capture happens here
     before = graph_counters()
     torch.cuda.reset_peak_memory_stats()
-    e2e = cuda_time(lambda: engine.generate(requests), repeat=3)
+    e2e = cuda_time(lambda: generate(batch), repeat=3)
     prefill = cuda_time(lambda: engine.prefill(batch_prompts, slots), repeat=3)
     tokens = torch.zeros(batch, dtype=torch.int64, device="cuda")
     positions = torch.full((batch,), prompt_len, dtype=torch.int64, device="cuda")
@@ -113,7 +116,7 @@ def measure_engine(engine: Engine, batch: int, prompt_len: int, new_tokens: int,
     after = graph_counters()
     weights = weight_bytes(engine)
     # SDPA reads the cache in KV_BLOCK buckets (Engine.kv_len_for), flex in FLEX_BLOCK blocks
-    block = KV_BLOCK if engine.serving.attention_backend == "sdpa" else FLEX_BLOCK
+    block = KV_BLOCK if engine.settings.attention_backend == "sdpa" else FLEX_BLOCK
     read = weights + kv_bytes(engine, batch, prompt_len, new_tokens, block)
     useful = weights + kv_bytes(engine, batch, prompt_len, new_tokens, 1)
     return {
@@ -130,7 +133,7 @@ def measure_engine(engine: Engine, batch: int, prompt_len: int, new_tokens: int,
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
         "recompiles": after["unique_graphs"] - before["unique_graphs"],
         "cudagraph_skips": after["cudagraph_skips"],
-        "greedy_tokens_row0": engine.generate(requests[:1])[0].output_ids,
+        "greedy_tokens_row0": generate(1)[0],
     }
 
 
@@ -165,12 +168,12 @@ def run_hf(preset: str, batches, prompt_len: int, new_tokens: int, static: bool)
     """Hugging Face GPT2LMHeadModel.generate on the engine's weights (same seed), bf16."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from .build import build_model
-    from .checkpoint import to_hf_names
-    from .config import PRESETS
+    from gptserve.engine.build import build, resolve
+    from gptserve.engine.checkpoint import to_hf_names
 
-    cfg = PRESETS[preset]
-    ours = build_model(cfg, torch.device("cuda"), torch.bfloat16)
+    r = resolve(ServingConfig(preset=preset, dtype="bfloat16"), "cuda")
+    cfg = r.model
+    ours = build(r, fp8_mode="none")
     hf_cfg = GPT2Config(n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head, vocab_size=cfg.vocab_size,
                         n_positions=cfg.n_ctx, n_inner=cfg.d_ff, activation_function="gelu_new")
     with torch.device("cuda"):
@@ -243,13 +246,13 @@ def main(argv=None):
         print(table(json.loads(Path(args.table).read_text())))
         return
     if not torch.cuda.is_available():
-        raise SystemExit("gptserve.bench needs a CUDA GPU")
+        raise SystemExit("bench.engine needs a CUDA GPU")
     batches = [int(b) for b in args.batches.split(",")]
     peer_batches = [int(b) for b in args.peer_batches.split(",")]
     bandwidth = copy_bandwidth()
     report = {
         "device": torch.cuda.get_device_name(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__, "command": "python -m gptserve.bench " + " ".join(sys.argv[1:] if argv is None else argv),
+        "torch": torch.__version__, "command": "python -m bench.engine " + " ".join(sys.argv[1:] if argv is None else argv),
         "copy_bandwidth_tb_s": bandwidth / 1e12, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
         "rows": [], "accuracy": {},
     }

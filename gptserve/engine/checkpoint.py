@@ -6,6 +6,7 @@ Hugging Face's names, for a named preset.
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -42,7 +43,7 @@ class CheckpointError(ValueError):
     pass
 
 
-def resolve(path: str) -> tuple[Path, Path | None]:
+def locate(path: str) -> tuple[Path, Path | None]:
     """(weights file, HF config.json or None) for a checkpoint directory or file."""
     p = Path(path)
     if p.is_dir():
@@ -130,5 +131,31 @@ def checked_state_dict(file: Path, model: torch.nn.Module) -> dict[str, torch.Te
 
 def architecture(model_path: str, preset_cfg: ModelConfig) -> ModelConfig:
     """A HF directory brings its own architecture; a plain state_dict uses the preset's."""
-    _, hf_config = resolve(model_path)
+    _, hf_config = locate(model_path)
     return ModelConfig.from_hf_config(hf_config) if hf_config else preset_cfg
+
+
+NOT_SET = object()
+
+
+def end_id(model_path: str):
+    """The checkpoint's eos_token_id: generation_config.json first, then config.json. -1 when it says null (no end
+    token), NOT_SET when neither file names one (or the checkpoint is a plain state_dict file)."""
+    directory = Path(model_path)
+    if not directory.is_dir():
+        return NOT_SET
+    for name in ("generation_config.json", "config.json"):
+        path = directory / name
+        if not path.is_file():
+            continue
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: cannot read: {exc}") from exc
+        if "eos_token_id" not in config:
+            continue
+        value = config["eos_token_id"]
+        if isinstance(value, list):  # several end tokens: the first is the request default
+            value = value[0] if value else None
+        return -1 if value is None else int(value)
+    return NOT_SET

@@ -1,9 +1,11 @@
 """The eager fp32 reference path: the same weights, full-sequence attention, no cache, no compiler."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from .build import build_model
+from .build import build
 from .model import GPT
 
 
@@ -12,8 +14,8 @@ def reference_model(engine) -> GPT:
     r = engine.resolved
     if r.dtype == torch.float32 and r.fp8_mode == "none" and r.compile_mode == "none":
         return engine.model
-    s = engine.serving
-    return build_model(r.model, r.device, torch.float32, s.weights_seed, s.model_path)
+    s = engine.settings
+    return build(dataclasses.replace(r, dtype=torch.float32), s.weights_seed, s.model_path, fp8_mode="none")
 
 
 @torch.no_grad()

@@ -4,32 +4,13 @@ Shapes: B rows, T tokens per row, H heads, D head dim, S cache positions, V voca
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import causal_reference, get_attention
 from .config import ModelConfig
-
-
-class KVCache(nn.Module):
-    """Keys and values for `slots` sequences, each at absolute positions 0..S-1 of its own slot."""
-
-    def __init__(self, slots: int, n_head: int, n_ctx: int, head_dim: int, dtype, device):
-        super().__init__()
-        shape = (slots, n_head, n_ctx, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-
-    def update(self, rows, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len=None):
-        """Write k, v [B, H, T, D] at input_pos [B, T]; return the rows' caches [B, H, L, D] in k's dtype, cut
-        to their first kv_len positions (all S when None): attention then reads only those."""
-        slot_idx = torch.arange(self.k.shape[0], device=k.device)[rows][:, None]  # [B, 1]
-        self.k[slot_idx, :, input_pos] = k.transpose(1, 2).to(self.k.dtype)  # indexed view: [B, T, H, D]
-        self.v[slot_idx, :, input_pos] = v.transpose(1, 2).to(self.v.dtype)
-        return self.k[rows, :, :kv_len].to(k.dtype), self.v[rows, :, :kv_len].to(v.dtype)
+from .kv_cache import KVCache
 
 
 class CausalSelfAttention(nn.Module):
@@ -85,20 +66,6 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied
-
-    def init_random(self, seed: int):
-        """GPT-2's initialisation, reproducible from `seed` on any device."""
-        gen = torch.Generator(device=self.wte.weight.device).manual_seed(seed)
-        residual_std = 0.02 / math.sqrt(2 * self.cfg.n_layer)
-        with torch.no_grad():
-            for name, p in self.named_parameters():
-                if name.endswith("bias"):
-                    p.zero_()
-                elif "ln_" in name:
-                    p.fill_(1.0)
-                else:
-                    std = residual_std if name.endswith("proj.weight") else 0.02
-                    p.normal_(0.0, std, generator=gen)
 
     def setup_cache(self, slots: int, length: int, dtype, attention_backend: str):
         device = self.wte.weight.device

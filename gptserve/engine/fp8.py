@@ -5,6 +5,8 @@ compute capability >= 8.9.
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -12,6 +14,8 @@ import torch.nn.functional as F
 FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max  # 448
 ALIGN = 16  # _scaled_mm needs both matrix dimensions to be multiples of 16
+
+log = logging.getLogger("gptserve")
 
 
 def transformer_engine_available() -> bool:
@@ -94,19 +98,33 @@ class TEFp8Linear(nn.Module):
 _LINEARS = {"torch": TorchFp8Linear, "transformer-engine": TEFp8Linear}
 
 
-def block_converter(mode: str):
-    """A function that swaps every nn.Linear of a block for its FP8 version, in place."""
-    cls = _LINEARS[mode]
+class Fp8Converter:
+    """linear(layer): the FP8 version of one nn.Linear; block(module): swap every nn.Linear inside, in place."""
 
-    def convert(block: nn.Module):
-        for name, child in list(block.named_modules()):
+    def __init__(self, mode: str):
+        self.linear = _LINEARS[mode]
+
+    def block(self, block: nn.Module):
+        for child in list(block.modules()):
             for attr, sub in list(child.named_children()):
                 if isinstance(sub, nn.Linear):
-                    setattr(child, attr, cls(sub))
-
-    return convert
+                    setattr(child, attr, self.linear(sub))
 
 
-def convert_lm_head(model: nn.Module, mode: str):
-    """The LM head gets its own FP8 copy of the tied embedding (the embedding lookup stays high precision)."""
-    model.lm_head = _LINEARS[mode](model.lm_head)
+def resolve_mode(mode: str, dev: torch.device) -> str:
+    """The FP8 implementation to use for setting fp8_mode on `dev`."""
+    if mode == "none":
+        return "none"
+    if dev.type != "cuda":
+        log.info("fp8_mode=%s needs a CUDA GPU; using fp8_mode=none on %s", mode, dev)
+        return "none"
+    if mode == "transformer-engine":
+        require_transformer_engine()
+        return mode
+    if mode == "auto":
+        if transformer_engine_available():
+            return "transformer-engine"
+        return "torch" if torch.cuda.get_device_capability(dev) >= (8, 9) else "none"
+    if torch.cuda.get_device_capability(dev) < (8, 9):
+        raise ValueError("fp8_mode=torch needs compute capability >= 8.9 (Ada or Hopper)")
+    return mode

@@ -1,0 +1,23 @@
+"""The static KV cache: one slot per sequence, every token at its absolute position in its slot."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+class KVCache(nn.Module):
+    """Keys and values for `slots` sequences, each at absolute positions 0..S-1 of its own slot."""
+
+    def __init__(self, slots: int, n_head: int, n_ctx: int, head_dim: int, dtype, device):
+        super().__init__()
+        shape = (slots, n_head, n_ctx, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, rows, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len=None):
+        """Write k, v [B, H, T, D] at input_pos [B, T]; return the rows' caches [B, H, L, D] in k's dtype, cut
+        to their first kv_len positions (all S when None): attention then reads only those."""
+        slot_idx = torch.arange(self.k.shape[0], device=k.device)[rows][:, None]  # [B, 1]
+        self.k[slot_idx, :, input_pos] = k.transpose(1, 2).to(self.k.dtype)  # indexed view: [B, T, H, D]
+        self.v[slot_idx, :, input_pos] = v.transpose(1, 2).to(self.v.dtype)
+        return self.k[rows, :, :kv_len].to(k.dtype), self.v[rows, :, :kv_len].to(v.dtype)

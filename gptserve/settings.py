@@ -1,0 +1,136 @@
+"""Every serving setting, declared once: type, default, allowed values and one line of doc.
+
+A config.pbtxt `parameters` entry of the same name overrides the default (every value is a string there).
+ServingConfig.from_parameters is the one place where those strings become typed, range-checked settings;
+docs/configuration.md's table is generated from these declarations (tests/unit/test_settings.py checks it).
+Pure Python: every layer (engine, serving, Triton) imports it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .engine.config import PRESETS
+
+BOTH, STATIC, IN_FLIGHT = "both", "gpt_large", "gpt_large_stream"
+
+
+def setting(default, doc: str, *, choices: tuple = (), limits: tuple[int, int] | None = None,
+            models: str = BOTH, parameter: bool = True):
+    """A dataclass field carrying its declaration. limits: inclusive integer range; parameter=False: not settable
+    from config.pbtxt parameters (it comes from elsewhere, e.g. Triton's own max_batch_size field)."""
+    meta = {"doc": doc, "choices": choices, "limits": limits, "models": models, "parameter": parameter}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """How the model is served; the fields below are the whole list of settings."""
+
+    preset: str = setting("auto", "Architecture when no checkpoint says otherwise; auto: gpt2-large on a GPU, "
+                          "tiny on a CPU.", choices=("auto", *PRESETS))
+    model_path: str = setting("", "Checkpoint directory (Hugging Face GPT-2) or state_dict file; empty: seeded "
+                              "random weights. The MODEL_PATH environment variable overrides it.")
+    tokenizer_path: str = setting("", "tokenizer.json; empty: the checkpoint's own, else a byte-level tokenizer.")
+    device: str = setting("auto", "Where the engine runs; auto: the Triton instance's kind.",
+                          choices=("auto", "cpu", "cuda"))
+    dtype: str = setting("auto", "Weights and activations; auto: bfloat16 on a GPU, float32 on a CPU.",
+                         choices=("auto", "float32", "bfloat16", "float16"))
+    compile_mode: str = setting("auto", "torch.compile mode of the decode step; auto: reduce-overhead (CUDA "
+                                "graphs) on a GPU, none on a CPU.",
+                                choices=("auto", "reduce-overhead", "default", "max-autotune", "none"))
+    compile_cache_dir: str = setting("", "Directory for inductor's compile cache, kept across restarts (mount a "
+                                     "volume there); empty: inductor's default under /tmp.")
+    attention_backend: str = setting("sdpa", "Attention kernel.", choices=("sdpa", "flex"))
+    fp8_mode: str = setting("none", "FP8 linear layers (GPU, compute capability >= 8.9); auto: "
+                            "transformer-engine if installed, else torch.",
+                            choices=("none", "torch", "transformer-engine", "auto"))
+    kv_cache_dtype: str = setting("auto", "KV-cache element type; fp8 halves its bytes (GPU only).",
+                                  choices=("auto", "fp8"))
+    max_batch_size: int = setting(16, "Requests per batch (gpt_large) or sequences generated together "
+                                  "(gpt_large_stream, KV-cache slots): Triton's own max_batch_size field.",
+                                  limits=(1, 16), parameter=False)
+    max_tokens_default: int = setting(16, "max_tokens of a request that does not set it.", limits=(1, 4096))
+    max_tokens_limit: int = setting(1024, "Largest max_tokens a request may ask for.", limits=(1, 4096))
+    max_seq_len: int = setting(0, "KV-cache positions per sequence (prompt + output); 0: the model's context.",
+                               limits=(0, 65536))
+    weights_seed: int = setting(0, "Seed of the random weights used when there is no checkpoint.",
+                                limits=(0, 2**31 - 1))
+    warmup_prompt_len: int = setting(32, "Prompt length of the start-up warm-up generations.", limits=(1, 4096))
+    sync_every: int = setting(8, "Decode steps between host checks for finished sequences.", limits=(1, 256),
+                              models=STATIC)
+    queue_timeout_ms: int = setting(5000, "Longest wait for a generation slot inside the model; then "
+                                    "UNAVAILABLE.", limits=(1, 600_000), models=IN_FLIGHT)
+    prefill_chunk: int = setting(512, "Prompt tokens prefilled per engine step, beside the running decodes; "
+                                 "longer prompts are prefilled over several steps.", limits=(16, 8192),
+                                 models=IN_FLIGHT)
+    stream_interval: int = setting(1, "Fewest tokens in a streamed response (the first token and the final "
+                                   "response excepted); tokens that pile up while the client is behind always "
+                                   "leave together.", limits=(1, 1024), models=IN_FLIGHT)
+    delivery_threads: int = setting(4, "Threads sending responses, so one slow client or IPC round trip never "
+                                    "holds up the others or the engine.", limits=(1, 64), models=IN_FLIGHT)
+    cancel_check_ms: int = setting(20, "Period of the cancellation check of each running request (one IPC "
+                                   "round trip each).", limits=(1, 10_000), models=IN_FLIGHT)
+    drain_timeout_ms: int = setting(10000, "On unload, how long running sequences may still finish; the rest "
+                                    "are answered UNAVAILABLE.", limits=(0, 600_000), models=IN_FLIGHT)
+    step_delay_ms: int = setting(0, "Test hook: sleep after every engine step (slow generations on a fast "
+                                 "CPU).", limits=(0, 1000), models=IN_FLIGHT)
+
+    @classmethod
+    def from_parameters(cls, params: dict[str, str], env: dict[str, str] | None = None,
+                        **fixed: Any) -> "ServingConfig":
+        """Build from string parameters: cast, range-check, reject unknown keys. MODEL_PATH in `env` wins over
+        model_path; `fixed` are typed values from outside the parameters (Triton's max_batch_size)."""
+        env = os.environ if env is None else env
+        declared = {f.name: f for f in dataclasses.fields(cls)}
+        settable = sorted(name for name, f in declared.items() if f.metadata["parameter"])
+        unknown = sorted(set(params) - set(settable))
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {unknown}; allowed: {settable}")
+        values = {key: _parse(declared[key], str(raw).strip()) for key, raw in params.items()}
+        if env.get("MODEL_PATH"):
+            values["model_path"] = env["MODEL_PATH"]
+        for key, value in fixed.items():
+            values[key] = _parse(declared[key], str(value))
+        config = cls(**values)
+        if config.max_tokens_default > config.max_tokens_limit:
+            raise ValueError(f"parameter max_tokens_default={config.max_tokens_default} exceeds "
+                             f"max_tokens_limit={config.max_tokens_limit}")
+        return config
+
+    @classmethod
+    def from_triton_config(cls, model_config: dict) -> "ServingConfig":
+        """From the model config JSON Triton gives initialize(): its parameters and its max_batch_size."""
+        params = {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
+        return cls.from_parameters(params, max_batch_size=model_config["max_batch_size"])
+
+
+def _parse(field: dataclasses.Field, raw: str):
+    meta = field.metadata
+    if meta["limits"] is not None:
+        lo, hi = meta["limits"]
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"parameter {field.name}={raw!r} is not an integer in [{lo}, {hi}]") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"parameter {field.name}={value} is outside [{lo}, {hi}]")
+        return value
+    if meta["choices"] and raw not in meta["choices"]:
+        raise ValueError(f"parameter {field.name}={raw!r} is not one of {list(meta['choices'])}")
+    return raw
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting, as docs/configuration.md shows it."""
+    rows = ["| Setting | Default | Allowed | Models | Meaning |", "| --- | --- | --- | --- | --- |"]
+    for f in dataclasses.fields(ServingConfig):
+        meta = f.metadata
+        allowed = (" ".join(f"`{c}`" for c in meta["choices"]) if meta["choices"]
+                   else f"{meta['limits'][0]} to {meta['limits'][1]}" if meta["limits"] else "path")
+        name = f"`{f.name}`" if meta["parameter"] else f"`{f.name}` (Triton field)"
+        default = f"`{f.default}`" if f.default != "" else "(empty)"
+        rows.append(f"| {name} | {default} | {allowed} | {meta['models']} | {meta['doc']} |")
+    return "\n".join(rows) + "\n"
