@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -30,6 +31,7 @@ NAMESPACE, POD = "gptserve-test", "gptserve-0"  # the labels a Kubernetes scrape
 STEP_DELAY_MS = 50  # every decode step takes at least this long, so load builds up on any CPU
 SIGNAL = "pod_model:gptserve_slot_demand:ratio"
 ADAPTER_METRIC = "gptserve_slot_demand"
+SHM_REGION = "/dev/shm/triton_python_backend_shm_region_"
 
 
 def hpa_target(metric: str) -> float:
@@ -123,10 +125,26 @@ def test_every_rule_evaluates_without_error_on_the_real_series(server, prometheu
     assert not broken, broken
 
 
+def shm_regions_of_group(pgid: int) -> set[Path]:
+    """The python backend's /dev/shm regions mapped by the processes of a process group."""
+    regions = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                maps = (stat.parent / "maps").read_text()
+                regions |= {Path(line.split()[-1]) for line in maps.splitlines() if SHM_REGION in line}
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended meanwhile
+    return regions
+
+
 def test_target_down_alert_fires_when_the_server_dies(server, prometheus):
     prometheus.wait_for('up{job="gptserve"} == 1', timeout=30)
-    os.killpg(server.process.pid, signal.SIGKILL)  # tritonserver and its stubs
+    regions = shm_regions_of_group(server.process.pid)
+    os.killpg(server.process.pid, signal.SIGKILL)  # tritonserver and its stubs (their own session)
     server.process.wait(timeout=30)
+    for region in regions:  # SIGKILL leaves them behind; these were this server's
+        region.unlink(missing_ok=True)
     prometheus.wait_for('up{job="gptserve"} == 0', timeout=15)
     firing = prometheus.wait_for('ALERTS{alertname="GptserveTargetDown", alertstate="firing"}', timeout=100)
     assert firing[0][0]["severity"] == "critical" and firing[0][0]["pod"] == POD
