@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,29 @@ def prometheus_config(metrics_target: str) -> dict:
     (job,) = config["scrape_configs"]
     job["static_configs"] = [{"targets": [metrics_target], "labels": {"namespace": NAMESPACE, "pod": POD}}]
     return config
+
+
+def shm_regions_of_group(pgid: int) -> set[Path]:
+    """The python backend's /dev/shm regions mapped by the processes of a process group."""
+    regions = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                maps = (stat.parent / "maps").read_text()
+                regions |= {Path(line.split()[-1]) for line in maps.splitlines() if SHM_REGION in line}
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended meanwhile
+    return regions
+
+
+def evaluated_rules(prometheus: PrometheusServer, timeout: float = 30) -> list[dict]:
+    """Every loaded rule, once each has been evaluated at least once (health no longer "unknown")."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rules = [rule for group in prometheus.api("rules")["groups"] for rule in group["rules"]]
+        if all(r["health"] != "unknown" for r in rules) or time.monotonic() > deadline:
+            return rules
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -115,27 +139,13 @@ def test_slot_demand_rises_above_the_hpa_target_under_load_and_falls_back_when_i
 
 
 def test_every_rule_evaluates_without_error_on_the_real_series(server, prometheus):
-    prometheus.wait_for(f"{SIGNAL}", timeout=30)  # the rules have run on scraped data
-    groups = prometheus.api("rules")["groups"]
-    rules = [rule for group in groups for rule in group["rules"]]
+    prometheus.wait_for(f"{SIGNAL}", timeout=30)  # the rules run on scraped data
+    rules = evaluated_rules(prometheus)
     shipped = sum(len(g["rules"]) for f in ("recording_rules.yml", "alert_rules.yml")
                   for g in yaml.safe_load((DEPLOY / "prometheus" / f).read_text())["groups"])
     assert len(rules) == shipped
     broken = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
     assert not broken, broken
-
-
-def shm_regions_of_group(pgid: int) -> set[Path]:
-    """The python backend's /dev/shm regions mapped by the processes of a process group."""
-    regions = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == pgid:
-                maps = (stat.parent / "maps").read_text()
-                regions |= {Path(line.split()[-1]) for line in maps.splitlines() if SHM_REGION in line}
-        except (OSError, ValueError, IndexError):
-            continue  # the process ended meanwhile
-    return regions
 
 
 def test_target_down_alert_fires_when_the_server_dies(server, prometheus):
