@@ -82,19 +82,21 @@ serve_versions() {  # pin the served versions; Triton (POLL mode) reloads the mo
 serve_versions "1, 2"
 
 # --- the server ----------------------------------------------------------------------------------------------
-read -r HTTP_PORT GRPC_PORT METRICS_PORT < <("$PYTHON" - <<'PY'
+launch_server() {  # on three free ports, in POLL mode; its output goes to server.log
+    read -r HTTP_PORT GRPC_PORT METRICS_PORT < <("$PYTHON" - <<'PY'
 import socket
 socks = [socket.socket() for _ in range(3)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))
 PY
-) || die "could not pick free ports with $PYTHON"
-export HTTP_PORT GRPC_PORT METRICS_PORT MODEL_REPOSITORY="$REPO" HOST=127.0.0.1
-say "serving $MODEL versions 1 ($CURRENT) and 2 ($CANDIDATE) from $REPO on 127.0.0.1:$HTTP_PORT/$GRPC_PORT/$METRICS_PORT"
-bash scripts/serve.sh --http-address=127.0.0.1 --grpc-address=127.0.0.1 --metrics-address=127.0.0.1 \
-    --model-control-mode=poll --repository-poll-secs=1 >"$ARTIFACTS_DIR/server.log" 2>&1 &
-SERVER_PID=$!
+    ) || die "could not pick free ports with $PYTHON"
+    export HTTP_PORT GRPC_PORT METRICS_PORT MODEL_REPOSITORY="$REPO" HOST=127.0.0.1
+    say "serving $MODEL versions 1 ($CURRENT) and 2 ($CANDIDATE) from $REPO on 127.0.0.1:$HTTP_PORT/$GRPC_PORT/$METRICS_PORT"
+    bash scripts/serve.sh --http-address=127.0.0.1 --grpc-address=127.0.0.1 --metrics-address=127.0.0.1 \
+        --model-control-mode=poll --repository-poll-secs=1 >>"$ARTIFACTS_DIR/server.log" 2>&1 &
+    SERVER_PID=$!
+}
 
 # http VERB PATH [BODY]: prints "<status> <body>" (status 0 when nothing answers)
 http() {
@@ -114,20 +116,32 @@ PY
 }
 version_ready() { [ "$(http GET "/v2/models/$MODEL/versions/$1/ready" | cut -d' ' -f1)" = 200 ]; }
 
-# wait_until DESCRIPTION COMMAND...: poll every second until COMMAND succeeds or READY_TIMEOUT passes
+# wait_until COMMAND...: poll every second until COMMAND succeeds (0), READY_TIMEOUT passes (1) or the server
+# exits (3)
 wait_until() {
-    local what="$1" deadline=$((SECONDS + READY_TIMEOUT))
-    shift
+    local deadline=$((SECONDS + READY_TIMEOUT))
     until "$@"; do
-        kill -0 "$SERVER_PID" 2>/dev/null || die "tritonserver exited while waiting for $what (see $ARTIFACTS_DIR/server.log)"
+        kill -0 "$SERVER_PID" 2>/dev/null || return 3
         [ "$SECONDS" -lt "$deadline" ] || return 1
         sleep 1
     done
 }
 both_ready() { version_ready 1 && version_ready 2; }
 only_ready() { version_ready "$1" && ! version_ready "$2"; }
+server_died() { tail -n 20 "$ARTIFACTS_DIR/server.log" >&2; die "tritonserver exited $1 (log: $ARTIFACTS_DIR/server.log)"; }
 
-wait_until "versions 1 and 2" both_ready || die "versions 1 and 2 not ready after $READY_TIMEOUT s"
+: >"$ARTIFACTS_DIR/server.log"
+for attempt in 1 2 3; do  # another process may take a port between picking it and binding it: pick again
+    launch_server
+    wait_until both_ready
+    case $? in
+        0) break ;;
+        1) die "versions 1 and 2 not ready after $READY_TIMEOUT s (log: $ARTIFACTS_DIR/server.log)" ;;
+    esac
+    grep -q "already in use" "$ARTIFACTS_DIR/server.log" && [ "$attempt" -lt 3 ] || server_died "while loading versions 1 and 2"
+    say "a port was taken meanwhile: starting again"
+    : >"$ARTIFACTS_DIR/server.log"
+done
 
 PROBE='{"input_ids": [72, 101, 108, 108, 111], "max_tokens": 8, "temperature": 0, "exclude_input_in_output": true}'
 generate() { http POST "/v2/models/$MODEL$1/generate" "$PROBE"; }
@@ -164,10 +178,12 @@ else
 fi
 say "$verdict"
 serve_versions "$keep"
-wait_until "version $keep alone" only_ready "$keep" "$drop" || {
-    echo "$verdict; version $keep did not become the only version served within $READY_TIMEOUT s" | tee "$SUMMARY"
-    exit 1
-}
+wait_until only_ready "$keep" "$drop"
+case $? in
+    3) server_died "while pinning version $keep" ;;
+    1) echo "$verdict; version $keep did not become the only version served within $READY_TIMEOUT s" | tee "$SUMMARY"
+       exit 1 ;;
+esac
 after="$(generate "")"
 problem=""
 if [ "${after%% *}" != 200 ]; then

@@ -25,7 +25,7 @@ def drill(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, str]:
     proc = subprocess.run(["bash", "scripts/rollback_drill.sh", "--artifacts", str(tmp_path), *args], cwd=REPO_ROOT,
                           env=env, capture_output=True, text=True, timeout=600)
     summary = (tmp_path / "summary.txt").read_text() if (tmp_path / "summary.txt").exists() else ""
-    return proc, summary
+    return proc, summary  # (proc's stderr carries the server log's tail when the server died)
 
 
 def test_a_failing_candidate_is_rolled_back_and_the_previous_version_serves_again(tmp_path):
