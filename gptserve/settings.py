@@ -44,9 +44,9 @@ class ServingConfig:
     compile_cache_dir: str = setting("", "Directory for inductor's compile cache, kept across restarts (mount a "
                                      "volume there); empty: inductor's default under /tmp.")
     attention_backend: str = setting("sdpa", "Attention kernel.", choices=("sdpa", "flex"))
-    fp8_mode: str = setting("none", "FP8 linear layers (GPU, compute capability >= 8.9); auto: "
-                            "transformer-engine if installed, else torch.",
-                            choices=("none", "torch", "transformer-engine", "auto"))
+    fp8_mode: str = setting("none", "FP8 linear layers (GPU, compute capability >= 8.9): weight-only (FP8 weights, "
+                            "bf16 decode activations), torch (FP8 activations too), transformer-engine; auto: "
+                            "weight-only.", choices=("none", "weight-only", "torch", "transformer-engine", "auto"))
     kv_cache_dtype: str = setting("auto", "KV-cache element type; fp8 halves its bytes (GPU only).",
                                   choices=("auto", "fp8"))
     max_batch_size: int = setting(16, "Requests per batch (gpt_large) or sequences generated together "

@@ -1,7 +1,12 @@
-"""FP8 linear layers: torch-native (torch._scaled_mm, row-wise scales) or Transformer Engine (optional).
+"""FP8 linear layers, three ways (fp8_mode):
 
-Weights are quantised once, per output row; activations per input row at run time. Both need a CUDA GPU of
-compute capability >= 8.9.
+  weight-only         FP8 weights; a decode step's few rows stay bf16 and meet the weights in one Triton kernel
+                      that widens them in registers (fp8_matmul.py): half the bytes of bf16 where bytes are the
+                      cost. Prefill (many rows) quantises its activations and runs FP8 tensor-core GEMMs.
+  torch               FP8 weights and activations everywhere (dynamic row-wise activation scales, _scaled_mm).
+  transformer-engine  te.Linear under FP8 autocast (optional package).
+
+Weights are quantised once, per output row. All need a CUDA GPU of compute capability >= 8.9.
 """
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ import logging
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .fp8_matmul import MAX_ROWS, fp8_rows_matmul
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max  # 448
@@ -45,6 +52,8 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class TorchFp8Linear(nn.Module):
     """y = x W^T + b with W in FP8 (row-wise scales) through torch._scaled_mm; output in x's dtype."""
 
+    weight_only = False
+
     def __init__(self, linear: nn.Linear):
         super().__init__()
         out_features, self.in_features = linear.weight.shape
@@ -58,13 +67,26 @@ class TorchFp8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        xq, x_scale = quantize_rows(x.reshape(-1, self.in_features))  # [M, K], [M, 1]
+        rows = x.reshape(-1, self.in_features)  # [M, K]
+        if self.weight_only and rows.shape[0] <= MAX_ROWS:
+            y = fp8_rows_matmul(rows, self.weight_fp8).sum(0) * self.weight_scale  # [M, N] fp32
+            y = y[:, : self.out_features]
+            if self.bias is not None:
+                y = y + self.bias
+            return y.to(x.dtype).view(*shape[:-1], self.out_features)
+        xq, x_scale = quantize_rows(rows)  # [M, K], [M, 1]
         y = torch._scaled_mm(
             xq, self.weight_fp8.t(), scale_a=x_scale, scale_b=self.weight_scale, out_dtype=torch.bfloat16
         )[:, : self.out_features]
         if self.bias is not None:
             y = y + self.bias
         return y.to(x.dtype).view(*shape[:-1], self.out_features)
+
+
+class WeightOnlyFp8Linear(TorchFp8Linear):
+    """FP8 weights; up to MAX_ROWS bf16 rows through the FP8-weight kernel, more rows through _scaled_mm."""
+
+    weight_only = True
 
 
 class TEFp8Linear(nn.Module):
@@ -95,7 +117,7 @@ class TEFp8Linear(nn.Module):
         return y[:rows].view(*x.shape[:-1], -1)
 
 
-_LINEARS = {"torch": TorchFp8Linear, "transformer-engine": TEFp8Linear}
+_LINEARS = {"weight-only": WeightOnlyFp8Linear, "torch": TorchFp8Linear, "transformer-engine": TEFp8Linear}
 
 
 class Fp8Converter:
@@ -122,9 +144,7 @@ def resolve_mode(mode: str, dev: torch.device) -> str:
         require_transformer_engine()
         return mode
     if mode == "auto":
-        if transformer_engine_available():
-            return "transformer-engine"
-        return "torch" if torch.cuda.get_device_capability(dev) >= (8, 9) else "none"
+        return "weight-only" if torch.cuda.get_device_capability(dev) >= (8, 9) else "none"
     if torch.cuda.get_device_capability(dev) < (8, 9):
-        raise ValueError("fp8_mode=torch needs compute capability >= 8.9 (Ada or Hopper)")
+        raise ValueError(f"fp8_mode={mode} needs compute capability >= 8.9 (Ada or Hopper)")
     return mode
