@@ -71,11 +71,7 @@ def _latency_cdfs(ax, latencies, report, slos):
         if slo.percentile is not None:
             ax.axhline(slo.percentile / 100.0, ls=":", lw=0.8, color="gray")
     ax.set_xscale("log")
-    ax.set_xlabel("ms (log)")
-    ax.set_ylabel("fraction of requests")
-    ax.set_title("Latency CDFs")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _label(ax, "Latency CDFs", "ms (log)", "fraction of requests")
 
 
 def _throughput(ax, records, ok, streaming, target_qps):
@@ -108,11 +104,7 @@ def _latency_over_time(ax, records, ok, streaming):
     if bad:
         ax.scatter([r.scheduled for r in bad], [1.0] * len(bad), marker="x", color="red", label="failed")
     ax.set_yscale("log")
-    ax.set_xlabel("scheduled send (s)")
-    ax.set_ylabel("ms (log)")
-    ax.set_title("Latency over time")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _label(ax, "Latency over time", "scheduled send (s)", "ms (log)")
 
 
 def _send_lag(ax, records, report, late_threshold_ms):
@@ -120,9 +112,14 @@ def _send_lag(ax, records, report, late_threshold_ms):
     ax.scatter([r.scheduled for r in sent], [max(r.send_lag_ms(), 1e-3) for r in sent], s=6)
     ax.axhline(late_threshold_ms, ls="--", color="red", label=f"late threshold {late_threshold_ms:g} ms")
     ax.set_yscale("log")
-    ax.set_xlabel("scheduled send (s)")
-    ax.set_ylabel("send lag (ms, log)")
-    ax.set_title(f"Send lag: {report['late']} of {report['sent']} late")
+    _label(ax, f"Send lag: {report['late']} of {report['sent']} late", "scheduled send (s)", "send lag (ms, log)")
+
+
+def _label(ax, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
 
 
@@ -156,14 +153,9 @@ def sweep_figure(report: dict):
         else:
             no_ttft.append(name)
     e2e_ax.axhline(c["p99_e2e_ms"], ls=":", color="red", label=f"budget: p99 e2e <= {c['p99_e2e_ms']:g} ms")
-    e2e_ax.set_title("P99 end-to-end latency")
-    ttft_ax.set_title("TTFT (streaming models)" + (f"; no TTFT for {', '.join(no_ttft)} (not streaming)"
-                                                    if no_ttft else ""))
-    for ax in (e2e_ax, ttft_ax):
-        ax.set_xlabel("offered load (req/s)")
-        ax.set_ylabel("ms")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    _label(e2e_ax, "P99 end-to-end latency", "offered load (req/s)", "ms")
+    _label(ttft_ax, "TTFT (streaming models)" + (f"; no TTFT for {', '.join(no_ttft)} (not streaming)"
+                                                 if no_ttft else ""), "offered load (req/s)", "ms")
     best = ", ".join(f"{n} {_num(m['highest_sustained_qps'], 'none', 'g')}" for n, m in report["models"].items())
     fig.suptitle(f"compare_models: highest sustained QPS {best} (crosses: over budget; Poisson, "
                  f"{c['duration_s']:g} s per point, {c['max_new_tokens']} new tokens)", fontsize=10)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import pty
 import shutil
 import subprocess
 import sys
@@ -355,11 +356,38 @@ def test_release_check_writes_artifacts_and_fails_on_slo_breach(server, tmp_path
 def test_release_check_without_a_server_shows_the_wait_and_exits_2(tmp_path):
     (port,) = free_ports(1)
     proc = run(["bash", REPO_ROOT / "scripts" / "release_check.sh"], timeout=60,
-               env={"GRPC_PORT": str(port), "READY_TIMEOUT": "1", "PYTHON": sys.executable,
+               env={"GRPC_PORT": str(port), "READY_TIMEOUT": "6", "PYTHON": sys.executable,
                     "ARTIFACTS_DIR": str(tmp_path)})
     assert proc.returncode == 2, explain(proc)
-    assert f"warmup: waiting for READY at 127.0.0.1:{port} (0 s of 1)" in proc.stderr
-    assert "not ready after 1 s" in proc.stderr and "load test skipped" in proc.stderr
+    # not a terminal (a log): one line every 5 s while it waits, then why it gave up
+    waits = [line for line in proc.stderr.splitlines() if "waiting for READY" in line]
+    assert [w.split("(")[1].split(")")[0] for w in waits] == ["0 s of 6", "5 s of 6"], proc.stderr
+    assert all(w.startswith(f"warmup: waiting for READY at 127.0.0.1:{port} (") for w in waits)
+    assert "not ready after 6 s" in proc.stderr and "load test skipped" in proc.stderr
+
+
+def test_the_wait_is_one_line_rewritten_in_place_on_a_terminal():
+    (port,) = free_ports(1)
+    leader, follower = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k not in LOCATING}
+    env.update(PYTHONPATH=str(REPO_ROOT), GRPC_PORT=str(port))
+    proc = subprocess.run([sys.executable, TOOLS / "warmup.py", "--ready-timeout", "2"], cwd=REPO_ROOT, env=env,
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=follower, timeout=60)
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    text = seen.decode()
+    assert proc.returncode == 2
+    assert text.count("\r" + f"warmup: waiting for READY at 127.0.0.1:{port} (") >= 2  # rewritten, not scrolled
+    assert "not ready after 2 s" in text
 
 
 # ---------------------------------------------------------------------------------------------------- aiperf

@@ -151,3 +151,15 @@ def test_load_test_picture_labels_its_slo_lines_and_says_why_it_failed(tmp_path)
     path = tmp_path / "lt.png"
     plots.save(fig, str(path))
     assert path.stat().st_size > 20_000
+
+
+def test_the_tools_import_neither_gptserve_nor_torch():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; sys.modules['gptserve'] = sys.modules['torch'] = None; "
+            "import tools.load_test, tools.warmup, tools.power_monitor, tools.compare_models, tools.plots")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr
