@@ -1,5 +1,6 @@
 """Operator tools: client-side programs for a running tritonserver (warmup, load_test, locustfile, power_monitor,
-compare_models) and the modules they share.
+compare_models) and the modules they share. aiperf/ holds the aiperf recipe's template and tokenizer
+(docs/tools.md).
 
 The tools talk to the server only (tritonclient gRPC/HTTP, the health API, the Prometheus endpoint) and never
 import gptserve, so they run on any machine with the client packages. Shared modules, one concern each:
@@ -14,5 +15,6 @@ import gptserve, so they run on any machine with the client packages. Shared mod
   stats       percentiles and summaries (numpy)
   slo         SLO parsing
   saturation  whether the client itself kept up (late sends, its CPU, the host's CPU)
+  plots       the PNGs (load test report, model-comparison sweep)
   cli         exit codes, errors, verdict lines, JSON output
 """

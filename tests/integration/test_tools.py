@@ -246,6 +246,16 @@ def test_warmup_reports_every_batch_size_and_checks(server, tmp_path):
         assert r["tokens_per_joule"] == pytest.approx(r["total_output_tokens"] / r["energy_j"])
 
 
+def test_warmup_over_http_finds_the_server_through_http_port(server, tmp_path):
+    out = tmp_path / "warmup.json"
+    proc = tool("warmup", "--protocol", "http", "--model", PLAIN, "--iters", 1, "--warmup", 0, "--batch-sizes", "1,2",
+                "--prompt-len", 8, "--max-tokens", 2, "--output-json", out, env=server_env(server))
+    assert proc.returncode == 0, explain(proc)
+    assert f"server http {server.http_url} (from HTTP_PORT)" in proc.stderr
+    r = json.loads(out.read_text())
+    assert r["url"] == server.http_url and r["passed"] and r["total_output_tokens"] == 2 * (1 + 2)
+
+
 def test_warmup_prints_the_reason_of_a_failed_check(server, tmp_path):
     # the server answers, its metrics endpoint is not where METRICS_PORT says
     (wrong,) = free_ports(1)
