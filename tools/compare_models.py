@@ -16,8 +16,9 @@ failed point. Between points the tool waits until the server is idle (no pending
 on the metrics endpoint), then --cooldown seconds more.
 
 Prints a markdown table, writes --output-json and a PNG of the sweep (P99 end-to-end latency and TTFT against
-offered QPS, one line per model, the budget marked; --output-png, by default beside the JSON). Exit status: 0 when the comparison ran (it measures, it does
-not gate), 2 usage or connection error (the JSON, if asked for, then holds the points measured so far).
+offered QPS, one line per model, the budget marked; --output-png, by default beside the JSON). Exit status: 0
+when the comparison ran (it measures, it does not gate), 2 usage or connection error (the JSON, if asked for,
+then holds the points measured so far).
 
     .venv/bin/python tools/compare_models.py --url 127.0.0.1:8001 --models gpt_large,gpt_large_stream \\
         --qps 2,4,8 --duration 60 --output-json artifacts/compare_models.json

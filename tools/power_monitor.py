@@ -11,7 +11,8 @@ Runs until --duration passes or Ctrl-C, or with `-- COMMAND ...` measures around
 exit status. Without an NVIDIA GPU it says so in one line, still counts the generated tokens, and writes the
 GPU fields of its JSON as nulls (and still runs the command). Exit status otherwise: 0, or 2 on a usage error.
 
-    .venv/bin/python tools/power_monitor.py --output-json power.json -- .venv/bin/python tools/load_test.py --duration 60
+    .venv/bin/python tools/power_monitor.py --output-json power.json -- \\
+        .venv/bin/python tools/load_test.py --duration 60
 """
 from __future__ import annotations
 
