@@ -26,7 +26,7 @@ class WaitDisplay:
     def update(self, waited: float, reason: str) -> None:
         line = f"{self.prog}: waiting for READY at {self.url} ({waited:.0f} s of {self.timeout:g}): {reason}"
         if self.tty:
-            print("\r" + line[:200].ljust(80), end="", file=sys.stderr, flush=True)
+            print("\r\033[K" + line, end="", file=sys.stderr, flush=True)  # \033[K: erase the previous text
         elif waited >= self.next_log:
             print(line, file=sys.stderr, flush=True)
             self.next_log = waited + LOG_EVERY_S

@@ -396,7 +396,7 @@ def test_the_wait_is_one_line_rewritten_in_place_on_a_terminal():
     os.close(leader)
     text = seen.decode()
     assert proc.returncode == 2
-    assert text.count("\r" + f"warmup: waiting for READY at 127.0.0.1:{port} (") >= 2  # rewritten, not scrolled
+    assert text.count("\r\x1b[K" + f"warmup: waiting for READY at 127.0.0.1:{port} (") >= 2  # rewritten in place
     assert "not ready after 2 s" in text
 
 
