@@ -248,7 +248,8 @@ def sweep(args, report: dict, log=sys.stderr) -> None:
             row["load_test"] = lt
             m["points"].append(row)
             print(f"{PROG}: {model} @ {qps:g} QPS: {row['completed']}/{row['scheduled']} ok, "
-                  f"p99 e2e {_fmt(row['e2e_p99_ms'])} ms, {'within' if row['within_budget'] else 'OVER'} budget",
+                  f"p99 e2e {_fmt(row['e2e_p99_ms'])} ms, "
+                  + ("within budget" if row["within_budget"] else "OVER budget: " + "; ".join(row["budget_failures"])),
                   file=log)
             for client_note in row["client_notes"]:  # late sends, a saturated client or host
                 note = f"{model} @ {qps:g} QPS: {client_note}"
@@ -287,6 +288,10 @@ def markdown(report: dict) -> str:
                 f"| {_trio(p['e2e_p50_ms'], p['e2e_p90_ms'], p['e2e_p99_ms'])} "
                 f"| {_fmt(p['output_throughput'])} | {_fmt(p['request_throughput'], 2)} "
                 f"| {'yes' if p['within_budget'] else 'no'} |")
+    over = [f"- {name} @ {p['qps']:g} QPS: {'; '.join(p['budget_failures'])}"
+            for name, m in report["models"].items() for p in m["points"] if not p["within_budget"]]
+    if over:
+        lines += ["", "Over budget:", *over]
     lines += ["", "| model | streaming | highest sustained QPS |", "|---|:---:|---:|"]
     for name, m in report["models"].items():
         best = m["highest_sustained_qps"]

@@ -148,6 +148,8 @@ def test_a_point_over_budget_stops_that_models_sweep(server, tmp_path):
         assert m["stopped_after_qps"] == 1.0 and m["highest_sustained_qps"] is None
     assert r["stream_over_non_stream"]["value"] is None and r["stream_over_non_stream"]["reason"]
     assert "none" in proc.stdout
+    for name in (PLAIN, STREAM):  # each point over budget says why, on stdout
+        assert f"- {name} @ 1 QPS: p99_e2e_ms: measured " in proc.stdout and " > 0.001" in proc.stdout
 
 
 def test_usage_and_connection_errors_exit_2(tmp_path):
