@@ -7,9 +7,10 @@
 # Usage: scripts/release_check.sh [--url HOST:PORT] [--metrics-url URL] [--model NAME] [--duration S]
 #                                 [--slo SPEC] [--artifacts DIR] [-- EXTRA load_test.py ARGS...]
 #   (`make release-check ARGS="--duration 30"` passes ARGS here)
-# Environment (flags win):
-#   GRPC_URL        gRPC endpoint (default 127.0.0.1:$GRPC_PORT, GRPC_PORT default 8001)
-#   METRICS_URL     metrics endpoint (default http://<GRPC_URL host>:$METRICS_PORT/metrics, METRICS_PORT 8002)
+# The server is found as every tool finds it (python -m tools.endpoints): --url, else $HOST:$GRPC_PORT
+# (127.0.0.1:8001 when unset), the metrics at http://<that host>:$METRICS_PORT/metrics (8002) unless
+# --metrics-url; the variables `make serve` reads. Other environment (flags win):
+#   GRPC_URL METRICS_URL   the same as --url and --metrics-url
 #   MODEL           model (default gpt_large)
 #   DURATION        load-test seconds (default 120, as the runbook)
 #   TARGET_QPS PROMPT_LEN_MIN PROMPT_LEN_MAX MAX_NEW_TOKENS   the envelope (defaults 4 128 512 256)
@@ -25,7 +26,7 @@ set -uo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-$REPO_ROOT/.venv/bin/python}"
-GRPC_URL="${GRPC_URL:-127.0.0.1:${GRPC_PORT:-8001}}"
+GRPC_URL="${GRPC_URL:-}"
 METRICS_URL="${METRICS_URL:-}"
 MODEL="${MODEL:-gpt_large}"
 DURATION="${DURATION:-120}"
@@ -64,31 +65,34 @@ done
 
 [ -x "$PYTHON" ] || command -v "$PYTHON" >/dev/null 2>&1 || die "python '$PYTHON' not found (run 'make setup')"
 cd "$REPO_ROOT" || die "cannot cd to $REPO_ROOT"
+# One resolution for all three tools (the tools run as modules from the repository root: no install needed).
+WHERE=()
+[ -n "$GRPC_URL" ] && WHERE+=(--url "$GRPC_URL")
+[ -n "$METRICS_URL" ] && WHERE+=(--metrics-url "$METRICS_URL")
+# sets SERVER_URL, METRICS_URL and SERVER_FOUND (shell-quoted); exits 2 saying why on a bad variable or flag
+resolved="$("$PYTHON" -m tools.endpoints --shell "${WHERE[@]}")" || exit 2
+eval "$resolved"
 mkdir -p "$ARTIFACTS_DIR" || die "cannot create $ARTIFACTS_DIR"
-if [ -z "$METRICS_URL" ]; then  # one endpoint for all three tools
-    host="${GRPC_URL#*://}"; host="${host%:*}"
-    METRICS_URL="http://$host:${METRICS_PORT:-8002}/metrics"
-fi
 TOL_ARGS=()
 [ -n "$MAX_ABS_DIFF_TOL" ] && TOL_ARGS=(--max-abs-diff-tol "$MAX_ABS_DIFF_TOL")
 SUMMARY="$ARTIFACTS_DIR/summary.txt"
 
-echo "release_check: server $GRPC_URL, model $MODEL, artifacts in $ARTIFACTS_DIR"
+echo "release_check: $SERVER_FOUND; model $MODEL, artifacts in $ARTIFACTS_DIR"
 echo "== 1/2 warmup =="
-"$PYTHON" tools/warmup.py --url "$GRPC_URL" --metrics-url "$METRICS_URL" --model "$MODEL" \
+"$PYTHON" -m tools.warmup --url "$SERVER_URL" --metrics-url "$METRICS_URL" --model "$MODEL" \
     --ready-timeout "$READY_TIMEOUT" --iters "$WARMUP_ITERS" --warmup "$WARMUP_ROUNDS" \
     --prompt-len "$WARMUP_PROMPT_LEN" --max-tokens "$WARMUP_MAX_TOKENS" "${TOL_ARGS[@]}" \
     --output-json "$ARTIFACTS_DIR/warmup.json"
 warmup_rc=$?
 if [ "$warmup_rc" -eq 2 ]; then
     echo "warmup: exit 2 (usage or connection error)" >"$SUMMARY"
-    die "warmup could not reach a ready server at $GRPC_URL; load test skipped"
+    die "warmup could not reach a ready server at $SERVER_URL; load test skipped"
 fi
 
 echo "== 2/2 load test ($DURATION s at $TARGET_QPS req/s, prompts $PROMPT_LEN_MIN-$PROMPT_LEN_MAX, $MAX_NEW_TOKENS new tokens) =="
-"$PYTHON" tools/power_monitor.py --quiet --model "$MODEL" --metrics-url "$METRICS_URL" \
+"$PYTHON" -m tools.power_monitor --quiet --model "$MODEL" --url "$SERVER_URL" --metrics-url "$METRICS_URL" \
     --output-json "$ARTIFACTS_DIR/power.json" -- \
-    "$PYTHON" tools/load_test.py --url "$GRPC_URL" --metrics-url "$METRICS_URL" --model "$MODEL" \
+    "$PYTHON" -m tools.load_test --url "$SERVER_URL" --metrics-url "$METRICS_URL" --model "$MODEL" \
     --duration "$DURATION" --target-qps "$TARGET_QPS" \
     --prompt-len-min "$PROMPT_LEN_MIN" --prompt-len-max "$PROMPT_LEN_MAX" --max-new-tokens "$MAX_NEW_TOKENS" \
     --slo "$SLO" --slo-attainment "$SLO_ATTAINMENT" --max-error-rate "$MAX_ERROR_RATE" \
@@ -97,7 +101,7 @@ load_rc=$?
 
 verdict() { case "$1" in 0) echo passed ;; 1) echo FAILED ;; *) echo "ERROR (exit $1)" ;; esac; }
 {
-    echo "release check $(date -u +%Y-%m-%dT%H:%M:%SZ): server $GRPC_URL model $MODEL"
+    echo "release check $(date -u +%Y-%m-%dT%H:%M:%SZ): server $SERVER_URL model $MODEL"
     echo "warmup:    $(verdict "$warmup_rc")  ($ARTIFACTS_DIR/warmup.json)"
     echo "load test: $(verdict "$load_rc")  ($ARTIFACTS_DIR/load_test.json, SLO $SLO, $DURATION s at $TARGET_QPS req/s)"
 } | tee "$SUMMARY"

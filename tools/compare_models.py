@@ -15,8 +15,10 @@ null when the first point already fails. With --stop-after-fail (default) a mode
 failed point. Between points the tool waits until the server is idle (no pending, waiting or in-flight requests
 on the metrics endpoint), then --cooldown seconds more.
 
-Prints a markdown table and writes --output-json. Exit status: 0 when the comparison ran (it measures, it does
-not gate), 2 usage or connection error (the JSON, if asked for, then holds the points measured so far).
+Prints a markdown table, writes --output-json and a PNG of the sweep (P99 end-to-end latency and TTFT against
+offered QPS, one line per model, the budget marked; --output-png, by default beside the JSON). Exit status: 0
+when the comparison ran (it measures, it does not gate), 2 usage or connection error (the JSON, if asked for,
+then holds the points measured so far).
 
     .venv/bin/python tools/compare_models.py --url 127.0.0.1:8001 --models gpt_large,gpt_large_stream \\
         --qps 2,4,8 --duration 60 --output-json artifacts/compare_models.json
@@ -32,10 +34,12 @@ from typing import Optional
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-import load_test  # noqa: E402
-from common import EXIT_OK, EXIT_USAGE, ToolError  # noqa: E402
+from tools import endpoints, load_test, plots
+from tools.cli import EXIT_OK, EXIT_USAGE, ToolError, utc_now, write_json
+from tools.client import one_line
+from tools.metrics import try_scrape
+from tools.payload import DEFAULT_VOCAB
+from tools.readiness import await_model
 
 PROG = "compare_models"
 # Gauges that are non-zero while a model still has work: Triton's queue, and gpt_large_stream's own slots/queue.
@@ -76,7 +80,7 @@ def run_point(args, model: str, qps: float) -> dict:
     except ToolError:
         raise
     except Exception as exc:  # the server went away mid-point (e.g. the statistics call after the requests)
-        raise ToolError(f"{model} @ {qps:g} QPS: {common.one_line(exc)}") from None
+        raise ToolError(f"{model} @ {qps:g} QPS: {one_line(exc)}") from None
     report["schedule_fingerprint"] = fingerprint(schedule, prompts)
     return report
 
@@ -112,6 +116,7 @@ def point_row(qps: float, report: dict) -> dict:
         "duration_s": report["duration_s"],
         "within_budget": bool(report["passed"]),
         "budget_failures": report["slo_check"]["failures"],
+        "client_notes": report["client"]["notes"],
         "server_success": srv.get("nv_inference_request_success"),
         "server_generated_tokens": srv.get("gpt_generated_tokens_total"),
         "statistics_success": stats.get("success_count"),
@@ -168,10 +173,10 @@ def wait_idle(url: Optional[str], timeout: float, interval: float = 0.2) -> tupl
     if not url:
         return False, 0.0, "no metrics URL: idle state not checked"
     while True:
-        snap = common.try_scrape(url)
+        snap = try_scrape(url)
         if snap is None:
             return False, time.monotonic() - t0, f"metrics endpoint {url} unreadable: idle state not checked"
-        busy = {s.labels.get("model", "?"): s.value for s in snap.samples if s.name in BUSY_GAUGES and s.value}
+        busy = {s.labels.get("model", "?"): s.value for g in BUSY_GAUGES for s in snap.select(g) if s.value}
         if not busy:
             return True, time.monotonic() - t0, ""
         if time.monotonic() - t0 >= timeout:
@@ -181,29 +186,14 @@ def wait_idle(url: Optional[str], timeout: float, interval: float = 0.2) -> tupl
 
 def preflight(args) -> dict:
     """Wait until every model is ready; {model: decoupled}. ToolError when unreachable or not ready."""
-    client = common.make_client("grpc", args.url)
-    try:
-        out = {}
-        for model in args.models:
-            common.wait_until_ready(client, model, args.ready_timeout, poll=0.25)
-            out[model] = common.decoupled_from_config(common.model_config(client, model))
-        return out
-    except ToolError as exc:
-        raise ToolError(f"server at {args.url}: {exc}") from None
-    except Exception as exc:  # e.g. the model config call failing
-        raise ToolError(f"server at {args.url}: {common.one_line(exc)}") from None
-    finally:
-        try:
-            client.close()
-        except Exception:
-            pass
+    return {model: await_model("grpc", args.url, model, args.ready_timeout, PROG)[1] for model in args.models}
 
 
 # ---------------------------------------------------------------------------------------------------- the sweep
 def new_report(args) -> dict:
     return {
         "tool": PROG,
-        "timestamp": common.utc_now(),
+        "timestamp": utc_now(),
         "url": args.url,
         "metrics_url": args.metrics_url,
         "config": {
@@ -258,11 +248,11 @@ def sweep(args, report: dict, log=sys.stderr) -> None:
             row["load_test"] = lt
             m["points"].append(row)
             print(f"{PROG}: {model} @ {qps:g} QPS: {row['completed']}/{row['scheduled']} ok, "
-                  f"p99 e2e {_fmt(row['e2e_p99_ms'])} ms, {'within' if row['within_budget'] else 'OVER'} budget",
+                  f"p99 e2e {_fmt(row['e2e_p99_ms'])} ms, "
+                  + ("within budget" if row["within_budget"] else "OVER budget: " + "; ".join(row["budget_failures"])),
                   file=log)
-            if row["late"]:
-                note = (f"{model} @ {qps:g} QPS: {row['late']} of {row['scheduled']} sends started more than "
-                        f"{args.late_threshold_ms:g} ms late (the client could not keep up; offered load was lower)")
+            for client_note in row["client_notes"]:  # late sends, a saturated client or host
+                note = f"{model} @ {qps:g} QPS: {client_note}"
                 report["warnings"].append(note)
                 print(f"{PROG}: warning: {note}", file=log)
             if args.stop_after_fail and not row["within_budget"]:
@@ -298,6 +288,10 @@ def markdown(report: dict) -> str:
                 f"| {_trio(p['e2e_p50_ms'], p['e2e_p90_ms'], p['e2e_p99_ms'])} "
                 f"| {_fmt(p['output_throughput'])} | {_fmt(p['request_throughput'], 2)} "
                 f"| {'yes' if p['within_budget'] else 'no'} |")
+    over = [f"- {name} @ {p['qps']:g} QPS: {'; '.join(p['budget_failures'])}"
+            for name, m in report["models"].items() for p in m["points"] if not p["within_budget"]]
+    if over:
+        lines += ["", "Over budget:", *over]
     lines += ["", "| model | streaming | highest sustained QPS |", "|---|:---:|---:|"]
     for name, m in report["models"].items():
         best = m["highest_sustained_qps"]
@@ -331,10 +325,7 @@ def parse_args(argv=None):
         prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Exit status: 0 the comparison ran, 2 usage or connection error. Metric definitions: load_test.")
     g = p.add_argument_group("server")
-    g.add_argument("--url", default=None, help="gRPC endpoint host:port (scheme ignored) [127.0.0.1:8001]")
-    g.add_argument("--metrics-url", default=None,
-                   help="Prometheus endpoint [http://<url host>:8002/metrics]; 'none' to skip server counters "
-                        "and the idle check")
+    endpoints.add_arguments(g)
     g.add_argument("--models", default="gpt_large,gpt_large_stream", help="comma list of models to compare")
     g.add_argument("--ready-timeout", type=float, default=30.0, help="seconds to wait for each model to be ready")
     g.add_argument("--request-timeout", type=float, default=300.0, help="per-request client timeout (s)")
@@ -345,7 +336,7 @@ def parse_args(argv=None):
     g.add_argument("--prompt-len-min", type=int, default=128, help="shortest prompt (tokens)")
     g.add_argument("--prompt-len-max", type=int, default=512, help="longest prompt (tokens)")
     g.add_argument("--max-new-tokens", type=int, default=256, help="max_tokens of each request (end id ignored)")
-    g.add_argument("--vocab", type=int, default=common.DEFAULT_VOCAB, help="prompt token ids are drawn from [0, vocab)")
+    g.add_argument("--vocab", type=int, default=DEFAULT_VOCAB, help="prompt token ids are drawn from [0, vocab)")
     g = p.add_argument_group("budget")
     g.add_argument("--p99-e2e-ms", type=float, default=2500.0, help="P99 end-to-end latency budget per point (ms)")
     g.add_argument("--max-error-rate", type=float, default=0.01, help="error budget per point: failed / scheduled")
@@ -359,6 +350,8 @@ def parse_args(argv=None):
                    help="longest wait for the server to become idle before a point (then go on, with a warning)")
     g = p.add_argument_group("output")
     g.add_argument("--output-json", default=None, help="write the comparison here")
+    g.add_argument("--output-png", default=None, help="PNG of the sweep [<output-json stem>.png]")
+    g.add_argument("--no-png", action="store_true", help="skip the PNG")
     g.add_argument("--no-progress", action="store_true", help="no progress bars (also off when stderr is not a TTY)")
     g.add_argument("--quiet", action="store_true", help="no markdown table on stdout")
     args = p.parse_args(argv)
@@ -385,13 +378,15 @@ def parse_args(argv=None):
         p.error("--max-error-rate must be in [0, 1]")
     if args.cooldown < 0 or args.idle_timeout < 0:
         p.error("--cooldown and --idle-timeout must be >= 0")
-    args.url = common.server_url(args.url, "grpc")
-    args.metrics_url = common.metrics_url(args.metrics_url, args.url)
+    endpoints.resolve_args(p, args)
+    if args.output_json and not args.output_png:
+        args.output_png = os.path.splitext(args.output_json)[0] + ".png"
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    print(f"{PROG}: {args.endpoints.describe()}", file=sys.stderr)
     report = new_report(args)
     status = EXIT_OK
     try:
@@ -407,7 +402,11 @@ def main(argv=None) -> int:
     finish(report, args)
     measured = any(m["points"] for m in report["models"].values())
     if args.output_json and (measured or status == EXIT_OK):
-        common.write_json(args.output_json, report)
+        write_json(args.output_json, report)
+    if measured and args.output_png and not args.no_png:
+        err = plots.save_sweep(args.output_png, report)
+        if err:
+            print(f"{PROG}: warning: no PNG: {err}", file=sys.stderr)
     if not args.quiet and measured:
         print(markdown(report))
     return status

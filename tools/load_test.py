@@ -5,7 +5,7 @@ Arrival times are drawn before the run (Poisson by default, constant, or gamma w
 request is sent at its scheduled time whatever the server is doing: slow periods show up as latency instead of
 being hidden by a client that waits. Latencies are timed from each request's *scheduled* send time; a send that
 starts more than --late-threshold-ms after its schedule is counted as late (the client could not keep up, so the
-offered load was lower than asked).
+offered load was lower than asked), and the verdict line says so, as it does when the client's CPU was saturated.
 
 Streaming (decoupled) models such as gpt_large_stream are called through the gRPC stream with stream=true, which
 gives TTFT, TPOT and inter-token latencies; non-streaming models (gpt_large) give end-to-end latency only.
@@ -32,9 +32,17 @@ from typing import Optional
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-from common import EXIT_CHECK_FAILED, EXIT_OK, ToolError  # noqa: E402
+from tools import endpoints, plots
+from tools.cli import EXIT_CHECK_FAILED, EXIT_OK, ToolError, run_guarded, stderr_is_tty, utc_now, verdict_line, \
+    write_json
+from tools.client import error_code, one_line
+from tools.metrics import histogram_delta_mean, scrape, scrape_settled, server_counter_deltas
+from tools.payload import DEFAULT_MODEL, DEFAULT_VOCAB, build_inputs, is_final_response, random_prompts, \
+    reported_tokens, requested_outputs, response_ids
+from tools.readiness import await_model
+from tools.saturation import ClientMeter, client_notes
+from tools.slo import parse_slo, slo_text
+from tools.stats import percentile, summarize
 
 PROG = "load_test"
 
@@ -79,7 +87,7 @@ class Record:
     first_token: Optional[float] = None
     end: Optional[float] = None
     token_times: list = field(default_factory=list)  # arrival of each response carrying tokens (streaming)
-    streamed_tokens: int = 0  # ids received in output_ids
+    streamed_tokens: int = 0  # ids received in output_ids, summed over every response
     reported_tokens: Optional[int] = None  # num_output_tokens
     ok: bool = False
     error_code: str = ""
@@ -149,17 +157,31 @@ def stats_counts(stats_json, model: str) -> dict:
     return {}
 
 
+def streaming_mode(args, decoupled: bool) -> bool:
+    """Whether the run streams (--stream auto: when the model is decoupled); ToolError when it cannot."""
+    if args.stream == "on" and not decoupled:
+        raise ToolError(f"model {args.model!r} is not decoupled, so it cannot stream (use --stream auto "
+                        "or a streaming model such as gpt_large_stream)")
+    streaming = decoupled and args.stream != "off"
+    bad = [s.key for s in args.slos if s.metric != "e2e_ms"]
+    if not streaming and bad:
+        raise ToolError(f"SLO {', '.join(bad)} needs token timings, which only a streaming run has "
+                        f"(model {args.model!r}, --stream {args.stream})")
+    return streaming
+
+
 class Runner:
-    def __init__(self, args, schedule: np.ndarray, prompts: list):
+    def __init__(self, args, schedule: np.ndarray, prompts: list, decoupled: bool):
         self.args = args
         self.records = [Record(i, float(t), len(p)) for i, (t, p) in enumerate(zip(schedule, prompts))]
         self.prompts = prompts
-        self.streaming = False
-        self.decoupled = False
+        self.decoupled = decoupled
+        self.streaming = streaming_mode(args, decoupled)
         self.t0 = 0.0
         self.before = self.after = None  # metrics snapshots
         self.stats_before = self.stats_after = None
-        self.metrics_error: Optional[str] = None
+        self.metrics_error: Optional[str] = None if args.metrics_url else "not read (--metrics-url none)"
+        self.client_load: dict = {}
         self.progress = None
 
     async def run(self) -> None:
@@ -169,17 +191,17 @@ class Runner:
         a = self.args
         client = aio.InferenceServerClient(a.url)
         try:
-            await self._wait_ready(client)
-            self._resolve_stream(await client.get_model_config(a.model, as_json=True))
+            outputs = requested_outputs(grpcclient)
             stream_flag = self.streaming if self.decoupled else None
-            outputs = common.requested_outputs(grpcclient)
-            inputs = [common.build_inputs(grpcclient, p, a.max_new_tokens, ignore_eos=not a.no_ignore_eos,
-                                          temperature=a.temperature, seed=a.seed + i if a.temperature else None,
-                                          stream=stream_flag)
+            inputs = [build_inputs(grpcclient, p, a.max_new_tokens, ignore_eos=not a.no_ignore_eos,
+                                   temperature=a.temperature, seed=a.seed + i if a.temperature else None,
+                                   stream=stream_flag)
                       for i, p in enumerate(self.prompts)]
             self.before = self._scrape()
             self.stats_before = stats_counts(await client.get_inference_statistics(a.model, as_json=True), a.model)
             self.progress = _progress(len(self.records), a.no_progress)
+            meter = ClientMeter()
+            meter.start()
             tasks = []
             self.t0 = time.perf_counter() + 0.02
             for rec in self.records:
@@ -188,56 +210,27 @@ class Runner:
                     await asyncio.sleep(delay)
                 tasks.append(asyncio.create_task(self._send(client, rec, inputs[rec.index], outputs)))
             await asyncio.gather(*tasks)
+            self.client_load = meter.stop()
             if self.progress is not None:
                 self.progress.close()
-            if a.metrics_url:
-                try:
-                    self.after = common.scrape_settled(
-                        a.metrics_url, ("nv_inference_request_success", "gpt_generated_tokens_total"),
-                        {"model": a.model})
-                except ToolError as exc:
-                    self.metrics_error = str(exc)
+            if self.before is not None:
+                self.after = self._scrape(settled=True)
             self.stats_after = stats_counts(await client.get_inference_statistics(a.model, as_json=True), a.model)
         finally:
             await client.close()
 
-    def _scrape(self):
+    def _scrape(self, settled: bool = False):
         if not self.args.metrics_url:
-            self.metrics_error = "no metrics URL"
             return None
         try:
-            return common.scrape(self.args.metrics_url)
+            if settled:
+                return scrape_settled(self.args.metrics_url,
+                                      ("nv_inference_request_success", "gpt_generated_tokens_total"),
+                                      {"model": self.args.model})
+            return scrape(self.args.metrics_url)
         except ToolError as exc:
             self.metrics_error = str(exc)
             return None
-
-    async def _wait_ready(self, client) -> None:
-        deadline = time.monotonic() + self.args.ready_timeout
-        last = "no answer"
-        while True:
-            try:
-                if await client.is_server_live() and await client.is_model_ready(self.args.model):
-                    return
-                last = f"model {self.args.model!r} is not ready (is it loaded?)"
-            except Exception as exc:
-                last = common.one_line(exc)
-            if time.monotonic() >= deadline:
-                raise ToolError(f"server at {self.args.url} not ready after {self.args.ready_timeout:.0f} s "
-                                f"({last})")
-            await asyncio.sleep(0.25)
-
-    def _resolve_stream(self, config) -> None:
-        self.decoupled = common.decoupled_from_config(config)
-        mode = self.args.stream
-        if mode == "on" and not self.decoupled:
-            raise ToolError(f"model {self.args.model!r} is not decoupled, so it cannot stream (use --stream auto "
-                            "or a streaming model such as gpt_large_stream)")
-        self.streaming = self.decoupled and mode != "off"
-        if not self.streaming:
-            bad = [s.key for s in self.args.slos if s.metric != "e2e_ms"]
-            if bad:
-                raise ToolError(f"SLO {', '.join(bad)} needs token timings, which only a streaming run has "
-                                f"(model {self.args.model!r}, --stream {mode})")
 
     async def _send(self, client, rec: Record, inputs, outputs) -> None:
         a = self.args
@@ -251,11 +244,11 @@ class Runner:
                 result = await client.infer(a.model, inputs, outputs=outputs, request_id=str(rec.index),
                                             client_timeout=a.request_timeout)
                 rec.end = time.perf_counter() - self.t0
-                rec.reported_tokens, rec.streamed_tokens = common.output_token_count(result)
+                rec.reported_tokens, rec.streamed_tokens = reported_tokens(result), len(response_ids(result))
                 rec.ok = True
         except Exception as exc:  # InferenceServerException, grpc AioRpcError (deadline), ...
             rec.end = time.perf_counter() - self.t0
-            rec.ok, rec.error_code, rec.error = False, common.error_code(exc), common.one_line(exc)
+            rec.ok, rec.error_code, rec.error = False, error_code(exc), one_line(exc)
         finally:
             if self.progress is not None:
                 self.progress.update(1)
@@ -271,18 +264,18 @@ class Runner:
             now = time.perf_counter() - self.t0
             if error is not None:
                 rec.end, rec.ok = now, False
-                rec.error_code, rec.error = common.error_code(error), common.one_line(error)
+                rec.error_code, rec.error = error_code(error), one_line(error)
                 return
-            reported, ids = common.output_token_count(result)
-            if ids:
-                rec.streamed_tokens += ids
+            ids, reported = response_ids(result), reported_tokens(result)
+            if ids:  # any number of tokens per response (coalesced delivery); the final one may carry some too
+                rec.streamed_tokens += len(ids)
                 if self.streaming:
                     rec.token_times.append(now)
                     if rec.first_token is None:
                         rec.first_token = now
             if reported is not None:
                 rec.reported_tokens = reported
-            if common.is_final_response(result) or reported is not None:
+            if is_final_response(result) or reported is not None:
                 final, rec.end, rec.ok = True, now, True
                 # the server closes the stream after the final response (this side has half-closed it)
         if not final:
@@ -291,7 +284,7 @@ class Runner:
 
 
 def _progress(total: int, disabled: bool):
-    if disabled or not common.stderr_is_tty():
+    if disabled or not stderr_is_tty():
         return None
     try:
         from tqdm import tqdm
@@ -301,6 +294,32 @@ def _progress(total: int, disabled: bool):
 
 
 # ---------------------------------------------------------------------------------------------------- report
+def slo_failures(args, ok, failed, good, values) -> tuple[list, list]:
+    """(why the run failed, the percentile checks): no completed request, the error budget, the attainment of the
+    per-request SLOs, and every run-level percentile limit."""
+    scheduled = len(ok) + len(failed)
+    per_request_slos = [s for s in args.slos if s.percentile is None]
+    failures = []
+    if not ok:
+        failures.append("no request completed")
+    if scheduled and len(failed) / scheduled > args.max_error_rate:
+        failures.append(f"error rate {len(failed) / scheduled:.2%} > --max-error-rate {args.max_error_rate:.2%} "
+                        f"({len(failed)} of {scheduled} failed)")
+    attainment = len(good) / scheduled if scheduled else None
+    if per_request_slos and attainment is not None and attainment < args.slo_attainment:
+        failures.append(f"SLO attainment {attainment:.2%} < {args.slo_attainment:.2%} "
+                        f"({len(good)} of {scheduled} requests met {slo_text(per_request_slos)})")
+    checks = []
+    for slo in (s for s in args.slos if s.percentile is not None):
+        samples = values.get(slo.metric) or [request_metric(r, slo.metric) for r in ok]
+        value = percentile([v for v in samples if v is not None], slo.percentile)
+        passed = value is not None and value <= slo.limit
+        checks.append({"slo": slo.key, "limit": slo.limit, "value": value, "passed": passed})
+        if not passed:
+            failures.append(f"{slo.key}: measured {_fmt(value)} > {slo.limit:g}")
+    return failures, checks
+
+
 def build_report(args, runner: Runner) -> dict:
     recs = runner.records
     ok = [r for r in recs if r.ok]
@@ -314,47 +333,25 @@ def build_report(args, runner: Runner) -> dict:
     in_tokens = sum(r.prompt_tokens for r in ok)
     per_request_slos = [s for s in args.slos if s.percentile is None]
     good = [r for r in ok if meets(r, per_request_slos)]
-    streaming = runner.streaming
 
     def rate(n):
         return n / window if window else None
 
-    values = latency_values(ok, streaming)
-    latency = {k: common.summarize(values[k]) if k in values else None
-               for k in ("e2e_ms", "ttft_ms", "tpot_ms", "itl_ms")}
+    values = latency_values(ok, runner.streaming)
+    latency = {k: summarize(values[k]) if k in values else None for k in ("e2e_ms", "ttft_ms", "tpot_ms", "itl_ms")}
     scheduled = len(recs)
-    error_rate = len(failed) / scheduled if scheduled else 0.0
-    attainment = len(good) / scheduled if scheduled else None
-
-    failures = []
-    if not ok:
-        failures.append("no request completed")
-    if error_rate > args.max_error_rate:
-        failures.append(f"error rate {error_rate:.2%} > --max-error-rate {args.max_error_rate:.2%} "
-                        f"({len(failed)} of {scheduled} failed)")
-    if per_request_slos and attainment is not None and attainment < args.slo_attainment:
-        failures.append(f"SLO attainment {attainment:.2%} < {args.slo_attainment:.2%} "
-                        f"({len(good)} of {scheduled} requests met {_slo_text(per_request_slos)})")
-    percentile_checks = []
-    for slo in (s for s in args.slos if s.percentile is not None):
-        samples = values.get(slo.metric) or [request_metric(r, slo.metric) for r in ok]
-        value = common.percentile(sorted(v for v in samples if v is not None), slo.percentile)
-        passed = value is not None and value <= slo.limit
-        percentile_checks.append({"slo": slo.key, "limit": slo.limit, "value": value, "passed": passed})
-        if not passed:
-            failures.append(f"{slo.key}: measured {_fmt(value)} > {slo.limit:g}")
-
-    codes = collections.Counter(r.error_code for r in failed)
-    messages = collections.Counter(r.error for r in failed)
-    server = server_section(args, runner)
-    mismatches = sum(1 for r in ok if r.reported_tokens is not None and r.streamed_tokens != r.reported_tokens)
-    report = {
+    failures, percentile_checks = slo_failures(args, ok, failed, good, values)
+    send_lag = summarize(r.send_lag_ms() for r in sent)
+    client = dict(runner.client_load,
+                  notes=client_notes(runner.client_load, len(late), len(sent), args.late_threshold_ms,
+                                     send_lag["max"]))
+    return {
         "tool": PROG,
-        "timestamp": common.utc_now(),
+        "timestamp": utc_now(),
         "model": args.model,
         "url": args.url,
         "metrics_url": args.metrics_url,
-        "streaming": streaming,
+        "streaming": runner.streaming,
         "decoupled": runner.decoupled,
         "config": {
             "target_qps": args.target_qps, "duration_s": args.duration, "num_requests": args.num_requests,
@@ -370,21 +367,22 @@ def build_report(args, runner: Runner) -> dict:
         "sent": len(sent),
         "completed": len(ok),
         "failed": len(failed),
-        "failed_by_code": dict(codes),
-        "error_messages": dict(messages.most_common(10)),
-        "error_rate": error_rate,
+        "failed_by_code": dict(collections.Counter(r.error_code for r in failed)),
+        "error_messages": dict(collections.Counter(r.error for r in failed).most_common(10)),
+        "error_rate": len(failed) / scheduled if scheduled else 0.0,
         "late": len(late),
         "late_fraction": len(late) / len(sent) if sent else None,
         "late_threshold_ms": args.late_threshold_ms,
         "late_indices": [r.index for r in late][:1000],
-        "send_lag_ms": common.summarize(r.send_lag_ms() for r in sent),
+        "send_lag_ms": send_lag,
         # n arrivals span n - 1 gaps, the first at offset 0
-        "offered_qps": (scheduled - 1) / float(runner.records[-1].scheduled) if scheduled > 1 and
-        runner.records[-1].scheduled > 0 else None,
+        "offered_qps": (scheduled - 1) / float(recs[-1].scheduled) if scheduled > 1 and recs[-1].scheduled > 0
+        else None,
         "total_input_tokens": in_tokens,
         "total_output_tokens": out_tokens,
-        "output_tokens_per_request": common.summarize(r.output_tokens for r in ok),
-        "token_count_mismatches": mismatches,
+        "output_tokens_per_request": summarize(r.output_tokens for r in ok),
+        "token_count_mismatches": sum(1 for r in ok if r.reported_tokens is not None
+                                      and r.streamed_tokens != r.reported_tokens),
         "duration_s": window,
         "request_throughput": rate(len(ok)),
         "output_throughput": rate(out_tokens),
@@ -394,36 +392,43 @@ def build_report(args, runner: Runner) -> dict:
             "slo": {s.key: s.limit for s in per_request_slos},
             "good_requests": len(good) if per_request_slos else len(ok),
             "goodput": rate(len(good) if per_request_slos else len(ok)),
-            "attainment": attainment if per_request_slos else (len(ok) / scheduled if scheduled else None),
+            "attainment": (len(good) if per_request_slos else len(ok)) / scheduled if scheduled else None,
         },
+        "slo_checked": bool(args.slos),
         "slo_check": {"passed": not failures, "failures": failures, "percentiles": percentile_checks},
-        "server": server,
+        "client": client,
+        "server": server_section(args, runner),
         "passed": not failures,
     }
-    return report
 
 
 def server_section(args, runner: Runner) -> dict:
     out: dict = {"metrics_error": runner.metrics_error}
     if runner.before is not None and runner.after is not None:
-        deltas = common.server_counter_deltas(runner.before, runner.after, args.model)
-        out.update(deltas)
-        out["gpt_batch_size_mean"] = common.histogram_delta_mean(runner.before, runner.after, "gpt_batch_size",
-                                                                 model=args.model)
+        out.update(server_counter_deltas(runner.before, runner.after, args.model))
+        out["gpt_batch_size_mean"] = histogram_delta_mean(runner.before, runner.after, "gpt_batch_size",
+                                                          model=args.model)
     if runner.stats_before and runner.stats_after:
-        out["statistics_api"] = {k: runner.stats_after[k] - runner.stats_before.get(k, 0)
-                                 for k in runner.stats_after}
-        sa = out["statistics_api"]
+        sa = {k: runner.stats_after[k] - runner.stats_before.get(k, 0) for k in runner.stats_after}
+        out["statistics_api"] = sa
         out["avg_batch_size"] = sa["inference_count"] / sa["execution_count"] if sa["execution_count"] else None
     return out
 
 
-def _slo_text(slos) -> str:
-    return ",".join(f"{s.key}<={s.limit:g}" for s in slos)
+def verdict_notes(report: dict) -> list:
+    """What the verdict line must carry beside PASSED/FAILED."""
+    notes = [] if report["slo_checked"] else [
+        f"no SLO checked (no --slo): only completion and the error budget "
+        f"(--max-error-rate {report['config']['max_error_rate']:g})"]
+    return notes + report["client"]["notes"]
 
 
 def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.1f}"
+
+
+def _opt(v, digits):
+    return "" if v is None else f"{v:.{digits}f}"
 
 
 def write_csv(path: str, runner: Runner, args) -> None:
@@ -431,100 +436,16 @@ def write_csv(path: str, runner: Runner, args) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["index", "scheduled_s", "send_start_s", "send_lag_ms", "late", "end_s", "status",
-                    "error_code", "prompt_tokens", "output_tokens", "ttft_ms", "tpot_ms", "e2e_ms",
-                    "itl_mean_ms", "itl_max_ms", "error"])
+                    "error_code", "prompt_tokens", "output_tokens", "token_responses", "ttft_ms", "tpot_ms",
+                    "e2e_ms", "itl_mean_ms", "itl_max_ms", "error"])
         for r in runner.records:
             itl = r.itl_ms()
             lag = r.send_lag_ms()
             w.writerow([r.index, f"{r.scheduled:.6f}", _opt(r.send_start, 6), _opt(lag, 3),
                         int(lag is not None and lag > args.late_threshold_ms), _opt(r.end, 6),
                         "ok" if r.ok else "error", r.error_code, r.prompt_tokens, r.output_tokens if r.ok else "",
-                        _opt(r.ttft_ms(), 3), _opt(r.tpot_ms(), 3), _opt(r.e2e_ms(), 3),
+                        len(r.token_times), _opt(r.ttft_ms(), 3), _opt(r.tpot_ms(), 3), _opt(r.e2e_ms(), 3),
                         _opt(sum(itl) / len(itl) if itl else None, 3), _opt(max(itl) if itl else None, 3), r.error])
-
-
-def _opt(v, digits):
-    return "" if v is None else f"{v:.{digits}f}"
-
-
-def write_png(path: str, runner: Runner, report: dict, args) -> Optional[str]:
-    """Latency CDFs, throughput and latency over time, send lag; returns an error string if it cannot plot."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        return f"matplotlib unavailable ({exc})"
-    ok = [r for r in runner.records if r.ok]
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
-    ax = axes[0][0]
-    for key, vals in latency_values(ok, runner.streaming).items():
-        vals = np.sort([v for v in vals if v is not None])
-        if len(vals):
-            name = key.removesuffix("_ms").upper() if key != "e2e_ms" else "e2e"
-            ax.plot(vals, np.arange(1, len(vals) + 1) / len(vals), label=f"{name} (p99 {report[key]['p99']:.1f})")
-    for slo in args.slos:
-        ax.axvline(slo.limit, ls=":", color="gray")
-    ax.set_xscale("log")
-    ax.set_xlabel("ms (log)")
-    ax.set_ylabel("fraction of requests")
-    ax.set_title("Latency CDFs")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-
-    ax = axes[0][1]
-    end = max((r.end for r in runner.records if r.end is not None), default=1.0)
-    width = max(0.25, end / 40.0)
-    bins = np.arange(0.0, end + width, width)
-    if runner.streaming:
-        tok, _ = np.histogram([t for r in ok for t in r.token_times], bins=bins)
-    else:
-        tok, _ = np.histogram([r.end for r in ok], bins=bins, weights=[r.output_tokens for r in ok])
-    ax.stairs(tok / width, bins, fill=True, alpha=0.5, color="tab:blue", label="output tokens/s")
-    ax.set_xlabel(f"time since start (s), {width:.2g} s bins")
-    ax.set_ylabel("output tokens / s")
-    ax.legend(fontsize=8, loc="upper left")
-    ax2 = ax.twinx()
-    sched, _ = np.histogram([r.scheduled for r in runner.records], bins=bins)
-    done, _ = np.histogram([r.end for r in ok], bins=bins)
-    ax2.stairs(sched / width, bins, color="tab:gray", label="scheduled req/s")
-    ax2.stairs(done / width, bins, color="tab:green", label="completed req/s")
-    ax2.set_ylabel("requests / s")
-    ax2.legend(fontsize=8, loc="upper right")
-    ax.set_title(f"Throughput over time (target {args.target_qps:g} req/s)")
-
-    ax = axes[1][0]
-    ax.scatter([r.scheduled for r in ok], [r.e2e_ms() for r in ok], s=6, label="e2e")
-    if runner.streaming:
-        ax.scatter([r.scheduled for r in ok], [r.ttft_ms() for r in ok], s=6, label="TTFT")
-    bad = [r for r in runner.records if not r.ok]
-    if bad:
-        ax.scatter([r.scheduled for r in bad], [1.0] * len(bad), marker="x", color="red", label="failed")
-    ax.set_yscale("log")
-    ax.set_xlabel("scheduled send (s)")
-    ax.set_ylabel("ms (log)")
-    ax.set_title("Latency over time")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-
-    ax = axes[1][1]
-    sent = [r for r in runner.records if r.send_start is not None]
-    ax.scatter([r.scheduled for r in sent], [max(r.send_lag_ms(), 1e-3) for r in sent], s=6)
-    ax.axhline(args.late_threshold_ms, ls="--", color="red", label=f"late threshold {args.late_threshold_ms:g} ms")
-    ax.set_yscale("log")
-    ax.set_xlabel("scheduled send (s)")
-    ax.set_ylabel("send lag (ms, log)")
-    ax.set_title(f"Send lag: {report['late']} of {report['sent']} late")
-    ax.legend(fontsize=8)
-    fig.suptitle(f"{args.model}: {report['completed']}/{report['scheduled']} ok, "
-                 f"{_fmt(report['output_throughput'])} tok/s, {'streaming' if runner.streaming else 'non-streaming'}"
-                 f" — {'PASSED' if report['passed'] else 'FAILED'}")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return None
 
 
 def print_summary(report: dict, file=sys.stdout) -> None:
@@ -545,13 +466,17 @@ def print_summary(report: dict, file=sys.stdout) -> None:
     g = report["goodput"]
     if g["slo"]:
         row("goodput (req/s), attainment", f"{_fmt(g['goodput'])}, {g['attainment']:.1%}")
+    c = report["client"]
+    if c.get("loop_thread_busy") is not None:
+        host = "n/a" if c["host_cpu_busy"] is None else f"{c['host_cpu_busy']:.0%}"
+        row("client loop busy / host CPU busy", f"{c['loop_thread_busy']:.0%} / {host}")
     srv = report["server"]
     if "nv_inference_request_success" in srv:
         row("server: success / generated tokens",
             f"{srv['nv_inference_request_success']} / {srv.get('gpt_generated_tokens_total')}")
     for failure in report["slo_check"]["failures"]:
         print(f"  FAILED: {failure}", file=file)
-    print(f"  result: {'PASSED' if report['passed'] else 'FAILED'}", file=file)
+    print(f"  {verdict_line(report['passed'], verdict_notes(report))}", file=file)
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -562,10 +487,8 @@ def parse_args(argv=None):
         epilog="Exit status: 0 passed, 1 SLO/error budget failed, 2 usage or connection error. "
                "Metric definitions: docs/tools.md.")
     g = p.add_argument_group("server")
-    g.add_argument("--url", default=None, help="gRPC endpoint host:port (scheme ignored) [127.0.0.1:8001]")
-    g.add_argument("--metrics-url", default=None,
-                   help="Prometheus endpoint [http://<url host>:8002/metrics]; 'none' to skip")
-    g.add_argument("--model", default=common.DEFAULT_MODEL, help="model name (gpt_large, gpt_large_stream, ...)")
+    endpoints.add_arguments(g)
+    g.add_argument("--model", default=DEFAULT_MODEL, help="model name (gpt_large, gpt_large_stream, ...)")
     g.add_argument("--stream", choices=("auto", "on", "off"), default="auto",
                    help="stream tokens (decoupled models only); auto: stream when the model is decoupled")
     g.add_argument("--ready-timeout", type=float, default=30.0, help="seconds to wait for the model to be ready")
@@ -586,7 +509,7 @@ def parse_args(argv=None):
     g.add_argument("--no-ignore-eos", action="store_true",
                    help="let generation stop at the end token (default: end_id=-1, exactly max-new-tokens)")
     g.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: greedy)")
-    g.add_argument("--vocab", type=int, default=common.DEFAULT_VOCAB, help="prompt token ids are drawn from [0, vocab)")
+    g.add_argument("--vocab", type=int, default=DEFAULT_VOCAB, help="prompt token ids are drawn from [0, vocab)")
     g = p.add_argument_group("checks")
     g.add_argument("--slo", default="",
                    help="comma list of per-request limits METRIC=MS (goodput) and run limits pNN_METRIC=MS; "
@@ -618,11 +541,10 @@ def parse_args(argv=None):
     if not 0 < args.vocab:
         p.error("--vocab must be > 0")
     try:
-        args.slos = common.parse_slo(args.slo)
+        args.slos = parse_slo(args.slo)
     except ToolError as exc:
         p.error(str(exc))
-    args.url = common.server_url(args.url, "grpc")
-    args.metrics_url = common.metrics_url(args.metrics_url, args.url)
+    endpoints.resolve_args(p, args)
     if args.output_json:
         stem = os.path.splitext(args.output_json)[0]
         args.output_csv = args.output_csv or f"{stem}.requests.csv"
@@ -637,42 +559,47 @@ def workload(args) -> tuple[np.ndarray, list]:
                              args.burstiness)
     if len(schedule) == 0:
         raise ToolError(f"no arrivals scheduled at {args.target_qps:g} QPS (raise --duration or --target-qps)")
-    return schedule, common.random_prompts(rng, len(schedule), args.prompt_len_min, args.prompt_len_max, args.vocab)
+    return schedule, random_prompts(rng, len(schedule), args.prompt_len_min, args.prompt_len_max, args.vocab)
 
 
 def measure(args, schedule, prompts) -> tuple["Runner", dict]:
-    """Send the workload and build the report (ToolError on connection errors)."""
-    runner = Runner(args, schedule, prompts)
+    """Wait for the model, send the workload and build the report (ToolError on connection errors)."""
+    _, decoupled = await_model("grpc", args.url, args.model, args.ready_timeout, PROG)
+    runner = Runner(args, schedule, prompts, decoupled)
     asyncio.run(runner.run())
     return runner, build_report(args, runner)
 
 
+def warn(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    measured, failed = common.run_guarded(PROG, lambda: measure(args, *workload(args)))
+    print(f"{PROG}: {args.endpoints.describe()}", file=sys.stderr)
+    measured, failed = run_guarded(PROG, lambda: measure(args, *workload(args)))
     if failed is not None:
         return failed
     runner, report = measured
     if runner.metrics_error:
-        print(f"{PROG}: warning: server counters unavailable: {runner.metrics_error}", file=sys.stderr)
+        warn(f"server counters unavailable: {runner.metrics_error}")
     srv = report["server"]
-    if srv.get("nv_inference_request_success") is not None and srv["nv_inference_request_success"] != \
-            report["completed"]:
-        print(f"{PROG}: warning: the server counted {srv['nv_inference_request_success']} requests in the window, "
-              f"this client {report['completed']} completed (other traffic, or failed requests the backend "
-              "answered itself)", file=sys.stderr)
-    if report["late"]:
-        print(f"{PROG}: warning: {report['late']} of {report['sent']} sends were late: started more than "
-              f"{args.late_threshold_ms:g} ms after their schedule (max lag {_fmt(report['send_lag_ms']['max'])} ms)"
-              "; the offered load was lower than asked", file=sys.stderr)
-    common.write_json(args.output_json, report)
+    if srv.get("nv_inference_request_success") not in (None, report["completed"]):
+        warn(f"the server counted {srv['nv_inference_request_success']} requests in the window, this client "
+             f"{report['completed']} completed (other traffic, or failed requests the backend answered itself)")
+    write_json(args.output_json, report)
     if args.output_csv:
         write_csv(args.output_csv, runner, args)
     if args.output_png and not args.no_png:
-        err = write_png(args.output_png, runner, report, args)
+        err = plots.save_load_test(args.output_png, runner.records, runner.streaming,
+                                   latency_values([r for r in runner.records if r.ok], runner.streaming), report,
+                                   verdict_notes(report), args)
         if err:
-            print(f"{PROG}: warning: no PNG report: {err}", file=sys.stderr)
-    if not args.quiet:
+            warn(f"no PNG report: {err}")
+    if args.quiet:
+        for note in report["client"]["notes"]:
+            warn(note)
+    else:
         print_summary(report)
     return EXIT_OK if report["passed"] else EXIT_CHECK_FAILED
 

@@ -3,21 +3,21 @@
 
 Samples NVML every --interval seconds: the total-energy counter (its deltas are the energy, so short power spikes
 between samples are not missed), instantaneous power, temperature, SM clock and the clock-event reasons
-(power cap, thermal and hardware slowdowns are flagged). With --metrics-url it also reads the server's
-gpt_generated_tokens_total counter and reports tokens per joule, over the whole run and over a rolling --window.
+(power cap, thermal and hardware slowdowns are flagged). It also reads the server's gpt_generated_tokens_total
+counter on the metrics endpoint (found as every tool finds it: --metrics-url, else $METRICS_PORT on $HOST; 'none'
+to skip) and reports tokens per joule, over the whole run and over a rolling --window.
 
 Runs until --duration passes or Ctrl-C, or with `-- COMMAND ...` measures around that command and exits with its
-exit status. Without an NVIDIA GPU it says so in one line and writes its JSON with nulls (and still runs the
-command). Exit status otherwise: 0, or 2 on a usage error.
+exit status. Without an NVIDIA GPU it says so in one line, still counts the generated tokens, and writes the
+GPU fields of its JSON as nulls (and still runs the command). Exit status otherwise: 0, or 2 on a usage error.
 
-    .venv/bin/python tools/power_monitor.py --metrics-url http://127.0.0.1:8002/metrics --output-json power.json \\
-        -- .venv/bin/python tools/load_test.py --duration 60
+    .venv/bin/python tools/power_monitor.py --output-json power.json -- \\
+        .venv/bin/python tools/load_test.py --duration 60
 """
 from __future__ import annotations
 
 import argparse
 import collections
-import os
 import signal
 import subprocess
 import sys
@@ -25,9 +25,10 @@ import threading
 import time
 from typing import Optional
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-from common import EXIT_OK, EXIT_USAGE  # noqa: E402
+from tools import endpoints
+from tools.cli import EXIT_OK, EXIT_USAGE, ToolError, utc_now, write_json
+from tools.energy import nvml, tokens_per_joule
+from tools.metrics import scrape
 
 PROG = "power_monitor"
 
@@ -88,7 +89,13 @@ class Gpu:
                 "clock_events": decode_reasons(mask)}
 
 
+NO_GPU_SAMPLE = {"energy_j": None, "power_w": None, "temperature_c": None, "sm_clock_mhz": None,
+                 "clock_event_mask": None, "clock_events": []}
+
+
 class Monitor:
+    """Samples the GPU (when there is one) and the server's generated-token counter (when it is readable)."""
+
     def __init__(self, args, gpu: Optional[Gpu]):
         self.args, self.gpu = args, gpu
         self.samples: list[dict] = []
@@ -97,20 +104,27 @@ class Monitor:
         self.energy0: Optional[float] = None
         self.tokens0: Optional[float] = None
         self.window = collections.deque()  # (t, energy_j, tokens)
+        self.tokens_reason: Optional[str] = None if args.metrics_url else "not read (--metrics-url none)"
 
     def _tokens(self) -> Optional[float]:
-        snap = common.try_scrape(self.args.metrics_url, timeout=2.0)
-        if snap is None:
+        """The server's generated-token counter (None, with tokens_reason, when it cannot be read)."""
+        try:
+            snap = scrape(self.args.metrics_url, timeout=2.0)
+        except ToolError as exc:
+            self.tokens_reason = str(exc)
             return None
         labels = {"model": self.args.model} if self.args.model else {}
-        return snap.sum("gpt_generated_tokens_total", **labels)
+        value = snap.sum("gpt_generated_tokens_total", **labels)
+        if value is None:
+            self.tokens_reason = f"the server exports no gpt_generated_tokens_total{labels or ''}"
+        return value
 
     def take(self) -> dict:
         t = time.monotonic() - self.t0
         s = {"t_s": round(t, 3)}
-        s.update(self.gpu.sample())
+        s.update(self.gpu.sample() if self.gpu is not None else NO_GPU_SAMPLE)
         tokens = self._tokens() if self.args.metrics_url else None
-        if self.energy0 is None:
+        if not self.samples:  # the first sample is the baseline
             self.energy0, self.tokens0 = s["energy_j"], tokens
         s["energy_since_start_j"] = None if s["energy_j"] is None or self.energy0 is None else \
             s["energy_j"] - self.energy0
@@ -133,7 +147,7 @@ class Monitor:
     def loop(self) -> None:
         while not self.stop_event.is_set():
             s = self.take()
-            if not self.args.quiet:
+            if self.gpu is not None and not self.args.quiet:
                 flags = [r for r in s["clock_events"] if r in SLOWDOWNS]
                 tpj = s["rolling_tokens_per_joule"]
                 print(f"{PROG}: t={s['t_s']:7.1f}s power={_f(s['power_w'])} W temp={_f(s['temperature_c'])} C "
@@ -147,7 +161,7 @@ def _f(v, digits=1) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 
 
-def summarize(args, gpu_info, reason, samples, command, exit_code, elapsed) -> dict:
+def summarize(args, gpu_info, reason, samples, tokens_reason, command, exit_code, elapsed) -> dict:
     energy = tokens = None
     sampled_s = 0.0  # energy counts from the first sample to the last, so power divides by that span
     if samples:
@@ -156,16 +170,17 @@ def summarize(args, gpu_info, reason, samples, command, exit_code, elapsed) -> d
         sampled_s = samples[-1]["t_s"] - samples[0]["t_s"]
     power = [s["power_w"] for s in samples if s["power_w"] is not None]
     temps = [s["temperature_c"] for s in samples if s["temperature_c"] is not None]
-    slowdown = {name: sum(1 for s in samples if name in s["clock_events"]) for name in SLOWDOWNS} if samples else None
+    slowdown = {name: sum(1 for s in samples if name in s["clock_events"]) for name in SLOWDOWNS} \
+        if samples and gpu_info is not None else None
     if gpu_info is None:
         tpj, tpj_reason = None, reason
-    elif not args.metrics_url:
-        tpj, tpj_reason = None, "no --metrics-url: the generated-token counter was not read"
+    elif tokens is None:
+        tpj, tpj_reason = None, f"generated tokens unknown: {tokens_reason}"
     else:
-        tpj, tpj_reason = common.tokens_per_joule(tokens, energy, "GPU energy counter unavailable")
+        tpj, tpj_reason = tokens_per_joule(tokens, energy, "GPU energy counter unavailable")
     return {
         "tool": PROG,
-        "timestamp": common.utc_now(),
+        "timestamp": utc_now(),
         "gpu_available": gpu_info is not None,
         "reason": reason,
         "gpu": gpu_info,
@@ -181,11 +196,12 @@ def summarize(args, gpu_info, reason, samples, command, exit_code, elapsed) -> d
         "max_power_w": max(power) if power else None,
         "max_temperature_c": max(temps) if temps else None,
         "generated_tokens": tokens,
+        "generated_tokens_reason": None if tokens is not None else tokens_reason,
         "tokens_per_joule": tpj,
         "tokens_per_joule_reason": tpj_reason,
         "slowdown_samples": slowdown,
         "slowdown_detected": any(slowdown.values()) if slowdown else None,
-        "samples": samples if gpu_info is not None else [],
+        "samples": samples,
     }
 
 
@@ -204,8 +220,7 @@ def parse_args(argv=None):
     p.add_argument("--gpu", type=int, default=0, help="NVML index of the GPU to watch")
     p.add_argument("--duration", type=float, default=None,
                    help="stop after this many seconds (default: until Ctrl-C, or until COMMAND exits)")
-    p.add_argument("--metrics-url", default=None,
-                   help="server metrics endpoint for gpt_generated_tokens_total (tokens per joule)")
+    endpoints.add_arguments(p, "gRPC (its host locates the metrics endpoint)")
     p.add_argument("--model", default=None, help="count tokens of this model only (default: all models)")
     p.add_argument("--window", type=float, default=10.0, help="rolling tokens-per-joule window (s)")
     p.add_argument("--output-json", default=None)
@@ -213,23 +228,21 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.interval <= 0 or args.window <= 0:
         p.error("--interval and --window must be > 0")
-    if args.metrics_url:
-        args.metrics_url = common.metrics_url(args.metrics_url, "127.0.0.1")
+    endpoints.resolve_args(p, args)
     return args, command
 
 
 def main(argv=None) -> int:
     args, command = parse_args(argv)
-    pynvml, handles, reason = common.nvml([args.gpu])
+    print(f"{PROG}: metrics {args.metrics_url or 'not read'} (from {args.endpoints.metrics_from})", file=sys.stderr)
+    pynvml, handles, reason = nvml([args.gpu])
     gpu = Gpu(pynvml, handles[0], args.gpu) if pynvml is not None else None
     if gpu is None:
         print(f"{PROG}: {reason}: power, energy and tokens per joule not measured (JSON fields are null)",
               file=sys.stderr)
-    monitor = Monitor(args, gpu) if gpu is not None else None
-    sampler = None
-    if monitor is not None:
-        sampler = threading.Thread(target=monitor.loop, daemon=True)
-        sampler.start()
+    monitor = Monitor(args, gpu)
+    sampler = threading.Thread(target=monitor.loop, daemon=True)
+    sampler.start()
     t0 = time.monotonic()
     exit_code = None
     interrupted = False
@@ -266,18 +279,18 @@ def main(argv=None) -> int:
                 proc.kill()
                 exit_code = proc.wait()
     finally:
-        if monitor is not None:
-            monitor.stop_event.set()
-            sampler.join(timeout=args.interval + 5)
+        monitor.stop_event.set()
+        sampler.join(timeout=args.interval + 5)
     elapsed = time.monotonic() - t0
-    report = summarize(args, gpu.info() if gpu else None, reason, monitor.samples if monitor else [], command,
+    report = summarize(args, gpu.info() if gpu else None, reason, monitor.samples, monitor.tokens_reason, command,
                        exit_code, elapsed)
     if interrupted:
         report["interrupted"] = True
-    common.write_json(args.output_json, report)
+    write_json(args.output_json, report)
     if gpu is not None and not args.quiet:
         print(f"{PROG}: {elapsed:.1f} s, energy {_f(report['energy_j'])} J, avg power {_f(report['avg_power_w'])} W, "
-              f"max temp {_f(report['max_temperature_c'])} C, tokens/J {_f(report['tokens_per_joule'], 3)}"
+              f"max temp {_f(report['max_temperature_c'])} C, generated tokens {_f(report['generated_tokens'], 0)}, "
+              f"tokens/J {_f(report['tokens_per_joule'], 3)}"
               + (" (" + report["tokens_per_joule_reason"] + ")" if report["tokens_per_joule_reason"] else "")
               + (", SLOWDOWNS: " + ", ".join(k for k, v in report["slowdown_samples"].items() if v)
                  if report["slowdown_detected"] else ""), file=sys.stderr)

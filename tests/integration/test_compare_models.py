@@ -1,19 +1,24 @@
 """tools/compare_models.py against a real tritonserver serving gpt_large and gpt_large_stream on CPU (tiny preset).
 
-The tool runs as a subprocess, as an operator runs it, with a tiny sweep. The assertions are on its JSON: counts
-against Triton's own counters (the tool's per-point readings and this test's reading of the whole window), the
-same schedule for both models, latency statistics that make sense, TTFT only for the streaming model, and the
-verdicts (highest sustained QPS, stop after a failed point, the ratio). Exit status 0 when it ran, 2 otherwise.
+The tool runs as a subprocess, as an operator runs it, with a tiny sweep, finding the server through the
+environment `make serve` reads (GRPC_PORT, METRICS_PORT) in the first test and through --url / --metrics-url in
+the others. The assertions are on its JSON: counts against Triton's own counters (the tool's per-point readings
+and this test's reading of the whole window), the same schedule for both models, latency statistics that make
+sense, TTFT only for the streaming model, and the verdicts (highest sustained QPS, stop after a failed point, the
+ratio); and on its picture of the sweep. Exit status 0 when it ran, 2 otherwise.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 
+import matplotlib.image
 import pytest
+
+from tools import compare_models as tool_module
+from tools import plots
 
 from tests.integration.triton_server import (REPO_ROOT, TritonServer, counters, explain, free_ports,
                                              settled_counters)
@@ -31,26 +36,25 @@ def server():
         yield srv
 
 
-def compare(*args, timeout=120) -> subprocess.CompletedProcess:
+def compare(*args, timeout=120, env=None) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if k not in ("HOST", "GRPC_PORT", "HTTP_PORT", "METRICS_PORT")}
+    # `python tools/compare_models.py` imports the `tools` package: installed by make setup, or the repo root here
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, str(TOOL), *map(str, args)], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=dict(os.environ))
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("compare_models_under_test", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=dict(full_env, **(env or {})))
 
 
 # ---------------------------------------------------------------------------------------------------- sweep
 def test_sweep_reports_both_models_on_the_same_schedule(server, tmp_path):
     out = tmp_path / "cmp.json"
     before = counters(server, PLAIN, STREAM)
-    proc = compare("--url", server.grpc_url, "--metrics-url", server.metrics_url, "--models", f"{PLAIN},{STREAM}",
-                   "--qps", "1,2", "--duration", 3, "--seed", 5, *SMALL, "--output-json", out)
+    proc = compare("--models", f"{PLAIN},{STREAM}", "--qps", "1,2", "--duration", 3, "--seed", 5, *SMALL,
+                   "--output-json", out,
+                   env={"GRPC_PORT": str(server.grpc_port), "METRICS_PORT": str(server.metrics_port)})
     assert proc.returncode == 0, explain(proc)
+    assert f"server grpc {server.grpc_url} (from GRPC_PORT)" in proc.stderr
     r = json.loads(out.read_text())
+    assert r["url"] == server.grpc_url and r["metrics_url"] == server.metrics_url
     assert r["complete"] is True and r["error"] is None
     assert list(r["models"]) == [PLAIN, STREAM]
     plain, stream = r["models"][PLAIN], r["models"][STREAM]
@@ -110,6 +114,24 @@ def test_sweep_reports_both_models_on_the_same_schedule(server, tmp_path):
     assert f"| {PLAIN} | 1 |" in proc.stdout and f"| {STREAM} | 1 |" in proc.stdout
     assert "highest sustained QPS" in proc.stdout
 
+    # the picture of the sweep: beside the JSON, a real image
+    png = tmp_path / "cmp.png"
+    pixels = matplotlib.image.imread(str(png))
+    assert png.stat().st_size > 20_000 and pixels.shape[1] > 600 and pixels[..., :3].std() > 0.05
+    # drawn from the JSON: one p99 e2e line per model against offered QPS, the budget marked; TTFT for the
+    # streaming model only
+    fig = plots.sweep_figure(r)
+    e2e_ax, ttft_ax = fig.axes
+    lines = {line.get_label(): line for line in e2e_ax.get_lines()}
+    for name, m in r["models"].items():
+        offered = [p["offered_qps"] if p["offered_qps"] is not None else p["qps"] for p in m["points"]]
+        assert list(lines[name].get_xdata()) == offered, name
+        assert list(lines[name].get_ydata()) == [p["e2e_p99_ms"] for p in m["points"]], name
+    assert list(lines["budget: p99 e2e <= 2500 ms"].get_ydata()) == [2500, 2500]
+    ttft = {line.get_label(): list(line.get_ydata()) for line in ttft_ax.get_lines()}
+    assert ttft[f"{STREAM} p99"] == [p["ttft_p99_ms"] for p in stream["points"]]
+    assert not any(label.split()[0] == PLAIN for label in ttft) and f"no TTFT for {PLAIN}" in ttft_ax.get_title()
+
 
 def test_a_point_over_budget_stops_that_models_sweep(server, tmp_path):
     out = tmp_path / "breach.json"
@@ -126,6 +148,8 @@ def test_a_point_over_budget_stops_that_models_sweep(server, tmp_path):
         assert m["stopped_after_qps"] == 1.0 and m["highest_sustained_qps"] is None
     assert r["stream_over_non_stream"]["value"] is None and r["stream_over_non_stream"]["reason"]
     assert "none" in proc.stdout
+    for name in (PLAIN, STREAM):  # each point over budget says why, on stdout
+        assert f"- {name} @ 1 QPS: p99_e2e_ms: measured " in proc.stdout and " > 0.001" in proc.stdout
 
 
 def test_usage_and_connection_errors_exit_2(tmp_path):
@@ -142,7 +166,7 @@ def test_usage_and_connection_errors_exit_2(tmp_path):
 
 
 def test_verdict_helpers():
-    tool = load_tool()
+    tool = tool_module
     pts = [{"qps": q, "within_budget": ok} for q, ok in ((2.0, True), (4.0, False), (8.0, True))]
     assert tool.highest_sustained(pts) == 2.0  # a pass above a failed point does not count
     assert tool.highest_sustained(pts[1:]) is None and tool.highest_sustained([]) is None
