@@ -24,6 +24,7 @@ from gptserve.settings import ServingConfig
 VARIANTS = {
     "bf16-sdpa": dict(attention_backend="sdpa"),
     "bf16-flex": dict(attention_backend="flex"),
+    "fp8wo-sdpa": dict(attention_backend="sdpa", fp8_mode="weight-only"),
     "fp8-sdpa": dict(attention_backend="sdpa", fp8_mode="torch"),
     "fp8-flex": dict(attention_backend="flex", fp8_mode="torch"),
     "fp8-flex-kvfp8": dict(attention_backend="flex", fp8_mode="torch", kv_cache_dtype="fp8"),
@@ -204,6 +205,55 @@ def run_hf(preset: str, batches, prompt_len: int, new_tokens: int, static: bool)
     return row
 
 
+def accuracy(preset: str, variants: list[str], batch: int = 8, prompt_len: int = 128, steps: int = 64) -> dict:
+    """Each variant's decode steps against the fp32 reference and against bf16, teacher-forced along the
+    reference's greedy continuation: next-token agreement and mean KL(reference || variant). The weights are
+    drawn with std 0.1 (GPT-2's initializer_range is 0.02) so logits have clear gaps, saved as a checkpoint that
+    every variant loads."""
+    import torch.nn.functional as F
+    from safetensors.torch import save_file
+
+    from gptserve.engine.build import build, resolve
+
+    r = resolve(ServingConfig(preset=preset, dtype="float32", compile_mode="none"), "cuda")
+    reference = build(r, weights_seed=1, init_std=0.1)
+    path = Path(f"/tmp/gptserve-accuracy-{preset}.safetensors")
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items() if k != "lm_head.weight"}, str(path))
+    ids = torch.tensor(prompts(batch, prompt_len, r.model.vocab_size, seed=7), device="cuda")
+    with torch.no_grad():
+        for _ in range(steps):  # the reference's greedy continuation
+            ids = torch.cat([ids, reference.forward_reference(ids)[:, -1:].argmax(-1)], dim=1)
+        want = reference.forward_reference(ids)[:, prompt_len - 1: prompt_len - 1 + steps].float()  # [B, T, V]
+    del reference
+    torch.cuda.empty_cache()
+
+    def decode_logits(variant: str) -> torch.Tensor:
+        settings = ServingConfig(preset=preset, model_path=str(path), compile_mode="reduce-overhead",
+                                 **VARIANTS[variant])
+        engine = Engine(settings, device="cuda")
+        logits = [engine.prefill([tuple(row) for row in ids[:, :prompt_len].tolist()], list(range(batch)))]
+        positions = torch.full((batch,), prompt_len, dtype=torch.int64, device="cuda")
+        with torch.no_grad():
+            for t in range(steps - 1):
+                logits.append(engine.decode_step(ids[:, prompt_len + t], positions + t, prompt_len + t).clone())
+        del engine
+        torch.cuda.empty_cache()
+        return torch.stack(logits, dim=1).float()  # [B, T, V]
+
+    def compare(p: torch.Tensor, q: torch.Tensor) -> dict:
+        agree = (p.argmax(-1) == q.argmax(-1)).float().mean().item()
+        kl = F.kl_div(F.log_softmax(q, -1), F.log_softmax(p, -1), log_target=True, reduction="none").sum(-1)
+        return {"greedy_agreement": agree, "mean_kl": kl.mean().item()}
+
+    got = {v: decode_logits(v) for v in variants}
+    base = next((v for v in variants if v.startswith("bf16")), variants[0])
+    report = {"weights_std": 0.1, "batch": batch, "prompt_len": prompt_len, "steps": steps}
+    for v, logits in got.items():
+        report[v] = {"vs_fp32_reference": compare(want, logits), f"vs_{base}": compare(got[base], logits)}
+    path.unlink()
+    return report
+
+
 def token_match(a: list[int], b: list[int]) -> float:
     return sum(x == y for x, y in zip(a, b)) / max(len(a), 1)
 
@@ -240,6 +290,8 @@ def main(argv=None):
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--max-seq-len", type=int, default=0, help="KV-cache positions per slot (0: the model's)")
     p.add_argument("--output", default="artifacts/bench")
+    p.add_argument("--accuracy", action="store_true",
+                   help="also check each variant against the fp32 reference and bf16 (agreement, KL; gpt2-large size)")
     p.add_argument("--table", metavar="JSON", help="print the table of a saved report and exit (no GPU needed)")
     args = p.parse_args(argv)
     if args.table:
@@ -285,6 +337,9 @@ def main(argv=None):
             if row is not base and row["results"] and row["results"][0]["batch"] == base["results"][0]["batch"]:
                 got = row["results"][0]["greedy_tokens_row0"]
                 report["accuracy"][f"{row['variant']} greedy token match vs {base['variant']}"] = token_match(want, got)
+    if args.accuracy:
+        report["accuracy_teacher_forced"] = accuracy(args.preset, [v for v in args.variants.split(",") if v])
+        print(json.dumps(report["accuracy_teacher_forced"], indent=1))
     path.write_text(json.dumps(report, indent=1))
     print(table(report))
     print(f"wrote {path}")

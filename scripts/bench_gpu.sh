@@ -1,64 +1,93 @@
 #!/usr/bin/env bash
-# The GPU benchmarks behind docs/benchmarks.md, in stages that each fit a 10-minute run on one H100.
+# The GPU runs behind docs/benchmarks.md, in stages that each fit a 10-minute call on the GPU machine.
 #
-# Usage: scripts/bench_gpu.sh STAGE [OUT_DIR]     (OUT_DIR default: artifacts/bench)
-#   engine  the engine's variants (bf16/FP8 x sdpa/flex) at batch 1, 4, 8, 16, then the GPU tests
-#   peers   the same-run peers on identical weights: the engine's eager path, Hugging Face transformers
-#           generate (default cache, static cache), and the engine's bf16-sdpa for the ratio
-#   40b     gpt-large-40b with FP8 weights at batch 1 and 16
-#   triton  tritonserver on the GPU: 16 concurrent gRPC clients through tools/warmup.py against the in-process
-#           engine at batch 16, then tools/compare_models.py (gpt_large vs gpt_large_stream, runbook envelope)
-# Every stage uses prompt 1024 and 256 new tokens (greedy) unless it says otherwise, and writes JSON to OUT_DIR.
-# The triton stage needs nvidia-pytriton, tritonclient and python-rapidjson importable (on the GPU machine:
-# wheels carried in .whl/ and installed into /tmp/site, see docs/benchmarks.md).
+# Usage: scripts/bench_gpu.sh STAGE... [-- OUT_DIR]      (OUT_DIR default: artifacts/bench, or $OUT when set)
+#   setup    install the wheels carried in .whl/ (tritonserver from nvidia-pytriton, numpy<2 for its stub,
+#            tritonclient, rapidjson, prometheus_client) into /tmp/site; every later stage needs it
+#   tests    the GPU tests (tests/gpu)
+#   engine   gpt2-large variants (bf16 and FP8 weight-only, SDPA) at batch 1 and 16, with the same-run peer
+#            (Hugging Face static-cache generate) and a decode profile of each variant
+#   40b      gpt-large-40b, bf16 and FP8 weight-only, batch 1 and 16 (--max-seq-len 1280)
+#   triton   tritonserver with both models: READY time cold (empty compile cache) and warm (same cache, restart),
+#            then tools/compare_models.py over the runbook envelope (Poisson, prompts 128-512, 256 new tokens)
+#   triton2  the same sweep at twice the load, for a machine with two GPUs (one instance of each model per GPU)
+# Prompt 1024 and 256 new tokens (greedy) unless a stage says otherwise; JSON and logs go to OUT_DIR.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-STAGE="${1:?usage: scripts/bench_gpu.sh engine|peers|40b|triton [OUT_DIR]}"
-OUT_DIR="${2:-artifacts/bench}"
+OUT_DIR="${OUT:-artifacts/bench}"
+STAGES=()
+while [ $# -gt 0 ]; do
+    case "$1" in --) OUT_DIR="$2"; shift 2 ;; *) STAGES+=("$1"); shift ;; esac
+done
+[ ${#STAGES[@]} -gt 0 ] || { echo "usage: scripts/bench_gpu.sh setup|tests|engine|40b|triton|triton2 ... [-- OUT_DIR]" >&2; exit 2; }
 PY="${PYTHON:-python3}"
 mkdir -p "$OUT_DIR"
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
-case "$STAGE" in
-engine)
-    nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm --format=csv | tee "$OUT_DIR/device.txt"
-    "$PY" -m bench.engine --preset gpt2-large --variants "${VARIANTS:-bf16-sdpa,bf16-flex,fp8-flex}" \
-        --peers '' --batches 1,4,8,16 --output "$OUT_DIR"
-    "$PY" -m pytest tests/gpu -q -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT_DIR/gpu-tests.txt"
-    ;;
-peers)
-    "$PY" -m bench.engine --preset gpt2-large --variants "${VARIANTS:-bf16-sdpa}" --batches 1,16 \
-        --peers eager,hf,hf-static --peer-batches 1,16 --output "$OUT_DIR"
-    ;;
-40b)
-    # bf16 KV for 16 slots of 2048 positions (51 GB) and FP8 weights (41 GB) exceed 80 GB: size the cache to
-    # the benchmark's prompt + new tokens (1280 positions, 32 GB).
-    "$PY" -m bench.engine --preset gpt-large-40b --variants fp8-sdpa --batches 1,16 --peers '' \
-        --max-seq-len 1280 --output "$OUT_DIR"
-    ;;
-triton)
-    bash scripts/setup_triton.sh "$PY"
-    export VENV_PYTHON="$PY"
-    read -r HTTP_PORT GRPC_PORT METRICS_PORT < <("$PY" -c "
-import socket; s=[socket.socket() for _ in range(3)]; [x.bind(('127.0.0.1', 0)) for x in s]
-print(*[x.getsockname()[1] for x in s])")
-    export HTTP_PORT GRPC_PORT METRICS_PORT
-    bash scripts/serve.sh > "$OUT_DIR/tritonserver.log" 2>&1 &
+free_ports() {
+    "$PY" -c "import socket; s=[socket.socket() for _ in range(3)]; [x.bind(('127.0.0.1', 0)) for x in s]; print(*[x.getsockname()[1] for x in s])"
+}
+
+# start_server LOG: tritonserver on free ports; prints the seconds to READY
+start_server() {
+    read -r HTTP_PORT GRPC_PORT METRICS_PORT < <(free_ports)
+    export HTTP_PORT GRPC_PORT METRICS_PORT VENV_PYTHON="$PY"
+    local t0=$SECONDS
+    bash scripts/serve.sh >"$1" 2>&1 &
     SERVER=$!
-    trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
-    URL="127.0.0.1:$GRPC_PORT" METRICS="http://127.0.0.1:$METRICS_PORT/metrics"
-    "$PY" tools/warmup.py --url "$URL" --metrics-url "$METRICS" --model gpt_large --ready-timeout 400 \
-        --batch-sizes 1,16 --prompt-len 1024 --max-tokens 256 --iters 3 --warmup 1 \
-        --output-json "$OUT_DIR/triton-warmup.json" || echo "bench_gpu.sh: warmup checks failed (see triton-warmup.json)"
-    "$PY" tools/compare_models.py --url "$URL" --metrics-url "$METRICS" --models gpt_large,gpt_large_stream \
-        --qps 4,8,12,16 --duration 20 --prompt-len-min 128 --prompt-len-max 512 --max-new-tokens 256 \
-        --output-json "$OUT_DIR/compare-models.json"
-    kill -TERM $SERVER; wait $SERVER || true
-    trap - EXIT
-    "$PY" -m bench.engine --preset gpt2-large --variants bf16-sdpa --batches 16 --peers '' --output "$OUT_DIR"
-    ;;
-*)
-    echo "bench_gpu.sh: unknown stage '$STAGE' (engine, peers, 40b, triton)" >&2
-    exit 2
-    ;;
-esac
+    until curl -sf "127.0.0.1:$HTTP_PORT/v2/health/ready" >/dev/null; do
+        kill -0 $SERVER 2>/dev/null || { echo "tritonserver died; tail of $1:" >&2; tail -30 "$1" >&2; return 1; }
+        sleep 1
+    done
+    echo $((SECONDS - t0))
+}
+
+stop_server() { kill -TERM "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null || true; }
+
+sweep() {  # QPS list, output name
+    "$PY" tools/compare_models.py --url "127.0.0.1:$GRPC_PORT" --metrics-url "http://127.0.0.1:$METRICS_PORT/metrics" \
+        --models gpt_large,gpt_large_stream --qps "$1" --duration 20 --prompt-len-min 128 --prompt-len-max 512 \
+        --max-new-tokens 256 --cooldown 2 --stop-after-fail --no-progress \
+        --output-json "$OUT_DIR/$2.json" --output-png "$OUT_DIR/$2.png"
+}
+
+for stage in "${STAGES[@]}"; do
+    echo "== $stage =="
+    case "$stage" in
+    setup)
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+        bash scripts/setup_triton.sh "$PY" | tail -1
+        nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm --format=csv | tee "$OUT_DIR/device.txt"
+        ;;
+    tests)
+        "$PY" -m pytest tests/gpu -q -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT_DIR/gpu-tests.txt"
+        ;;
+    engine)
+        "$PY" -m bench.engine --preset gpt2-large --variants "${VARIANTS:-bf16-sdpa,fp8wo-sdpa}" --batches 1,16 \
+            --peers hf-static --peer-batches 1,16 --accuracy --output "$OUT_DIR"
+        ;;
+    40b)
+        "$PY" -m bench.engine --preset gpt-large-40b --variants bf16-sdpa,fp8wo-sdpa --batches 1,16 --peers '' \
+            --max-seq-len 1280 --output "$OUT_DIR"
+        ;;
+    triton)
+        export TORCHINDUCTOR_CACHE_DIR="/tmp/gptserve-compile-cache"
+        rm -rf "$TORCHINDUCTOR_CACHE_DIR"
+        echo "ready_cold_s $(start_server "$OUT_DIR/tritonserver-cold.log")" | tee "$OUT_DIR/ready.txt"
+        sweep "${QPS:-4,8,16,24,32}" compare-models
+        stop_server
+        echo "ready_warm_s $(start_server "$OUT_DIR/tritonserver-warm.log")" | tee -a "$OUT_DIR/ready.txt"
+        stop_server
+        ;;
+    triton2)
+        export TORCHINDUCTOR_CACHE_DIR="/tmp/gptserve-compile-cache"
+        echo "ready_s $(start_server "$OUT_DIR/tritonserver-2gpu.log")" | tee "$OUT_DIR/ready-2gpu.txt"
+        sweep "${QPS:-8,16,32,48}" compare-models-2gpu
+        stop_server
+        ;;
+    *)
+        echo "bench_gpu.sh: unknown stage '$stage'" >&2
+        exit 2
+        ;;
+    esac
+done

@@ -111,6 +111,9 @@ class Engine:
         if cache_dir:  # inductor reads this whenever it needs its cache: kernels and graphs survive restarts
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
         torch._inductor.config.fx_graph_cache = True
+        # Batch-1 matrix products become reductions fused with their neighbours (bandwidth-bound GEMVs), and
+        # inductor tunes each generated kernel's launch configuration (gpt-fast's setting).
+        torch._inductor.config.coordinate_descent_tuning = self.device.type == "cuda"
         dynamo = torch._dynamo.config
         dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
         dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 1024)
