@@ -28,7 +28,7 @@ free_ports() {
     "$PY" -c "import socket; s=[socket.socket() for _ in range(3)]; [x.bind(('127.0.0.1', 0)) for x in s]; print(*[x.getsockname()[1] for x in s])"
 }
 
-# start_server LOG: tritonserver on free ports; prints the seconds to READY
+# start_server LOG NAME: tritonserver on free ports; appends "NAME <seconds to READY>" to OUT_DIR/ready.txt
 start_server() {
     read -r HTTP_PORT GRPC_PORT METRICS_PORT < <(free_ports)
     export HTTP_PORT GRPC_PORT METRICS_PORT VENV_PYTHON="$PY"
@@ -39,7 +39,7 @@ start_server() {
         kill -0 $SERVER 2>/dev/null || { echo "tritonserver died; tail of $1:" >&2; tail -30 "$1" >&2; return 1; }
         sleep 1
     done
-    echo $((SECONDS - t0))
+    echo "$2 $((SECONDS - t0))" | tee -a "$OUT_DIR/ready.txt"
 }
 
 stop_server() { kill -TERM "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null || true; }
@@ -70,18 +70,20 @@ for stage in "${STAGES[@]}"; do
         "$PY" -m bench.engine --preset gpt-large-40b --variants bf16-sdpa,fp8wo-sdpa --batches 1,16 --peers '' \
             --max-seq-len 1280 --output "$OUT_DIR"
         ;;
-    triton)
+    triton)  # KEEP_CACHE=1: start on the compile cache a previous run left (a warm start)
         export TORCHINDUCTOR_CACHE_DIR="/tmp/gptserve-compile-cache"
-        rm -rf "$TORCHINDUCTOR_CACHE_DIR"
-        echo "ready_cold_s $(start_server "$OUT_DIR/tritonserver-cold.log")" | tee "$OUT_DIR/ready.txt"
+        if [ "${KEEP_CACHE:-0}" = 1 ]; then
+            start_server "$OUT_DIR/tritonserver-warm.log" ready_warm_s
+        else
+            rm -rf "$TORCHINDUCTOR_CACHE_DIR"
+            start_server "$OUT_DIR/tritonserver-cold.log" ready_cold_s
+        fi
         sweep "${QPS:-4,8,16,24,32}" compare-models
-        stop_server
-        echo "ready_warm_s $(start_server "$OUT_DIR/tritonserver-warm.log")" | tee -a "$OUT_DIR/ready.txt"
         stop_server
         ;;
     triton2)
         export TORCHINDUCTOR_CACHE_DIR="/tmp/gptserve-compile-cache"
-        echo "ready_s $(start_server "$OUT_DIR/tritonserver-2gpu.log")" | tee "$OUT_DIR/ready-2gpu.txt"
+        start_server "$OUT_DIR/tritonserver-2gpu.log" ready_2gpu_s
         sweep "${QPS:-8,16,32,48}" compare-models-2gpu
         stop_server
         ;;

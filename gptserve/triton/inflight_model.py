@@ -7,6 +7,7 @@ policy applies there), and with several instances Triton gives new requests to o
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import triton_python_backend_utils as pb_utils
@@ -23,17 +24,23 @@ FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
 class TritonSink:
-    """One request's response sender (called from the scheduler's delivery and cancellation threads)."""
+    """One request's response sender (called from the scheduler's delivery and cancellation threads).
 
-    __slots__ = ("request", "sender", "requested")
+    Once the final response is sent, Triton frees the request's response factory: asking it whether the request
+    was cancelled after that crashed tritonserver 2.51 (SIGSEGV in TRITONBACKEND_ResponseFactoryIsCancelled).
+    The lock keeps the cancellation check and the final send apart, and no check follows the final send."""
+
+    __slots__ = ("request", "sender", "requested", "lock")
 
     def __init__(self, request):
         self.request = request  # kept alive until the final response is sent
         self.sender = request.get_response_sender()
         self.requested = requested_outputs(request)
+        self.lock = threading.Lock()
 
     def is_cancelled(self) -> bool:
-        return self.request.is_cancelled()
+        with self.lock:
+            return self.request is not None and self.request.is_cancelled()
 
     def deliver(self, event):
         if isinstance(event, Token):
@@ -42,10 +49,12 @@ class TritonSink:
             return
         if isinstance(event, Final):
             arrays = output_arrays(event.ids, event.text, event.num_input_tokens, event.num_output_tokens)
-            self.sender.send(response(pb_utils, arrays, self.requested), flags=FINAL)
+            last = response(pb_utils, arrays, self.requested)
         else:
-            self.sender.send(error_response(pb_utils, event.message, event.code), flags=FINAL)
-        self.request = None
+            last = error_response(pb_utils, event.message, event.code)
+        with self.lock:
+            self.sender.send(last, flags=FINAL)
+            self.request = None
 
 
 class InflightBatchingModel:
