@@ -7,9 +7,9 @@ scripts/serve.sh (so `make serve` and the Docker image) execs this:
 
 - Starts tritonserver (HTTP and metrics on Unix sockets, see supervisor/front.py) and Caddy on the public HTTP and
   metrics ports; the gRPC port is tritonserver's own.
-- Runs `tools.health_check --watch`: after the server first passes, two failed checks in a row (a dead stub, a
-  model that does not answer within the deadline) stop it and the supervisor exits 3, so systemd, Docker or
-  Kubernetes restart it.
+- Runs `tools.health_check --watch`: two failed checks in a row (a dead stub, a model that does not answer within
+  the deadline) stop the server and the supervisor exits 3, so systemd, Docker or Kubernetes restart it. Until
+  the first check passes, "unreachable" and "not ready" are start-up, not failures.
 - SIGTERM, SIGINT or SIGHUP: tritonserver gets SIGTERM and --exit-timeout-secs = drain + 1 s (the largest
   drain_timeout_ms of the served models, 10 s by default); if it is still running 2 s after that (Triton 2.51 does
   not exit while a client keeps a gRPC stream open), it is killed. Exit status 0. A second signal kills at once.
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from supervisor.front import Front, thread_stack_bytes
-from supervisor.health import STALLED, HealthWatcher
+from supervisor.health import STARTING, HealthWatcher
 from supervisor.process import exit_status, kill, signal_group, spawn, wait_until
 from supervisor.shm import ShmRegions
 
@@ -145,7 +145,7 @@ class Supervisor:
                 if not healthy_once or failures:
                     log(line)
                 healthy_once, failures = True, 0
-            elif healthy_once or line == STALLED:
+            elif healthy_once or not line.startswith("unreachable") and not line.endswith(STARTING):
                 failures += 1
                 log(f"health check failed ({failures} of {self.args.failures}): {line}")
                 if failures >= self.args.failures:

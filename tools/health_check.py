@@ -32,6 +32,7 @@ DEFAULT_MODELS = "gpt_large,gpt_large_stream"
 PROMPT_ID = 72  # one token of any vocabulary the models accept (byte-level 'H')
 # Messages of an UNAVAILABLE answer that mean "busy", not "broken" (Triton's queue policy, the stream scheduler).
 BUSY_MARKERS = ("server busy", "maximum queue size", "timeout expired")
+NOT_READY = "not ready"  # ends the reason of a check that failed only because the server is still starting
 
 
 class Unhealthy(Exception):
@@ -96,7 +97,7 @@ def generate_streamed(client, model: str, timeout: float) -> None:
 def check_model(client, model: str, timeout: float) -> str:
     """One generation of one token; returns a short note, raises Unhealthy."""
     if not client.is_model_ready(model, client_timeout=timeout):
-        raise Unhealthy(f"{model}: not ready")
+        raise Unhealthy(f"{model}: {NOT_READY}")
     config = client.get_model_config(model, client_timeout=timeout).config
     generate = generate_streamed if config.model_transaction_policy.decoupled else generate_unary
     started = time.monotonic()
@@ -120,7 +121,7 @@ def check(url: str, models: list[str], timeout: float) -> tuple[int, str]:
         except InferenceServerException as exc:
             return UNREACHABLE, f"{url}: {exc.message()}"
         if not live or not client.is_server_ready(client_timeout=remaining()):
-            return UNHEALTHY, f"{url}: server not ready"
+            return UNHEALTHY, f"{url}: server {NOT_READY}"
         notes = [check_model(client, model, remaining()) for model in models]
         return HEALTHY, ", ".join(notes)
     except Unhealthy as exc:

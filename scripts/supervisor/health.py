@@ -11,6 +11,7 @@ import time
 from supervisor.process import kill, spawn, wait_until
 
 STALLED = "unhealthy: the health check printed nothing for too long"
+STARTING = "not ready"  # tools.health_check's reason while the server (or a model) is still loading
 STOP_S = 2.0
 
 
