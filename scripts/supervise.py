@@ -159,8 +159,10 @@ class Supervisor:
         dropped a stream to the stream model causes, although every request was answered."""
         log(f"stop requested: tritonserver gets SIGTERM and up to {self.exit_timeout + 2} s")
         code = self._stop(self.exit_timeout + 2.0)
-        if code:
-            log(f"tritonserver exited with status {exit_status(code)} while stopping")
+        if code != 0:
+            log(f"tritonserver {'was killed' if code is None else f'exited with status {exit_status(code)}'} while "
+                "stopping (2.51 does so when a model does not unload in time, e.g. while a client holds a gRPC "
+                "stream to a decoupled model open or dropped one)")
         return EXIT_REQUESTED
 
     def _stop(self, within_s: float) -> int | None:
@@ -172,8 +174,7 @@ class Supervisor:
         self.watcher.stop()
         code = wait_until(self.triton, deadline, interrupted=lambda: self.signals > 1)
         if code is None:
-            log(f"tritonserver still running {within_s:g} s after SIGTERM (in 2.51, clients that keep a gRPC stream "
-                "open hold it): killing it")
+            log(f"tritonserver still running {within_s:g} s after SIGTERM: killing it")
             kill(self.triton)
         if wait_until(self.front.process, time.monotonic() + HELPER_STOP_S) is None:
             kill(self.front.process)

@@ -44,7 +44,10 @@ def post_like_curl(host_port: str, path: str, body: bytes, timeout: float = 60) 
 
         def read_head() -> bytes:
             while b"\r\n\r\n" not in buffer[0]:
-                buffer[0] += sock.recv(65536)
+                data = sock.recv(65536)
+                if not data:
+                    raise ConnectionError(f"{host_port} closed the connection without an answer")
+                buffer[0] += data
             head, _, buffer[0] = buffer[0].partition(b"\r\n\r\n")
             return head
 
