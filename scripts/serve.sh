@@ -9,6 +9,7 @@
 #                      trace, shared-memory and model-repository APIs require; unset: a random key per start, so
 #                      they stay closed
 #   MAX_BODY_BYTES     HTTP request body limit (default 8388608); larger bodies get 413
+#   HEALTH_INTERVAL    seconds between the supervisor's deep health checks (default 5; 0: none)
 #   CADDY              the HTTP front's binary (default <venv>/bin/caddy, else caddy on PATH)
 #   TRITONSERVER, BACKEND_DIR, VENV_PYTHON, TRITON_HOME: see scripts/triton_env.sh
 #
@@ -87,7 +88,7 @@ fi
 
 exec "$PY" "$REPO_ROOT/scripts/supervise.py" \
     --host "$HOST" --http-port "$HTTP_PORT" --grpc-port "$GRPC_PORT" --metrics-port "$METRICS_PORT" \
-    --max-body "$MAX_BODY_BYTES" --caddy "$CADDY" --python "$PY" \
+    --max-body "$MAX_BODY_BYTES" --caddy "$CADDY" --python "$PY" --health-interval "${HEALTH_INTERVAL:-5}" \
     -- "$TRITONSERVER" \
     --model-repository "$MODEL_REPOSITORY" \
     --backend-directory "$BACKEND_DIR" \

@@ -94,7 +94,8 @@ class Supervisor:
                                                                   [f"--exit-timeout-secs={self.exit_timeout}"])
         health_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
         self.watcher = HealthWatcher(args.python, f"{health_host}:{args.grpc_port}", self.models,
-                                     args.health_interval, args.health_timeout, cwd=str(REPO_ROOT))
+                                     args.health_interval, args.health_timeout, cwd=str(REPO_ROOT),
+                                     enabled=args.health_interval > 0)
         self.shm = ShmRegions()
         self.signals = 0
         self.triton = None
@@ -103,8 +104,10 @@ class Supervisor:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
+        health = (f"deep health check of {', '.join(self.models)} every {self.args.health_interval:g} s"
+                  if self.watcher.enabled else "no deep health check (HEALTH_INTERVAL=0)")
         log(f"tritonserver with --exit-timeout-secs={self.exit_timeout}; HTTP body limit {self.args.max_body} "
-            f"bytes; deep health check of {', '.join(self.models)} every {self.args.health_interval:g} s")
+            f"bytes; {health}")
         try:
             self.triton = spawn(self.command, stack_bytes=thread_stack_bytes(self.args.max_body))
             self.front.start(spawn)
@@ -202,7 +205,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-body", type=int, default=8 << 20, help="HTTP request body limit in bytes (8 MiB)")
     parser.add_argument("--caddy", default="caddy", help="the caddy binary")
     parser.add_argument("--python", default=sys.executable, help="interpreter for tools.health_check")
-    parser.add_argument("--health-interval", type=float, default=5.0, help="s between deep checks (default 5)")
+    parser.add_argument("--health-interval", type=float, default=5.0,
+                        help="s between deep checks (default 5; 0: no deep check)")
     parser.add_argument("--health-timeout", type=float, default=10.0, help="deadline of one check (default 10)")
     parser.add_argument("--failures", type=int, default=2, help="failed checks in a row that stop the server")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- tritonserver and its arguments")

@@ -18,16 +18,20 @@ STOP_S = 2.0
 class HealthWatcher:
     """Yields the verdict lines of tools/health_check.py ("healthy: ...", "unhealthy: ...", "unreachable: ...")."""
 
-    def __init__(self, python: str, url: str, models: list[str], interval: float, timeout: float, cwd: str):
+    def __init__(self, python: str, url: str, models: list[str], interval: float, timeout: float, cwd: str,
+                 enabled: bool = True):
         self.argv = [python, "-m", "tools.health_check", "--url", url, "--models", ",".join(models),
                      "--timeout", f"{timeout:g}", "--watch", f"{interval:g}"]
         self.cwd = cwd
+        self.enabled = enabled  # disabled: start() runs nothing and next() only waits
         self.stall_s = interval + timeout + 5.0
         self.lines: queue.Queue = queue.Queue()
         self.process = None
         self.last_line_at = 0.0
 
     def start(self) -> None:
+        if not self.enabled:
+            return
         self.process = spawn(self.argv, cwd=self.cwd, stdout=subprocess.PIPE, text=True, bufsize=1)
         self.last_line_at = time.monotonic()
         threading.Thread(target=self._read, args=(self.process, self.lines), daemon=True).start()
@@ -41,6 +45,9 @@ class HealthWatcher:
     def next(self, timeout: float) -> str | None:
         """The next verdict line within timeout s; "" if none yet; STALLED (and a restarted watcher) when it has
         been silent for too long; None when the watcher exited."""
+        if not self.enabled:
+            time.sleep(timeout)
+            return ""
         try:
             line = self.lines.get(timeout=timeout)
         except queue.Empty:

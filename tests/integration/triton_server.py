@@ -92,6 +92,9 @@ class TritonServer:
         env: extra environment variables for the server and its python-backend stubs (e.g. ``MODEL_PATH``).
         extra_args: extra tritonserver command-line arguments.
         startup_timeout: seconds to wait for ``/v2/health/ready`` and the metrics endpoint (default 300).
+        health_interval: seconds between the supervisor's deep health checks (serve.sh's HEALTH_INTERVAL). 0, the
+            default here, turns them off: each check is one request per model, which tests that count requests
+            in Triton's counters would see.
 
     The three endpoints bind to ``host`` (127.0.0.1, the HOST variable of serve.sh); the server's stdout+stderr go
     to a new temp file (``log_path``), kept after stop.
@@ -107,12 +110,14 @@ class TritonServer:
         env: Optional[Mapping[str, str]] = None,
         extra_args: Sequence[str] = (),
         startup_timeout: float = 300.0,
+        health_interval: float = 0.0,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.models = None if models is None else list(models)
         self.env = {k: str(v) for k, v in (env or {}).items()}
         self.extra_args = list(extra_args)
         self.startup_timeout = float(startup_timeout)
+        self.health_interval = float(health_interval)
         fd, log_path = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
         os.close(fd)
         self.log_path = Path(log_path)
@@ -173,6 +178,7 @@ class TritonServer:
         env.update(self.env)
         env.update(
             HOST=self.host,
+            HEALTH_INTERVAL=f"{self.health_interval:g}",
             MODEL_REPOSITORY=str(self.model_repository),
             HTTP_PORT=str(self.http_port),
             GRPC_PORT=str(self.grpc_port),

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration.triton_server import REPO_ROOT, TritonServer
-from tests.reliability.helpers import ADMIN_KEY, QUEUE, SLOTS, STARTUP_S, STEP_MS, STREAM, set_param
+from tests.reliability.helpers import (ADMIN_KEY, HEALTH_INTERVAL_S, QUEUE, SLOTS, STARTUP_S, STEP_MS, STREAM,
+                                      set_param)
 
 
 @pytest.fixture(scope="session")
@@ -29,5 +30,6 @@ def small_repo(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(small_repo):
-    with TritonServer(small_repo, env={"ADMIN_KEY": ADMIN_KEY}, startup_timeout=STARTUP_S) as srv:
+    with TritonServer(small_repo, env={"ADMIN_KEY": ADMIN_KEY}, startup_timeout=STARTUP_S,
+                      health_interval=HEALTH_INTERVAL_S) as srv:
         yield srv

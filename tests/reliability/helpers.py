@@ -27,8 +27,11 @@ def set_param(config: str, key: str, value: str) -> str:
     return config.replace("parameters [\n", f"parameters [\n  {new},\n", 1)
 
 
+HEALTH_INTERVAL_S = 5  # serve.sh's default: the reliability servers run as `make serve` does
+
+
 def start_server(repo=REPO_ROOT / "model_repository", **kwargs) -> TritonServer:
-    return TritonServer(repo, startup_timeout=STARTUP_S, **kwargs).start()
+    return TritonServer(repo, startup_timeout=STARTUP_S, health_interval=HEALTH_INTERVAL_S, **kwargs).start()
 
 
 def inputs(**fields):

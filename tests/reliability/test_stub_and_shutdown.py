@@ -1,5 +1,5 @@
 """Issue 13 items 2 and 4 (a dead stub is noticed; shutdown always completes) and 5 (admin APIs closed without
-ADMIN_KEY). Each test starts its own server through scripts/serve.sh: it kills or stops it."""
+ADMIN_KEY, HOST opens the ports). Each test starts its own server through scripts/serve.sh: it kills or stops it."""
 import os
 import signal
 import subprocess
@@ -37,8 +37,6 @@ def wait_exit(server, timeout: float) -> int | None:
 def test_killed_stub_is_noticed_and_leaves_no_shm(model):
     server = start_server()
     try:
-        # Without ADMIN_KEY the admin APIs are closed (a random key per start).
-        assert http_status(f"http://{server.http_url}/v2/logging", "POST", b'{"log_verbose_level":1}') == 403
         regions = shm_regions(server.triton_pid())
         assert regions
         killed_at = time.monotonic()
@@ -76,8 +74,10 @@ def test_sigterm_with_8_open_streams_exits_0_within_drain_plus_5_s():
 
 
 def test_plain_sigterm_exits_0_quickly_and_host_opens_the_ports():
-    """HOST=0.0.0.0 binds every address: 127.0.0.2 (loopback, not the default 127.0.0.1) reaches the server."""
+    """Without ADMIN_KEY the admin APIs are closed (a random key per start). HOST=0.0.0.0 binds every address:
+    127.0.0.2 (loopback, not the default 127.0.0.1) reaches the server."""
     server = start_server(models=[PLAIN])
+    assert http_status(f"http://{server.http_url}/v2/logging", "POST", b'{"log_verbose_level":1}') == 403
     server.stop()  # the harness server binds 127.0.0.1; this one is started again with HOST=0.0.0.0
     server.host = "0.0.0.0"
     server.start()
