@@ -5,6 +5,7 @@ libevhtp parses such a body into arrays on the 8 MB thread stack. serve.sh now p
 MAX_BODY_BYTES, 8 MiB) and gives tritonserver thread stacks that hold any body below the limit.
 """
 import json
+import re
 import socket
 import urllib.error
 import urllib.request
@@ -42,12 +43,15 @@ def post_like_curl(host_port: str, path: str, body: bytes, timeout: float = 60) 
                      "Content-Type: application/x-www-form-urlencoded\r\nExpect: 100-continue\r\n\r\n".encode())
         buffer = [b""]
 
-        def read_head() -> bytes:
-            while b"\r\n\r\n" not in buffer[0]:
+        def read_until(done) -> None:
+            while not done(buffer[0]):
                 data = sock.recv(65536)
                 if not data:
                     raise ConnectionError(f"{host_port} closed the connection without an answer")
                 buffer[0] += data
+
+        def read_head() -> bytes:
+            read_until(lambda b: b"\r\n\r\n" in b)
             head, _, buffer[0] = buffer[0].partition(b"\r\n\r\n")
             return head
 
@@ -59,6 +63,8 @@ def post_like_curl(host_port: str, path: str, body: bytes, timeout: float = 60) 
                 pass
             while head.startswith(b"HTTP/1.1 1"):  # informational answers (tritonserver's own 100 Continue)
                 head = read_head()
+        length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        read_until(lambda b: len(b) >= int(length.group(1)) if length else True)
         return int(head.split()[1]), buffer[0]
 
 
