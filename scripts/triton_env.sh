@@ -4,6 +4,8 @@
 #   source scripts/triton_env.sh && "$TRITONSERVER" --model-repository ... --backend-directory "$BACKEND_DIR"
 #
 # Inputs (optional):
+#   TRITONSERVER + BACKEND_DIR  both set (e.g. the NGC image's /opt/tritonserver/bin/tritonserver and
+#                 /opt/tritonserver/backends): used as they are, no wheel lookup; PYTHONPATH gets <repo> only
 #   VENV_PYTHON   interpreter whose site-packages holds nvidia-pytriton (default <repo>/.venv/bin/python)
 #   TRITON_HOME   what scripts/setup_triton.sh built (default <sys.prefix of VENV_PYTHON>/triton)
 # Exports:
@@ -18,8 +20,27 @@
 #   TRITON_REPO_ROOT, TRITON_PYTHON_VERSION
 # Returns non-zero (without exiting the calling shell) if something is missing.
 
+_triton_env_given() {  # TRITONSERVER and BACKEND_DIR from the environment (a Triton image)
+    local repo
+    repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    if [ ! -x "$TRITONSERVER" ] || [ ! -d "$BACKEND_DIR" ]; then
+        echo "triton_env.sh: TRITONSERVER='$TRITONSERVER' is not executable or BACKEND_DIR='$BACKEND_DIR' is not a directory" >&2
+        return 1
+    fi
+    case ":${PYTHONPATH:-}:" in
+        *":$repo:"*) ;;
+        *) PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" ;;
+    esac
+    TRITON_REPO_ROOT="$repo"
+    export TRITONSERVER BACKEND_DIR PYTHONPATH TRITON_REPO_ROOT
+}
+
 _triton_env() {
     local repo py info pyver prefix purelib ptdir sp libs home pp
+    if [ -n "${TRITONSERVER:-}" ] && [ -n "${BACKEND_DIR:-}" ]; then
+        _triton_env_given
+        return
+    fi
     repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
     py="${VENV_PYTHON:-$repo/.venv/bin/python}"
     if ! command -v "$py" >/dev/null 2>&1; then
@@ -63,8 +84,8 @@ PY
     export TRITONSERVER TRITONSERVER_BIN BACKEND_DIR LD_LIBRARY_PATH PYTHONPATH TRITON_REPO_ROOT TRITON_PYTHON_VERSION
 }
 if _triton_env; then
-    unset -f _triton_env
+    unset -f _triton_env _triton_env_given
 else
-    unset -f _triton_env
+    unset -f _triton_env _triton_env_given
     return 1 2>/dev/null || exit 1
 fi

@@ -1,8 +1,10 @@
 """Start a real tritonserver (from the nvidia-pytriton wheel) for integration tests.
 
-The server is launched through ``scripts/serve.sh`` -- the same script ``make serve`` uses -- which sources
-``scripts/triton_env.sh`` and ``exec``s tritonserver, so the Popen PID *is* tritonserver and SIGTERM reaches it
-directly.
+The server is launched through ``scripts/serve.sh`` -- the same script ``make serve`` uses -- which ``exec``s
+``scripts/supervise.py``: the Popen PID is the supervisor (tritonserver, Caddy in front of its HTTP and metrics
+endpoints, and the health check are its children), and SIGTERM to it stops the whole server.
+``GPTSERVE_SERVE_SH=<path>`` starts servers through another checkout's serve.sh instead (to show that a test fails
+on an older commit).
 
     with TritonServer("model_repository", env={"MODEL_PATH": str(ckpt)}, models=["gpt_large"]) as server:
         client = tritonclient.http.InferenceServerClient(server.http_url)
@@ -34,7 +36,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SERVE_SH = REPO_ROOT / "scripts" / "serve.sh"
+SERVE_SH = Path(os.environ.get("GPTSERVE_SERVE_SH") or REPO_ROOT / "scripts" / "serve.sh")
 SETUP_TRITON_SH = REPO_ROOT / "scripts" / "setup_triton.sh"
 
 _LOG_TAIL_CHARS = 20_000
@@ -90,9 +92,12 @@ class TritonServer:
         env: extra environment variables for the server and its python-backend stubs (e.g. ``MODEL_PATH``).
         extra_args: extra tritonserver command-line arguments.
         startup_timeout: seconds to wait for ``/v2/health/ready`` and the metrics endpoint (default 300).
+        health_interval: seconds between the supervisor's deep health checks (serve.sh's HEALTH_INTERVAL). 0, the
+            default here, turns them off: each check is one request per model, which tests that count requests
+            in Triton's counters would see.
 
-    The three endpoints bind to 127.0.0.1; the server's stdout+stderr go to a new temp file (``log_path``), kept
-    after stop.
+    The three endpoints bind to ``host`` (127.0.0.1, the HOST variable of serve.sh); the server's stdout+stderr go
+    to a new temp file (``log_path``), kept after stop.
     """
 
     host = "127.0.0.1"
@@ -105,12 +110,14 @@ class TritonServer:
         env: Optional[Mapping[str, str]] = None,
         extra_args: Sequence[str] = (),
         startup_timeout: float = 300.0,
+        health_interval: float = 0.0,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.models = None if models is None else list(models)
         self.env = {k: str(v) for k, v in (env or {}).items()}
         self.extra_args = list(extra_args)
         self.startup_timeout = float(startup_timeout)
+        self.health_interval = float(health_interval)
         fd, log_path = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
         os.close(fd)
         self.log_path = Path(log_path)
@@ -137,9 +144,8 @@ class TritonServer:
 
     # ------------------------------------------------------------------ lifecycle
     def command(self) -> list[str]:
-        """The command line (serve.sh adds repository, backend dir, ports and --allow-metrics)."""
+        """The command line (serve.sh adds repository, backend dir, addresses, ports and the rest)."""
         args = ["bash", str(SERVE_SH)]
-        args += [f"--http-address={self.host}", f"--grpc-address={self.host}", f"--metrics-address={self.host}"]
         if self.models is not None:
             args.append("--model-control-mode=explicit")
             args += [f"--load-model={m}" for m in self.models]
@@ -171,6 +177,8 @@ class TritonServer:
         env.setdefault("VENV_PYTHON", sys.executable)
         env.update(self.env)
         env.update(
+            HOST=self.host,
+            HEALTH_INTERVAL=f"{self.health_interval:g}",
             MODEL_REPOSITORY=str(self.model_repository),
             HTTP_PORT=str(self.http_port),
             GRPC_PORT=str(self.grpc_port),
@@ -220,6 +228,24 @@ class TritonServer:
 
     def is_alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def triton_pid(self) -> Optional[int]:
+        """PID of the tritonserver process (the Popen process itself, or its child when serve.sh runs it under
+        the supervisor); None if there is none."""
+        if self.process is None:
+            return None
+        if _command_name(self.process.pid) == "tritonserver":
+            return self.process.pid
+        return next((pid for pid in _children(self.process.pid) if _command_name(pid) == "tritonserver"), None)
+
+    def stub_pids(self) -> dict[str, int]:
+        """{model name: PID of its python backend stub} (the stubs are children of tritonserver)."""
+        stubs = {}
+        for pid in _children(self.triton_pid() or -1):
+            argv = _argv(pid)
+            if argv and argv[0].endswith("triton_python_backend_stub") and len(argv) > 1:
+                stubs[Path(argv[1]).parents[1].name] = pid  # <repo>/<model>/<version>/model.py
+        return stubs
 
     def stop(self, timeout: float = 60.0) -> Optional[int]:
         """SIGTERM the server, wait up to ``timeout`` s (then SIGKILL its process group); return its exit code.
@@ -305,6 +331,30 @@ class TritonServer:
     def __repr__(self) -> str:
         state = "running" if self.is_alive() else f"exited {self.returncode}"
         return f"TritonServer({self.model_repository}, http={self.http_url}, {state})"
+
+
+def _children(pid: int) -> list[int]:
+    """Child PIDs of pid (forked by any of its threads)."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return children
+
+
+def _argv(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def _command_name(pid: int) -> str:
+    argv = _argv(pid)
+    return Path(argv[0]).name if argv else ""
 
 
 # Triton types of the models' inputs: name -> (Triton type, numpy dtype).
