@@ -10,6 +10,7 @@
 #   40b      gpt-large-40b, bf16 and FP8 weight-only, batch 1 and 16 (--max-seq-len 1280)
 #   triton   tritonserver with both models: READY time cold (empty compile cache) and warm (same cache, restart),
 #            then tools/compare_models.py over the runbook envelope (Poisson, prompts 128-512, 256 new tokens)
+#   triton-variant  the stream model alone with STREAM_PARAMS (e.g. "stream_interval=4 delivery_threads=1")
 #   triton2  the same sweep at twice the load, for a machine with two GPUs (one instance of each model per GPU)
 # Prompt 1024 and 256 new tokens (greedy) unless a stage says otherwise; JSON and logs go to OUT_DIR.
 set -euo pipefail
@@ -28,12 +29,15 @@ free_ports() {
     "$PY" -c "import socket; s=[socket.socket() for _ in range(3)]; [x.bind(('127.0.0.1', 0)) for x in s]; print(*[x.getsockname()[1] for x in s])"
 }
 
-# start_server LOG NAME: tritonserver on free ports; appends "NAME <seconds to READY>" to OUT_DIR/ready.txt
+# start_server LOG NAME: plain tritonserver (`tritonserver --model-repository model_repository`, the gRPC path
+# the benchmarks load; scripts/serve.sh's HTTP front and supervisor are left out: the GPU machine's upload limit
+# has no room for caddy's wheel) on free ports; appends "NAME <seconds to READY>" to OUT_DIR/ready.txt
 start_server() {
     read -r HTTP_PORT GRPC_PORT METRICS_PORT < <(free_ports)
-    export HTTP_PORT GRPC_PORT METRICS_PORT VENV_PYTHON="$PY"
     local t0=$SECONDS
-    bash scripts/serve.sh >"$1" 2>&1 &
+    (VENV_PYTHON="$PY" source scripts/triton_env.sh && exec "$TRITONSERVER" --model-repository "$REPOSITORY" \
+        --backend-directory "$BACKEND_DIR" --http-port "$HTTP_PORT" --grpc-port "$GRPC_PORT" \
+        --metrics-port "$METRICS_PORT" --allow-metrics true >"$1" 2>&1) &
     SERVER=$!
     until curl -sf "127.0.0.1:$HTTP_PORT/v2/health/ready" >/dev/null; do
         kill -0 $SERVER 2>/dev/null || { echo "tritonserver died; tail of $1:" >&2; tail -30 "$1" >&2; return 1; }
@@ -44,11 +48,36 @@ start_server() {
 
 stop_server() { kill -TERM "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null || true; }
 
-sweep() {  # QPS list, output name
+profile_stream() {  # QPS: py-spy samples of the stream model's stub under a 20 s load at QPS
+    local stub
+    stub=$(pgrep -f "triton_python_backend_stub.*gpt_large_stream" | head -1)
+    "$PY" tools/load_test.py --url "127.0.0.1:$GRPC_PORT" --metrics-url "http://127.0.0.1:$METRICS_PORT/metrics" \
+        --model gpt_large_stream --target-qps "$1" --duration 20 --prompt-len-min 128 --prompt-len-max 512 \
+        --max-new-tokens 256 --output-json "$OUT_DIR/load-stream-$1.json" >"$OUT_DIR/load-stream-$1.log" 2>&1 &
+    sleep 6
+    /tmp/site/bin/py-spy record --pid "$stub" -d 10 -r 200 --threads -f raw -o "$OUT_DIR/pyspy-stream-$1.txt" \
+        --nonblocking >/dev/null 2>&1 || echo "py-spy failed"
+    wait
+    tail -25 "$OUT_DIR/load-stream-$1.log"
+}
+
+sweep() {  # QPS list, output name[, models]
     "$PY" tools/compare_models.py --url "127.0.0.1:$GRPC_PORT" --metrics-url "http://127.0.0.1:$METRICS_PORT/metrics" \
-        --models gpt_large,gpt_large_stream --qps "$1" --duration 20 --prompt-len-min 128 --prompt-len-max 512 \
+        --models "${3:-gpt_large,gpt_large_stream}" --qps "$1" --duration 20 --prompt-len-min 128 --prompt-len-max 512 \
         --max-new-tokens 256 --cooldown 2 --stop-after-fail --no-progress \
         --output-json "$OUT_DIR/$2.json" --output-png "$OUT_DIR/$2.png"
+}
+
+REPOSITORY=model_repository
+
+# with_stream_parameters "k=v ...": REPOSITORY becomes a copy whose gpt_large_stream has these parameters
+with_stream_parameters() {
+    REPOSITORY=/tmp/model_repository-variant
+    rm -rf "$REPOSITORY" && cp -r model_repository "$REPOSITORY"
+    local cfg="$REPOSITORY/gpt_large_stream/config.pbtxt" entries=() kv
+    for kv in $1; do entries+=("  { key: \"${kv%%=*}\" value: { string_value: \"${kv#*=}\" } }"); done
+    { echo "parameters ["; (IFS=,; echo "${entries[*]}" | sed 's/} },  {/} },\n  {/g'); echo "]"; } >>"$cfg"
+    tail -4 "$cfg"
 }
 
 for stage in "${STAGES[@]}"; do
@@ -61,6 +90,9 @@ for stage in "${STAGES[@]}"; do
         ;;
     tests)
         "$PY" -m pytest tests/gpu -q -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT_DIR/gpu-tests.txt"
+        ;;
+    scheduler)
+        "$PY" -m bench.scheduler --preset gpt2-large --concurrency 16 --requests 48 | tee "$OUT_DIR/scheduler.json"
         ;;
     engine)
         "$PY" -m bench.engine --preset gpt2-large --variants "${VARIANTS:-bf16-sdpa,fp8wo-sdpa}" --batches 1,16 \
@@ -79,7 +111,16 @@ for stage in "${STAGES[@]}"; do
             start_server "$OUT_DIR/tritonserver-cold.log" ready_cold_s
         fi
         sweep "${QPS:-4,8,16,24,32}" compare-models
+        profile_stream 16
         stop_server
+        ;;
+    triton-variant)  # the stream model alone with STREAM_PARAMS, on the compile cache of an earlier triton stage
+        export TORCHINDUCTOR_CACHE_DIR="/tmp/gptserve-compile-cache"
+        with_stream_parameters "${STREAM_PARAMS:?set STREAM_PARAMS, e.g. stream_interval=4}"
+        start_server "$OUT_DIR/tritonserver-variant.log" ready_variant_s
+        sweep "${QPS:-8,16,24,32}" compare-models-variant gpt_large_stream
+        stop_server
+        REPOSITORY=model_repository
         ;;
     triton2)
         export TORCHINDUCTOR_CACHE_DIR="/tmp/gptserve-compile-cache"

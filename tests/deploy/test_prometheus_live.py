@@ -22,7 +22,7 @@ import yaml
 
 from tests.deploy.check_tools import DEPLOY, REPO_ROOT
 from tests.deploy.prometheus_server import PrometheusServer
-from tests.integration.test_stream import _set_param
+from tests.integration.test_stream import configure
 from tests.integration.triton_server import TritonServer, explain
 
 pytestmark = pytest.mark.integration
@@ -92,7 +92,7 @@ def server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("repo") / "model_repository"
     shutil.copytree(REPO_ROOT / "model_repository", repo)
     cfg = repo / MODEL / "config.pbtxt"
-    cfg.write_text(_set_param(cfg.read_text(), "step_delay_ms", str(STEP_DELAY_MS)))
+    cfg.write_text(configure(cfg.read_text(), {"step_delay_ms": STEP_DELAY_MS}))
     with TritonServer(repo, models=[MODEL], startup_timeout=240) as srv:
         yield srv
 
