@@ -88,8 +88,18 @@ for stage in "${STAGES[@]}"; do
         bash scripts/setup_triton.sh "$PY" | tail -1
         nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm --format=csv | tee "$OUT_DIR/device.txt"
         ;;
-    tests)
-        "$PY" -m pytest tests/gpu -q -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT_DIR/gpu-tests.txt"
+    tests)  # TESTS narrows them with pytest -k
+        "$PY" -m pytest tests/gpu -q -p no:cacheprovider ${TESTS:+-k "$TESTS"} 2>&1 | tail -15 | tee "$OUT_DIR/gpu-tests.txt"
+        ;;
+    stream)  # the stream model alone: READY, a sweep, a profile under load
+        export TORCHINDUCTOR_CACHE_DIR="/tmp/gptserve-compile-cache"
+        REPOSITORY=/tmp/model_repository-stream
+        rm -rf "$REPOSITORY" && mkdir -p "$REPOSITORY" && cp -r model_repository/gpt_large_stream "$REPOSITORY/"
+        start_server "$OUT_DIR/tritonserver-stream.log" ready_stream_only_s
+        sweep "${QPS:-4,8,16,24,32}" compare-models-stream gpt_large_stream
+        profile_stream 16
+        stop_server
+        REPOSITORY=model_repository
         ;;
     scheduler)
         "$PY" -m bench.scheduler --preset gpt2-large --concurrency 16 --requests 48 | tee "$OUT_DIR/scheduler.json"

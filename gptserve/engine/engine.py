@@ -19,7 +19,7 @@ from .build import Resolved, build, resolve
 from .config import BATCH_BUCKETS
 from .sampling import SamplingParams, sample
 from .tokenizer import load_tokenizer
-from .transfer import to_device
+from .transfer import HostStaging, to_device
 
 log = logging.getLogger("gptserve")
 
@@ -79,7 +79,8 @@ class Engine:
         if self.tokenizer.vocab_size < r.model.vocab_size:
             log.warning("tokenizer %s covers ids 0..%d of the model's %d; text_output shows every other id as "
                         "U+FFFD", self.tokenizer.name, self.tokenizer.vocab_size - 1, r.model.vocab_size)
-        self._decode = self._forward_decode
+        self._decode, self._prefill = self._forward_decode, self._forward_prefill
+        self._staging = HostStaging(self.device)
         if r.compile_mode != "none":
             self._compile(r.compile_mode, settings.compile_cache_dir)
         self.build_seconds = time.perf_counter() - t0
@@ -103,11 +104,12 @@ class Engine:
 
     # -- compiled hot functions -------------------------------------------------------------------------------
     def _compile(self, mode: str, cache_dir: str):
-        # Only decode is compiled: it is shape-stable and launch-bound. It gets a dynamic batch dimension (one
-        # graph for buckets 2..16, one for batch 1) and CUDA-graph trees record one graph per bucket. Prefill is
-        # GEMM-bound at every length, so eager costs little there, while compiling it cost ~55 s a graph of
-        # ready time. Every Engine in a process (benchmarks, tests) compiles the same two code objects, so
-        # dynamo's per-code recompile limit must cover them all.
+        # Decode gets a dynamic batch dimension (one graph for buckets 2..16, one for batch 1) and CUDA-graph
+        # trees record one graph per bucket. On a GPU prefill is compiled too, with every size dynamic and no CUDA
+        # graphs: eager, its ~600 kernel launches per call cost ~20 ms of Python on the engine thread (profiled on
+        # the H200 under load), during which no decode step can be launched; compiled, a few fused kernels. Every
+        # Engine in a process (benchmarks, tests) compiles the same code objects, so dynamo's per-code recompile
+        # limit must cover them all.
         if cache_dir:  # inductor reads this whenever it needs its cache: kernels and graphs survive restarts
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
         torch._inductor.config.fx_graph_cache = True
@@ -118,10 +120,12 @@ class Engine:
         dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
         dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 1024)
         self._decode = torch.compile(self._forward_decode, mode=mode, fullgraph=True)
+        if self.device.type == "cuda":
+            self._prefill = torch.compile(self._forward_prefill, dynamic=True)
 
-    def _forward_prefill(self, tokens, positions, slots, last_index, kv_len):
-        # tokens, positions: [N, T]; slots, last_index: [N] -> logits [N, V]
-        return self.model(tokens, positions, slots, last_index, kv_len)
+    def _forward_prefill(self, tokens, positions, slots, last_index, kv_len_marker):
+        # tokens, positions: [N, T]; slots, last_index: [N]; kv_len_marker: [L] -> logits [N, V]
+        return self.model(tokens, positions, slots, last_index, kv_len_marker.shape[0])
 
     def _forward_decode(self, tokens, positions, kv_len_marker):
         # tokens, positions: [B, 1] for slots 0..B-1; kv_len_marker: [L] -> logits [B, V]
@@ -147,10 +151,10 @@ class Engine:
             tokens[i, : len(p)] = torch.tensor(p)
         positions = (torch.tensor(start)[:, None] + torch.arange(padded)[None, :]).clamp(max=self.context - 1)
         last = torch.tensor([len(p) - 1 for p in prompts])
-        kv_len = self.kv_len_for(int(positions.max()))
+        marker = self._kv_len_marker[: self.kv_len_for(int(positions.max()))]
         with torch.no_grad():
-            return self._forward_prefill(self.to_device(tokens), self.to_device(positions),
-                                         self.to_device(torch.tensor(slots)), self.to_device(last), kv_len)
+            return self._prefill(self.to_device(tokens), self.to_device(positions),
+                                 self.to_device(torch.tensor(slots)), self.to_device(last), marker)
 
     def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, max_position: int | None = None):
         """One token for each of slots 0..B-1. tokens, positions: [B] on device -> logits [B, V].
@@ -172,6 +176,10 @@ class Engine:
 
     def to_device(self, host: torch.Tensor) -> torch.Tensor:
         return to_device(host, self.device)
+
+    def stage(self, rows: list[list[int]]) -> torch.Tensor:
+        """Small int64 rows on the device, through a reused pinned buffer (cheaper than pinning anew)."""
+        return self._staging.put(rows)
 
     # -- a batch generated together (dynamic batching) --------------------------------------------------------
     @torch.no_grad()

@@ -359,7 +359,7 @@ class Scheduler:
             if key[slot] is None and s is not None:
                 # decoding: past its last token; mid-prefill: where its next chunk writes anyway
                 pos[slot] = min(s.prompt_len + s.next_index, eng.context - 1) if s.decoding else s.prefilled
-        inputs = eng.to_device(torch.tensor([tok, pos, step, from_device], dtype=torch.int64))
+        inputs = eng.stage([tok, pos, step, from_device])
         tokens = torch.where(inputs[3].bool(), self._next_tokens[:rows], inputs[0])
         logits = eng.decode_step(tokens, inputs[1], max(pos))
         sampled = eng.sample(logits, self._decode_params(tuple(key)), inputs[2])
