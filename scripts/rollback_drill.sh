@@ -93,8 +93,7 @@ PY
     ) || die "could not pick free ports with $PYTHON"
     export HTTP_PORT GRPC_PORT METRICS_PORT MODEL_REPOSITORY="$REPO" HOST=127.0.0.1
     say "serving $MODEL versions 1 ($CURRENT) and 2 ($CANDIDATE) from $REPO on 127.0.0.1:$HTTP_PORT/$GRPC_PORT/$METRICS_PORT"
-    bash scripts/serve.sh --http-address=127.0.0.1 --grpc-address=127.0.0.1 --metrics-address=127.0.0.1 \
-        --model-control-mode=poll --repository-poll-secs=1 >>"$ARTIFACTS_DIR/server.log" 2>&1 &
+    bash scripts/serve.sh --model-control-mode=poll --repository-poll-secs=1 >>"$ARTIFACTS_DIR/server.log" 2>&1 &
     SERVER_PID=$!
 }
 

@@ -79,7 +79,7 @@ class Engine:
         if self.tokenizer.vocab_size < r.model.vocab_size:
             log.warning("tokenizer %s covers ids 0..%d of the model's %d; text_output shows every other id as "
                         "U+FFFD", self.tokenizer.name, self.tokenizer.vocab_size - 1, r.model.vocab_size)
-        self._decode, self._prefill = self._forward_decode, self._forward_prefill
+        self._decode = self._forward_decode
         self._staging = HostStaging(self.device)
         if r.compile_mode != "none":
             self._compile(r.compile_mode, settings.compile_cache_dir)
@@ -104,12 +104,12 @@ class Engine:
 
     # -- compiled hot functions -------------------------------------------------------------------------------
     def _compile(self, mode: str, cache_dir: str):
-        # Decode gets a dynamic batch dimension (one graph for buckets 2..16, one for batch 1) and CUDA-graph
-        # trees record one graph per bucket. On a GPU prefill is compiled too, with every size dynamic and no CUDA
-        # graphs: eager, its ~600 kernel launches per call cost ~20 ms of Python on the engine thread (profiled on
-        # the H200 under load), during which no decode step can be launched; compiled, a few fused kernels. Every
-        # Engine in a process (benchmarks, tests) compiles the same code objects, so dynamo's per-code recompile
-        # limit must cover them all.
+        # Only decode is compiled: it is shape-stable and launch-bound. It gets a dynamic batch dimension (one
+        # graph for buckets 2..16, one for batch 1) and CUDA-graph trees record one graph per bucket. Prefill stays
+        # eager: compiling it with dynamic shapes kept gpt2-large from READY for over 5 minutes on the H200
+        # (docs/benchmarks.md, run 4), although its eager Python is the engine thread's largest cost under load.
+        # Every Engine in a process (benchmarks, tests) compiles the same code objects, so dynamo's per-code
+        # recompile limit must cover them all.
         if cache_dir:  # inductor reads this whenever it needs its cache: kernels and graphs survive restarts
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
         torch._inductor.config.fx_graph_cache = True
@@ -120,8 +120,6 @@ class Engine:
         dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
         dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 1024)
         self._decode = torch.compile(self._forward_decode, mode=mode, fullgraph=True)
-        if self.device.type == "cuda":
-            self._prefill = torch.compile(self._forward_prefill, dynamic=True)
 
     def _forward_prefill(self, tokens, positions, slots, last_index, kv_len_marker):
         # tokens, positions: [N, T]; slots, last_index: [N]; kv_len_marker: [L] -> logits [N, V]
@@ -153,8 +151,8 @@ class Engine:
         last = torch.tensor([len(p) - 1 for p in prompts])
         marker = self._kv_len_marker[: self.kv_len_for(int(positions.max()))]
         with torch.no_grad():
-            return self._prefill(self.to_device(tokens), self.to_device(positions),
-                                 self.to_device(torch.tensor(slots)), self.to_device(last), marker)
+            return self._forward_prefill(self.to_device(tokens), self.to_device(positions),
+                                         self.to_device(torch.tensor(slots)), self.to_device(last), marker)
 
     def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, max_position: int | None = None):
         """One token for each of slots 0..B-1. tokens, positions: [B] on device -> logits [B, V].

@@ -22,8 +22,7 @@ import yaml
 
 from tests.deploy.check_tools import DEPLOY, REPO_ROOT
 from tests.deploy.prometheus_server import PrometheusServer
-from tests.integration.test_stream import configure
-from tests.integration.triton_server import TritonServer, explain
+from tests.integration.triton_server import TritonServer, configure, explain
 
 pytestmark = pytest.mark.integration
 

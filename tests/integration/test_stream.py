@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 import tritonclient.grpc as grpcclient
 
-from tests.integration.triton_server import REPO_ROOT, TritonServer, make_inputs
+from tests.integration.triton_server import REPO_ROOT, TritonServer, configure, make_inputs
 
 pytestmark = pytest.mark.integration
 
@@ -29,15 +29,6 @@ PROMPT = [10, 20, 30, 40, 50, 60]
 
 def inputs(**fields):
     return make_inputs(grpcclient, **fields)
-
-
-def configure(config: str, parameters: dict, **fields) -> str:
-    """config.pbtxt text with Triton fields (max_batch_size: 4) replaced and a parameters block appended."""
-    for key, value in fields.items():
-        config, n = re.subn(rf"\b{key}: \d+", f"{key}: {value}", config)
-        assert n == 1, key
-    entries = ",\n".join(f'  {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in parameters.items())
-    return config + f"parameters [\n{entries}\n]\n"
 
 
 @pytest.fixture(scope="module")

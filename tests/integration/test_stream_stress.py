@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.integration.test_stream import PROMPT, STREAM, Stream, configure
-from tests.integration.triton_server import REPO_ROOT, TritonServer
+from tests.integration.test_stream import PROMPT, STREAM, Stream
+from tests.integration.triton_server import REPO_ROOT, TritonServer, configure
 
 pytestmark = pytest.mark.integration
 

@@ -431,3 +431,12 @@ def _stop_leftovers() -> None:  # a test that forgot stop() must not leave a ser
             server.stop(timeout=10)
         except Exception:
             pass
+
+
+def configure(config: str, parameters: dict, **fields) -> str:
+    """config.pbtxt text with Triton fields (max_batch_size: 4) replaced and a parameters block appended."""
+    for key, value in fields.items():
+        config, n = re.subn(rf"\b{key}: \d+", f"{key}: {value}", config)
+        assert n == 1, key
+    entries = ",\n".join(f'  {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in parameters.items())
+    return config + f"parameters [\n{entries}\n]\n"

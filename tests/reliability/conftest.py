@@ -10,21 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.triton_server import REPO_ROOT, TritonServer
-from tests.reliability.helpers import (ADMIN_KEY, HEALTH_INTERVAL_S, QUEUE, SLOTS, STARTUP_S, STEP_MS, STREAM,
-                                      set_param)
+from tests.integration.triton_server import REPO_ROOT, TritonServer, configure
+from tests.reliability.helpers import ADMIN_KEY, HEALTH_INTERVAL_S, QUEUE, SLOTS, STARTUP_S, STEP_MS, STREAM
 
 
 @pytest.fixture(scope="session")
 def small_repo(tmp_path_factory) -> Path:
-    """model_repository with gpt_large_stream at SLOTS slots, QUEUE waiting places and STEP_MS per decode step."""
+    """model_repository with gpt_large_stream at SLOTS slots, a Triton queue of QUEUE and STEP_MS per engine step."""
     repo = tmp_path_factory.mktemp("reliability") / "model_repository"
     shutil.copytree(REPO_ROOT / "model_repository", repo)
     cfg = repo / STREAM / "config.pbtxt"
-    text = cfg.read_text()
-    for key, value in {"max_batch_size": SLOTS, "max_queue_size": QUEUE, "step_delay_ms": STEP_MS}.items():
-        text = set_param(text, key, str(value))
-    cfg.write_text(text)
+    cfg.write_text(configure(cfg.read_text(), {"step_delay_ms": STEP_MS}, max_batch_size=SLOTS, max_queue_size=QUEUE))
     return repo
 
 

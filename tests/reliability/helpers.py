@@ -19,14 +19,6 @@ SLOTS, QUEUE, STEP_MS = 4, 2, 20  # small stream model: overload and cancellatio
 STARTUP_S = 240
 
 
-def set_param(config: str, key: str, value: str) -> str:
-    pattern = rf'{{ key: "{key}" value: {{ string_value: "[^"]*" }} }}'
-    new = f'{{ key: "{key}" value: {{ string_value: "{value}" }} }}'
-    if re.search(pattern, config):
-        return re.sub(pattern, new, config)
-    return config.replace("parameters [\n", f"parameters [\n  {new},\n", 1)
-
-
 HEALTH_INTERVAL_S = 5  # serve.sh's default: the reliability servers run as `make serve` does
 
 
