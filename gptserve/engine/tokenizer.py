@@ -18,6 +18,7 @@ class ByteTokenizer:
     name = "bytes"
     vocab_size = 256
     end_id = None
+    max_token_bytes = 1  # the most text one token can stand for
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
@@ -58,6 +59,8 @@ class HFTokenizer:
         self.name = str(path)
         self.end_id = next((self._tok.token_to_id(t) for t in END_TOKENS if self._tok.token_to_id(t) is not None),
                            None)
+        # byte-level vocabularies spell a byte as one character of 1-2 UTF-8 bytes: never fewer than the text's
+        self.max_token_bytes = max(len(token.encode("utf-8")) for token in self._tok.get_vocab(True))
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids

@@ -97,7 +97,12 @@ def _prompt(inputs: dict, tokenizer, limits: Limits) -> tuple[tuple[int, ...], s
     if has_ids == has_text:
         raise RequestError("give exactly one of input_ids (INT32 token ids) or text_input (BYTES)")
     if has_text:
-        text = _text(_scalar(inputs, "text_input", b""), "text_input")
+        raw = _scalar(inputs, "text_input", b"")
+        most = limits.n_ctx * tokenizer.max_token_bytes
+        if len(raw) > most:  # decided before tokenizing: a huge text must not cost the server its time
+            raise RequestError(f"text_input has {len(raw)} bytes; at most {most} can fit the context of "
+                               f"{limits.n_ctx} tokens")
+        text = _text(raw, "text_input")
         ids = tokenizer.encode(text)
         if not ids:
             raise RequestError("text_input is empty; it must hold at least 1 token")

@@ -6,10 +6,13 @@ with a small Triton queue to overflow it.
 """
 from __future__ import annotations
 
+import json
 import math
 import queue
 import shutil
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Iterator
@@ -284,6 +287,40 @@ def test_bad_input_over_http_is_400(server):
         client.infer(MODEL, make_inputs(httpclient, text_input=b"\xc3\x28", max_tokens=4))
     assert info.value.status() == "400"  # INVALID_ARG, not 500 (INTERNAL)
     assert "text_input is not valid UTF-8 (byte 0)" in info.value.message()
+
+
+def post_generate(server, model, body):
+    request = urllib.request.Request(f"http://{server.http_url}/v2/models/{model}/generate",
+                                     data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_generate_endpoint_edges(server, model=MODEL):
+    """JSON keys that are not inputs, TensorRT-LLM-style fields and errors, through Triton's /generate
+    (tests/integration/test_stream.py runs it on gpt_large_stream)."""
+    ok = {"text_input": "Hi", "max_tokens": 4, "end_id": -1}
+    status, body = post_generate(server, model, {**ok, "temprature": 0.5})  # misspelt: not silently ignored
+    assert status == 400 and "unknown field(s) ['temprature']" in body["error"], body
+    status, body = post_generate(server, model, {**ok, "min_length": 4, "frequency_penalty": 0.0,
+                                                 "presence_penalty": 0.0, "repetition_penalty": 1.0})
+    assert status == 200 and body["num_output_tokens"] == 4, body  # what genai-perf / OpenAI clients send
+    status, body = post_generate(server, model, {**ok, "frequency_penalty": 0.5})
+    assert status == 400 and "frequency_penalty=0.5 is not supported" in body["error"], body
+    status, body = post_generate(server, model, {**ok, "max_tokens": 0})  # an error is an error status
+    assert status == 400 and "max_tokens=0" in body["error"], body
+
+
+def test_min_length_holds_the_end_id_back(server):
+    free = ids(grpc_infer(server, input_ids=PROMPT, max_tokens=12, end_id=-1))
+    end = free[2]
+    stopped = ids(grpc_infer(server, input_ids=PROMPT, max_tokens=12, end_id=end))
+    assert stopped == free[: free.index(end)]
+    held = ids(grpc_infer(server, input_ids=PROMPT, max_tokens=12, end_id=end, min_length=8))
+    assert len(held) >= 8 and end not in held[:8]
 
 
 # -- 5. a bad request inside a good batch ----------------------------------------------------------------------

@@ -293,6 +293,12 @@ def test_generate_endpoints_with_openai_style_fields(server):
     assert server.metric("gpt_invalid_requests_total", model=STREAM) == invalid + 1
 
 
+def test_generate_endpoint_edges(server):
+    from tests.integration.test_gpt_large import test_generate_endpoint_edges as edges
+
+    edges(server, STREAM)
+
+
 def test_metrics(server):
     assert_idle(server)
     counts = ("gpt_time_to_first_token_seconds_count", "gpt_time_per_output_token_seconds_count")

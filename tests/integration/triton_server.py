@@ -363,7 +363,9 @@ INPUT_TYPES = {
     "temperature": ("FP32", np.float32), "top_k": ("INT32", np.int32), "top_p": ("FP32", np.float32),
     "seed": ("UINT64", np.uint64), "end_id": ("INT32", np.int32), "stop_words": ("BYTES", object),
     "exclude_input_in_output": ("BOOL", bool), "return_num_input_tokens": ("BOOL", bool),
-    "return_num_output_tokens": ("BOOL", bool), "stream": ("BOOL", bool),
+    "return_num_output_tokens": ("BOOL", bool), "stream": ("BOOL", bool), "min_length": ("INT32", np.int32),
+    "frequency_penalty": ("FP32", np.float32), "presence_penalty": ("FP32", np.float32),
+    "repetition_penalty": ("FP32", np.float32), "beam_width": ("INT32", np.int32),
 }
 
 

@@ -258,3 +258,29 @@ def test_bad_hf_config_names_the_config(tmp_path, hf_dir, config_text, expected)
         engine_for(path)
     assert str(info.value).startswith(f"{path / 'config.json'}: ")
     assert expected in str(info.value)
+
+
+# -- the checkpoint's end token ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("files,expected", [
+    ({}, -1),  # hf_dir's config.json says eos_token_id: null -> no end token
+    ({"generation_config.json": {"eos_token_id": 7}}, 7),  # generation_config.json first
+    ({"config.json": {"eos_token_id": 9}}, 9),
+    ({"config.json": {"eos_token_id": 9}, "generation_config.json": {"eos_token_id": None}}, -1),
+    ({"generation_config.json": {"eos_token_id": [5, 6]}}, 5),  # several: the first is the request default
+    ({"config.json": {"eos_token_id": 50256}}, -1),  # outside the 512-token vocabulary: can never be sampled
+])
+def test_default_end_id_is_the_checkpoints(tmp_path, hf_dir, files, expected):
+    path = tmp_path / "ckpt"
+    shutil.copytree(hf_dir, path)
+    (path / "generation_config.json").unlink(missing_ok=True)
+    for name, fields in files.items():
+        current = json.loads((path / name).read_text()) if (path / name).exists() else {}
+        (path / name).write_text(json.dumps({**current, **fields}))
+    engine = engine_for(path)
+    assert engine.end_id == expected
+    assert Limits.of(engine).end_id == expected  # what requests get when they name no end_id
+
+
+def test_presets_keep_gpt2s_end_id():
+    engine = Engine(ServingConfig(preset="tiny", max_batch_size=1), device="cpu")
+    assert engine.end_id == TINY.vocab_size - 1
