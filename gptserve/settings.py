@@ -69,10 +69,10 @@ class ServingConfig:
     stream_interval: int = setting(1, "Fewest tokens in a streamed response (the first token and the final "
                                    "response excepted); tokens that pile up while the client is behind always "
                                    "leave together.", limits=(1, 1024), models=IN_FLIGHT)
-    delivery_threads: int = setting(2, "Threads sending responses, so one slow client or IPC round trip never "
+    delivery_threads: int = setting(4, "Threads sending responses, so one slow client or IPC round trip never "
                                     "holds up the others or the engine (each response is one IPC round trip in "
                                     "Triton's python backend).", limits=(1, 64), models=IN_FLIGHT)
-    cancel_check_ms: int = setting(50, "Period of the cancellation check of each running request (one IPC "
+    cancel_check_ms: int = setting(20, "Period of the cancellation check of each running request (one IPC "
                                    "round trip each): a cancelled request frees its slot within about this long.",
                                    limits=(1, 10_000), models=IN_FLIGHT)
     drain_timeout_ms: int = setting(10000, "On unload, how long running sequences may still finish; the rest "

@@ -14,10 +14,18 @@ BACKENDS = ("sdpa", "flex")
 FLEX_BLOCK = 128
 
 
-def attend_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-    # q: [B, H, T, D]; k, v: [B, H, S, D]; input_pos: [B, T]
-    visible = torch.arange(k.shape[2], device=q.device) <= input_pos[:, None, :, None]  # [B, 1, T, S]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=visible)
+class Sdpa:
+    """PyTorch's scaled_dot_product_attention with a boolean mask of the visible cache positions."""
+
+    @staticmethod
+    def prepare(input_pos: torch.Tensor, kv_len: int) -> torch.Tensor:
+        """The mask every layer of one forward shares: [B, 1, T, kv_len] (input_pos: [B, T])."""
+        return torch.arange(kv_len, device=input_pos.device) <= input_pos[:, None, :, None]
+
+    @staticmethod
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        # q: [B, H, T, D]; k, v: [B, H, S, D]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=visible)
 
 
 def flex_block_mask(input_pos: torch.Tensor, kv_len: int):
@@ -51,13 +59,19 @@ def _compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=True)
 
 
-def attend_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-    from torch.nn.attention.flex_attention import flex_attention
+class Flex:
+    """FlexAttention with a block mask that skips the cache blocks past each query block."""
 
-    # Eager flex_attention materialises every score (a 1024-token prefill took 334 ms on the H100): on a GPU
-    # it always runs compiled, also inside the eager prefill. Inductor has no CPU lowering for this use.
-    attend = _compiled_flex_attention() if q.is_cuda else flex_attention
-    return attend(q, k, v, block_mask=flex_block_mask(input_pos, k.shape[2]))
+    prepare = staticmethod(flex_block_mask)
+
+    @staticmethod
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask) -> torch.Tensor:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        # Eager flex_attention materialises every score (a 1024-token prefill took 334 ms on the H100): on a GPU
+        # it always runs compiled, also inside the eager prefill. Inductor has no CPU lowering for this use.
+        attend = _compiled_flex_attention() if q.is_cuda else flex_attention
+        return attend(q, k, v, block_mask=block_mask)
 
 
 def causal_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -66,6 +80,7 @@ def causal_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
 
 
 def get_attention(backend: str):
+    """The backend's prepare(input_pos, kv_len) -> per-forward state and attend(q, k, v, state)."""
     if backend not in BACKENDS:
         raise ValueError(f"attention_backend {backend!r} is not one of {list(BACKENDS)}")
-    return attend_flex if backend == "flex" else attend_sdpa
+    return Flex if backend == "flex" else Sdpa

@@ -14,10 +14,18 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, rows, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len=None):
-        """Write k, v [B, H, T, D] at input_pos [B, T]; return the rows' caches [B, H, L, D] in k's dtype, cut
-        to their first kv_len positions (all S when None): attention then reads only those."""
-        slot_idx = torch.arange(self.k.shape[0], device=k.device)[rows][:, None]  # [B, 1]
-        self.k[slot_idx, :, input_pos] = k.transpose(1, 2).to(self.k.dtype)  # indexed view: [B, T, H, D]
-        self.v[slot_idx, :, input_pos] = v.transpose(1, 2).to(self.v.dtype)
+    @property
+    def length(self) -> int:
+        return self.k.shape[2]
+
+    def slot_index(self, rows) -> torch.Tensor:
+        """[B, 1] slot numbers of the rows (a slice or an index tensor), for update(); one per forward."""
+        return torch.arange(self.k.shape[0], device=self.k.device)[rows][:, None]
+
+    def update(self, rows, slot_index: torch.Tensor, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               kv_len: int):
+        """Write k, v [B, H, T, D] at input_pos [B, T] of slots slot_index [B, 1]; return the rows' caches
+        [B, H, kv_len, D] in k's dtype: attention reads only their first kv_len positions."""
+        self.k[slot_index, :, input_pos] = k.transpose(1, 2).to(self.k.dtype)  # indexed view: [B, T, H, D]
+        self.v[slot_index, :, input_pos] = v.transpose(1, 2).to(self.v.dtype)
         return self.k[rows, :, :kv_len].to(k.dtype), self.v[rows, :, :kv_len].to(v.dtype)

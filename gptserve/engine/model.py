@@ -4,6 +4,8 @@ Shapes: B rows, T tokens per row, H heads, D head dim, S cache positions, V voca
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -13,6 +15,18 @@ from .config import ModelConfig
 from .kv_cache import KVCache
 
 
+@dataclass
+class CachedStep:
+    """What every layer of one cached forward shares, computed once: where to write (slot_index, input_pos
+    [B, T]), what to read (rows, the first kv_len positions) and the attention backend's mask."""
+
+    input_pos: torch.Tensor
+    rows: object  # slice or index tensor
+    slot_index: torch.Tensor
+    kv_len: int
+    mask: object
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -20,16 +34,16 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.cache: KVCache | None = None
-        self.attend = get_attention("sdpa")
+        self.attention = get_attention("sdpa")
 
-    def forward(self, x: torch.Tensor, input_pos: torch.Tensor | None, rows, kv_len=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, step: CachedStep | None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # 3x [B, H, T, D]
-        if input_pos is None:  # reference path: the whole sequence, no cache
+        if step is None:  # reference path: the whole sequence, no cache
             y = causal_reference(q, k, v)
         else:
-            k_all, v_all = self.cache.update(rows, input_pos, k, v, kv_len)  # [B, H, L, D]
-            y = self.attend(q, k_all, v_all, input_pos)
+            k_all, v_all = self.cache.update(step.rows, step.slot_index, step.input_pos, k, v, step.kv_len)
+            y = self.attention.attend(q, k_all, v_all, step.mask)  # k_all, v_all: [B, H, kv_len, D]
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -51,8 +65,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, input_pos, rows, kv_len=None):
-        x = x + self.attn(self.ln_1(x), input_pos, rows, kv_len)
+    def forward(self, x, step: CachedStep | None):
+        x = x + self.attn(self.ln_1(x), step)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -69,10 +83,10 @@ class GPT(nn.Module):
 
     def setup_cache(self, slots: int, length: int, dtype, attention_backend: str):
         device = self.wte.weight.device
-        attend = get_attention(attention_backend)
+        attention = get_attention(attention_backend)
         for block in self.blocks:
             block.attn.cache = KVCache(slots, self.cfg.n_head, length, self.cfg.head_dim, dtype, device)
-            block.attn.attend = attend
+            block.attn.attention = attention
 
     def forward(self, idx: torch.Tensor, input_pos: torch.Tensor, rows, last_index: torch.Tensor | None = None,
                 kv_len=None):
@@ -82,8 +96,12 @@ class GPT(nn.Module):
         Returns logits [B, V] at last_index [B] when given, else [B, T, V].
         """
         x = self.wte(idx) + self.wpe(input_pos)  # [B, T, C]
+        attn = self.blocks[0].attn
+        kv_len = attn.cache.length if kv_len is None else kv_len
+        step = CachedStep(input_pos, rows, attn.cache.slot_index(rows), kv_len,
+                          attn.attention.prepare(input_pos, kv_len))
         for block in self.blocks:
-            x = block(x, input_pos, rows, kv_len)
+            x = block(x, step)
         if last_index is not None:
             x = x[torch.arange(x.shape[0], device=x.device), last_index]  # [B, C]
         return self.lm_head(self.ln_f(x))
@@ -93,5 +111,5 @@ class GPT(nn.Module):
         pos = torch.arange(idx.shape[1], device=idx.device)
         x = self.wte(idx) + self.wpe(pos)
         for block in self.blocks:
-            x = block(x, None, None)
+            x = block(x, None)
         return self.lm_head(self.ln_f(x))
