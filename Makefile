@@ -8,7 +8,7 @@ STAMP := $(VENV)/.setup-done
 ARGS ?=
 MODEL ?= gpt_large_stream
 
-.PHONY: help setup serve test bench trace release-check rollback-drill check-tools clean distclean
+.PHONY: help setup serve test bench trace release-check rollback-drill check-tools aiperf clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -46,9 +46,15 @@ rollback-drill: $(STAMP) ## serve a candidate version beside the current one, ch
 check-tools: ## install the deployment checkers (kubectl, hadolint, checkov, promtool, systemd-analyze)
 	bash scripts/install_check_tools.sh
 
+aiperf: .venv-aiperf/bin/aiperf ## install NVIDIA aiperf in its own venv (its pins clash with .venv's): docs/tools.md
+
+.venv-aiperf/bin/aiperf:
+	$(PYTHON) -m venv .venv-aiperf
+	.venv-aiperf/bin/pip install --quiet aiperf==0.13.0
+
 clean: ## remove build leftovers (keeps .venv's packages)
 	rm -rf $(VENV)/triton $(STAMP) .pytest_cache build *.egg-info
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf
 
-distclean: clean ## remove .venv too
-	rm -rf $(VENV)
+distclean: clean ## remove .venv and .venv-aiperf too
+	rm -rf $(VENV) .venv-aiperf
