@@ -6,7 +6,8 @@ scripts/serve.sh (so `make serve` and the Docker image) execs this:
     supervise.py --host H --http-port P --grpc-port P --metrics-port P [options] -- TRITONSERVER [ARGS...]
 
 - Starts tritonserver (HTTP and metrics on Unix sockets, see supervisor/front.py) and Caddy on the public HTTP and
-  metrics ports; the gRPC port is tritonserver's own.
+  metrics ports, with /generate bodies checked by the generate gate (supervisor/gate.py) on the way; the gRPC port
+  is tritonserver's own.
 - Runs `tools.health_check --watch`: two failed checks in a row (a dead stub, a model that does not answer within
   the deadline) stop the server and the supervisor exits 3, so systemd, Docker or Kubernetes restart it. Until
   the first check passes, "unreachable" and "not ready" are start-up, not failures.
@@ -29,6 +30,7 @@ import time
 from pathlib import Path
 
 from supervisor.front import Front, thread_stack_bytes
+from supervisor.gate import Gate
 from supervisor.health import STARTING, HealthWatcher
 from supervisor.process import exit_status, kill, signal_group, spawn, wait_until
 from supervisor.shm import ShmRegions
@@ -90,6 +92,7 @@ class Supervisor:
         self.exit_timeout = int(given[-1]) if given else drain_seconds(triton_args, self.models) + 1
         self.front = Front(args.caddy, args.host, args.http_port, args.metrics_port, args.max_body,
                            grace_s=self.exit_timeout)
+        self.gate = Gate(self.front.dir / "gate.sock", self.front.dir / "http.sock")
         self.command = args.command + self.front.triton_args() + ([] if given else
                                                                   [f"--exit-timeout-secs={self.exit_timeout}"])
         health_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
@@ -110,6 +113,7 @@ class Supervisor:
             f"bytes; {health}")
         try:
             self.triton = spawn(self.command, stack_bytes=thread_stack_bytes(self.args.max_body))
+            self.gate.start()
             self.front.start(spawn)
             self.watcher.start()
             return self._supervise()
@@ -190,6 +194,7 @@ class Supervisor:
                 if process.poll() is None:
                     kill(process)
                 signal_group(process, signal.SIGKILL)  # a stub that outlived tritonserver
+        self.gate.stop()
         removed = self.shm.remove_leftovers()
         if removed:
             log(f"removed {len(removed)} shared-memory region(s) left by tritonserver: {' '.join(removed)}")

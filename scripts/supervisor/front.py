@@ -6,7 +6,8 @@ thread stack (4 MB with the usual 8 MB) overflows it and the whole server dies w
 limit. Caddy answers 413 to any body over the cap before it reaches Triton, and tritonserver is given a thread
 stack of 2 x cap + 8 MiB so that every body Caddy lets through parses safely. Triton's HTTP and metrics servers
 listen on Unix sockets in a private directory, so nothing can reach them around the cap. No idle connections are
-kept to them: tritonserver's shutdown waits for every open HTTP connection.
+kept to them: tritonserver's shutdown waits for every open HTTP connection. /generate requests pass the generate
+gate first (supervisor/gate.py), which answers the bad bodies Triton would not name clearly.
 """
 from __future__ import annotations
 
@@ -45,10 +46,23 @@ http://:{http_port} {{
 	request_body {{
 		max_size {max_body}
 	}}
-	reverse_proxy unix/{sockets}/http.sock {{
-		flush_interval -1
-		transport http {{
-			keepalive off
+	@generate path_regexp ^/v2/models/[^/]+(/versions/[^/]+)?/generate(_stream)?$
+	handle @generate {{
+		reverse_proxy unix/{sockets}/gate.sock {{
+			# Caddy has answered the client's Expect: 100-continue; a second 100 from the gate lost the reply body
+			header_up -Expect
+			flush_interval -1
+			transport http {{
+				keepalive off
+			}}
+		}}
+	}}
+	handle {{
+		reverse_proxy unix/{sockets}/http.sock {{
+			flush_interval -1
+			transport http {{
+				keepalive off
+			}}
 		}}
 	}}
 	handle_errors 413 {{

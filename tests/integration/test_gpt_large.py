@@ -312,6 +312,16 @@ def test_generate_endpoint_edges(server, model=MODEL):
     assert status == 400 and "frequency_penalty=0.5 is not supported" in body["error"], body
     status, body = post_generate(server, model, {**ok, "max_tokens": 0})  # an error is an error status
     assert status == 400 and "max_tokens=0" in body["error"], body
+    # answered by the generate gate (scripts/supervisor/gate.py): Triton 2.51 names neither
+    status, body = post_generate(server, model, {**ok, "temperature": "hot"})
+    assert status == 400 and "field 'temperature' must be a number (FP32)" in body["error"], body
+    status, body = post_generate(server, model, {"prompt": "Hi"})
+    assert status == 400 and "sets no input of model" in body["error"] and "'prompt'" in body["error"], body
+    assert "'text_input'" in body["error"] and "'input_ids'" in body["error"]
+    status, body = post_generate(server, model, {**ok, "stream": True})  # Triton: 200 with an error body
+    assert status == 400 and "stream=true needs" in body["error"], body
+    status, body = post_generate(server, model, {"prompt": "Hi", "max_tokens": 4})  # reaches the model
+    assert status == 400 and "unknown field(s) ['prompt']" in body["error"] and "'text_input'" in body["error"]
 
 
 def test_min_length_holds_the_end_id_back(server):
