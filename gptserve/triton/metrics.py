@@ -1,5 +1,6 @@
-"""The models' own Prometheus metrics, beside Triton's nv_* ones. Every series carries `model`, `instance`
-(Triton's instance name) and `gpu` (the instance's GPU index, or "cpu") labels, so instances report apart.
+"""The models' own Prometheus metrics, beside Triton's nv_* ones. Every series carries `model`,
+`model_instance` (Triton's instance name; not `instance`, which Prometheus gives the scrape target) and `gpu` (the
+instance's GPU index, or "cpu") labels, so instances report apart.
 
 Each update is an IPC round trip from the stub to the server: the in-flight model makes them from its metrics
 thread only (gptserve.serving.telemetry).

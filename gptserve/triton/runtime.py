@@ -43,7 +43,7 @@ class Instance:
     @property
     def labels(self) -> dict[str, str]:
         """Labels of this instance's metrics: instances on several GPUs (or several on one) report apart."""
-        return {"model": self.name, "instance": self.instance, "gpu": self.gpu}
+        return {"model": self.name, "model_instance": self.instance, "gpu": self.gpu}
 
     def use_device(self):
         """Make this instance's GPU the current one (per thread: call it on the thread that runs torch)."""

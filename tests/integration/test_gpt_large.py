@@ -377,7 +377,7 @@ def test_bad_requests_inside_a_batch_fail_alone(server):
 
 
 # -- 8. custom metrics --------------------------------------------------------------------------------------------
-LABELS = f'gpu="cpu",instance="{MODEL}_0",model="{MODEL}"'  # every series says which instance (and GPU) it is
+LABELS = f'gpu="cpu",model="{MODEL}",model_instance="{MODEL}_0"'  # which instance (and GPU) every series is
 
 
 def test_custom_metrics_exist_and_move(server):

@@ -41,7 +41,7 @@ def per_instance(server, name, model):
     for labels, value in found:
         fields = dict(re.findall(r'(\w+)="([^"]*)"', labels))
         if fields.get("model") == model:
-            values[fields["instance"]] = float(value)
+            values[fields["model_instance"]] = float(value)
     return values
 
 
