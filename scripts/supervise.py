@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Run tritonserver behind its HTTP front, watch its deep health, and stop it cleanly (stdlib only).
+"""Run tritonserver behind its HTTP front, watch its deep health, and stop it cleanly (stdlib and the pure-Python
+gptserve.settings only).
 
 scripts/serve.sh (so `make serve` and the Docker image) execs this:
 
@@ -29,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from gptserve.settings import ServingConfig
 from supervisor.front import Front, thread_stack_bytes
 from supervisor.gate import Gate
 from supervisor.health import STARTING, HealthWatcher
@@ -37,7 +39,7 @@ from supervisor.shm import ShmRegions
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXIT_REQUESTED, EXIT_UNHEALTHY, EXIT_HELPER_DIED = 0, 3, 4
-DEFAULT_DRAIN_MS = 10_000  # gptserve's drain_timeout_ms default
+DEFAULT_DRAIN_MS = ServingConfig.drain_timeout_ms  # a served model's, unless its config.pbtxt sets one
 DRAIN = re.compile(r'key:\s*"drain_timeout_ms"\s*value:\s*\{\s*string_value:\s*"(\d+)"')
 UNHEALTHY_STOP_S = 3.0  # a broken server gets this long to stop before it is killed
 HELPER_STOP_S = 2.0

@@ -33,6 +33,6 @@ def test_stream_true_belongs_to_generate_stream():
 
 
 def test_good_bodies_and_what_triton_names_itself_go_on():
-    assert gate.problem("m", INPUTS, {"text_input": "hi", "temperature": 0.5, "stream": True}) is None
+    assert gate.problem("m", INPUTS, {"text_input": "hi", "temperature": 0.5, "stream": True}, streaming=True) is None
     assert gate.problem("m", INPUTS, {"input_ids": [1, 2, 3], "unknown": 1}) is None  # the model names it
     assert gate.problem("m", INPUTS, ["not", "an", "object"]) is None
