@@ -91,7 +91,9 @@ for s in socks:
 print(*(s.getsockname()[1] for s in socks))
 PY
     ) || die "could not pick free ports with $PYTHON"
-    export HTTP_PORT GRPC_PORT METRICS_PORT MODEL_REPOSITORY="$REPO" HOST=127.0.0.1
+    # HEALTH_INTERVAL=0: the drill reloads versions in place (poll mode); the supervisor's deep check would count
+    # the reload window as a failing server and stop it (production rolls back by replacing pods instead)
+    export HTTP_PORT GRPC_PORT METRICS_PORT MODEL_REPOSITORY="$REPO" HOST=127.0.0.1 HEALTH_INTERVAL=0
     say "serving $MODEL versions 1 ($CURRENT) and 2 ($CANDIDATE) from $REPO on 127.0.0.1:$HTTP_PORT/$GRPC_PORT/$METRICS_PORT"
     bash scripts/serve.sh --model-control-mode=poll --repository-poll-secs=1 >>"$ARTIFACTS_DIR/server.log" 2>&1 &
     SERVER_PID=$!

@@ -53,8 +53,8 @@ def test_each_instance_reports_apart(server):
 
 
 def test_stream_requests_go_to_the_instance_with_room(server):
-    """2 x SLOTS long requests at once: both instances take some (an instance whose execute() is blocked on
-    full slots gets no more), so no instance idles while requests wait in the other."""
+    """2 x SLOTS long requests at once: each instance runs SLOTS of them (an instance whose slots are all taken
+    takes no more, and each execute() takes one request), so none waits while a slot is free elsewhere."""
     s = Stream(server)
     try:
         for i in range(2 * SLOTS):
@@ -63,12 +63,10 @@ def test_stream_requests_go_to_the_instance_with_room(server):
         while True:  # the gauges follow the scheduler within a metrics-thread round
             running = per_instance(server, "gpt_inflight_requests", STREAM)
             waiting = per_instance(server, "gpt_waiting_requests", STREAM)
-            if sum(running.values()) + sum(waiting.values()) == 2 * SLOTS:
+            if sorted(running.values()) == [SLOTS, SLOTS] and sum(waiting.values()) == 0:
                 break
             assert time.monotonic() < deadline, (running, waiting)
             time.sleep(0.05)
-        assert len(running) == 2 and min(running.values()) >= 1, running  # neither instance idles
-        assert max(waiting.values()) < SLOTS, waiting  # at most one execute()'s excess waits inside an instance
         assert not keep_done(s)
     finally:
         s.close(cancel=True)
