@@ -11,7 +11,8 @@ scripts/serve.sh (so `make serve` and the Docker image) execs this:
   is tritonserver's own.
 - Runs `tools.health_check --watch`: two failed checks in a row (a dead stub, a model that does not answer within
   the deadline) stop the server and the supervisor exits 3, so systemd, Docker or Kubernetes restart it. Until
-  the first check passes, "unreachable" and "not ready" are start-up, not failures.
+  the first check passes, "unreachable" and "not ready" are start-up, not failures. A python backend stub that
+  exits (seen within a second) gets a check at once instead of at the next interval.
 - SIGTERM, SIGINT or SIGHUP: tritonserver gets SIGTERM and --exit-timeout-secs = drain + 1 s (the largest
   drain_timeout_ms of the served models, 10 s by default); if it is still running 2 s after that (Triton 2.51 does
   not exit while a client keeps a gRPC stream open), it is killed. Exit status 0. A second signal kills at once.
@@ -36,6 +37,7 @@ from supervisor.gate import Gate
 from supervisor.health import STARTING, HealthWatcher
 from supervisor.process import exit_status, kill, signal_group, spawn, wait_until
 from supervisor.shm import ShmRegions
+from supervisor.stubs import StubWatch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXIT_REQUESTED, EXIT_UNHEALTHY, EXIT_HELPER_DIED = 0, 3, 4
@@ -102,6 +104,7 @@ class Supervisor:
                                      args.health_interval, args.health_timeout, cwd=str(REPO_ROOT),
                                      enabled=args.health_interval > 0)
         self.shm = ShmRegions()
+        self.stubs = StubWatch()
         self.signals = 0
         self.triton = None
 
@@ -142,6 +145,9 @@ class Supervisor:
                 return EXIT_HELPER_DIED
             if time.monotonic() >= next_track:
                 self.shm.track(self.triton.pid)
+                exited = self.stubs.exited(self.triton.pid)  # at start-up, the auto-complete stubs exit
+                if exited and healthy_once and self.watcher.check_now():
+                    log(f"python backend stub {', '.join(map(str, sorted(exited)))} exited: checking health now")
                 next_track = time.monotonic() + 1.0
             line = self.watcher.next(timeout=0.2)
             if line is None:

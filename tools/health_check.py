@@ -137,15 +137,22 @@ def report(status: int, reason: str) -> None:
 
 
 def watch(url: str, models: list[str], timeout: float, interval: float) -> None:
-    """Check every `interval` s while healthy, every second while not (so a failure is confirmed fast), until
-    SIGTERM, which lets the check in progress finish: a client that drops a gRPC stream mid-request keeps Triton
-    2.51 from unloading the stream model at shutdown."""
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    """Check every `interval` s while healthy, every second while not (so a failure is confirmed fast), and at once
+    on SIGUSR1 (the supervisor saw a stub exit), until SIGTERM, which lets the check in progress finish: a client
+    that drops a gRPC stream mid-request keeps Triton 2.51 from unloading the stream model at shutdown."""
+    stop, wake = threading.Event(), threading.Event()
+
+    def on_stop(*_):
+        stop.set()
+        wake.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGUSR1, lambda *_: wake.set())
     while not stop.is_set():
         status, reason = check(url, models, timeout)
         report(status, reason)
-        stop.wait(interval if status == HEALTHY else min(1.0, interval))
+        wake.wait(interval if status == HEALTHY else min(1.0, interval))
+        wake.clear()
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -28,12 +28,14 @@ class HealthWatcher:
         self.lines: queue.Queue = queue.Queue()
         self.process = None
         self.last_line_at = 0.0
+        self.heard = False  # a verdict line came from this process: its SIGUSR1 handler is installed
 
     def start(self) -> None:
         if not self.enabled:
             return
         self.process = spawn(self.argv, cwd=self.cwd, stdout=subprocess.PIPE, text=True, bufsize=1)
         self.last_line_at = time.monotonic()
+        self.heard = False
         threading.Thread(target=self._read, args=(self.process, self.lines), daemon=True).start()
 
     @staticmethod
@@ -57,7 +59,15 @@ class HealthWatcher:
             self.start()
             return STALLED
         self.last_line_at = time.monotonic()
+        self.heard = True
         return line
+
+    def check_now(self) -> bool:
+        """Ask for a check now instead of at the next interval (SIGUSR1); False if the watcher cannot take it yet."""
+        if not self.heard or self.process is None or self.process.poll() is not None:
+            return False
+        self.process.send_signal(signal.SIGUSR1)
+        return True
 
     def stop(self) -> None:
         """SIGTERM: the check in progress (milliseconds when the server is well) ends before the process does."""
