@@ -63,6 +63,9 @@ class ServingConfig:
                               models=STATIC)
     queue_timeout_ms: int = setting(5000, "Longest wait for a generation slot inside the model; then "
                                     "UNAVAILABLE.", limits=(1, 600_000), models=IN_FLIGHT)
+    max_queue_size: int = setting(64, "Requests that may wait for a slot in one model instance; a request "
+                                  "beyond them is answered UNAVAILABLE at once.", limits=(0, 100_000),
+                                  models=IN_FLIGHT)
     prefill_chunk: int = setting(512, "Prompt tokens prefilled per engine step, beside the running decodes; "
                                  "longer prompts are prefilled over several steps.", limits=(16, 8192),
                                  models=IN_FLIGHT)

@@ -1,8 +1,10 @@
 """In-flight batching: one engine thread runs up to `slots` sequences together, admitting newcomers every step.
 
 Threads:
-  * callers (Triton's execute()) call submit(): admission only, never torch; wait_for_room() blocks while every
-    slot is spoken for, so a model instance takes new requests only when it can start them.
+  * callers (Triton's execute()) call submit(): admission only, never torch. A request waits for a slot here
+    (at most max_queue_size of them, each at most queue_timeout_ms). With several instances, execute() also calls
+    wait_for_room(), which blocks while every slot is spoken for, so Triton gives the next request to an instance
+    with room.
   * the engine thread owns the Engine: it builds it, warms it up and makes every torch call (compiled CUDA
     graphs belong to the thread that captured them). Each step it
       1. ends cancelled sequences and requests that waited too long, and admits waiting requests into the
@@ -94,7 +96,7 @@ class Scheduler:
 
     def __init__(self, engine_factory: Callable[[], Any], settings, observer: Observer | None = None,
                  on_ready: Callable[[Any], None] | None = None):
-        """settings: a ServingConfig (queue_timeout_ms, prefill_chunk, stream_interval, delivery_threads,
+        """settings: a ServingConfig (queue_timeout_ms, max_queue_size, prefill_chunk, stream_interval, delivery_threads,
         cancel_check_ms, drain_timeout_ms, step_delay_ms). engine_factory() runs on the engine thread and returns
         the Engine; on_ready(engine) runs there next (warm-up, probes): both make every torch call of start-up."""
         self.settings = settings
@@ -173,6 +175,9 @@ class Scheduler:
                 reason = f"the generation engine is not running ({self._dead}); the model must be reloaded"
             elif self._stopping:
                 reason = "the model is shutting down and admits no new requests"
+            elif len(self._waiting) - self._free >= self.settings.max_queue_size:
+                reason = (f"server busy: {self.settings.max_queue_size} requests already wait for a generation "
+                          f"slot (max_queue_size); retry later")
             else:
                 seq = _Seq(req, self.delivery.open(sink), Finisher(req, self.engine.tokenizer),
                            time.perf_counter() if submitted is None else submitted)

@@ -1,8 +1,11 @@
 """gpt_large_stream: in-flight batching, token streaming and cancellation (a decoupled model).
 
-execute() parses each request (bad ones: INVALID_ARG), hands the valid ones to the scheduler and returns once
-the scheduler could start another request: while every slot is taken, Triton's queue holds the rest (its queue
-policy applies there), and with several instances Triton gives new requests to one that has room.
+execute() parses each request (bad ones: INVALID_ARG) and hands the valid ones to the scheduler, where they wait
+for a slot (max_queue_size, queue_timeout_ms). The model has no dynamic batcher: Triton 2.51's holds a request that
+arrives while execute() runs until its next 500 ms poll. One instance: execute() returns at once. Several (one per
+GPU): execute() returns once this instance could start another request, so Triton hands new requests to an
+instance with room; while all are full, requests wait in Triton's own queue (no timeout there; the client's
+deadline applies).
 """
 from __future__ import annotations
 
@@ -94,7 +97,8 @@ class InflightBatchingModel:
                 request.get_response_sender().send(error_response(pb_utils, str(exc)), flags=FINAL)
                 continue
             self.scheduler.submit(parsed, TritonSink(request), received)
-        self.scheduler.wait_for_room()
+        if self.instance.instance_count > 1:
+            self.scheduler.wait_for_room()
         return None
 
     def is_ready(self) -> bool:

@@ -41,6 +41,16 @@ class Instance:
                    "cuda" if on_gpu else "cpu", str(args.get("model_instance_device_id", 0)) if on_gpu else "cpu")
 
     @property
+    def instance_count(self) -> int:
+        """Instances of this model in the server: each instance_group entry places `count` on every GPU it names
+        (Triton fills the groups in, one per visible GPU by default)."""
+        def places(group: dict) -> int:
+            return max(1, len(group.get("gpus") or [])) if group.get("kind") == "KIND_GPU" else 1
+
+        groups = self.model_config.get("instance_group") or [{}]
+        return sum(int(g.get("count", 1)) * places(g) for g in groups)
+
+    @property
     def labels(self) -> dict[str, str]:
         """Labels of this instance's metrics: instances on several GPUs (or several on one) report apart."""
         return {"model": self.name, "model_instance": self.instance, "gpu": self.gpu}

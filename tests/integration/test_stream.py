@@ -1,7 +1,7 @@
 """gpt_large_stream on a real tritonserver (CPU, tiny preset): streaming, in-flight joins, cancellation, admission.
 
-One server for the module, on a copy of the model repository where gpt_large_stream has 4 slots, a Triton queue
-timeout of 1 s and a 4 ms sleep after each engine step (step_delay_ms, a test hook), so "long" generations last
+One server for the module, on a copy of the model repository where gpt_large_stream has 4 slots, room for 2
+waiting requests (max_queue_size) and a 4 ms sleep after each engine step (step_delay_ms, a test hook), so "long" generations last
 long enough to overlap on a fast CPU while the whole module stays short.
 
 Streamed responses carry one or more new tokens each (tokens that pile up while a client is behind leave
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 STREAM, PLAIN = "gpt_large_stream", "gpt_large"
 SLOTS, STEP_MS = 4, 4  # SLOTS >= 4: Engine.probe_max_abs_diff runs a batch of 4
-QUEUE_TIMEOUT_US = 1_000_000
+MAX_QUEUE = 2
 PROMPT = [10, 20, 30, 40, 50, 60]
 
 def inputs(**fields):
@@ -36,8 +36,8 @@ def server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("repo") / "model_repository"
     shutil.copytree(REPO_ROOT / "model_repository", repo)
     cfg = repo / STREAM / "config.pbtxt"
-    cfg.write_text(configure(cfg.read_text(), {"step_delay_ms": STEP_MS, "queue_timeout_ms": 20000},
-                             max_batch_size=SLOTS, default_timeout_microseconds=QUEUE_TIMEOUT_US))
+    cfg.write_text(configure(cfg.read_text(), {"step_delay_ms": STEP_MS, "queue_timeout_ms": 20000,
+                                                 "max_queue_size": MAX_QUEUE}, max_batch_size=SLOTS))
     with TritonServer(repo, models=[PLAIN, STREAM], startup_timeout=240) as srv:
         yield srv
 
@@ -221,9 +221,10 @@ def assert_idle(server, timeout=5):
     raise AssertionError("gpt_large_stream still has requests in flight")
 
 
-def test_requests_beyond_the_slots_wait_in_tritons_queue_under_its_policy(server):
-    """Once every slot is taken, execute() takes no more requests: the next ones wait in Triton's queue (not in
-    the model), where the queue policy applies - here they time out after 1 s with UNAVAILABLE."""
+def test_requests_beyond_the_slots_wait_in_the_model_up_to_max_queue_size(server):
+    """Once every slot is taken, requests wait inside the model (gpt_waiting_requests), at most max_queue_size of
+    them (MAX_QUEUE here); the next one is refused at once with UNAVAILABLE, and the running ones go on. The
+    waiting ones start as soon as slots free up."""
     assert_idle(server)
     busy, late = Stream(server), Stream(server)
     try:
@@ -233,14 +234,18 @@ def test_requests_beyond_the_slots_wait_in_tritons_queue_under_its_policy(server
         while len(seen) < SLOTS:  # every slot generating
             assert time.monotonic() < deadline, seen
             seen.add(busy.next()[0])
-        for i in range(3):
+        for i in range(MAX_QUEUE + 1):
             late.send(f"late{i}", input_ids=PROMPT, max_tokens=5, stream=False)
-        time.sleep(0.3)
-        assert server.metric("gpt_waiting_requests", model=STREAM) == 0  # not inside the model
-        assert server.metric("nv_inference_pending_request_count", model=STREAM) == 3  # in Triton's queue
-        errors = [late.next(timeout=30) for _ in range(3)]
-        assert all(rid is None and "timeout" in err.message().lower() for rid, err, _, _ in errors), errors
+        rid, error, _, _ = late.next(timeout=10)
+        assert rid is None and "max_queue_size" in error.message(), error
+        deadline = time.monotonic() + 5
+        while server.metric("gpt_waiting_requests", model=STREAM) != MAX_QUEUE:
+            assert time.monotonic() < deadline, "the waiting requests are not counted in gpt_waiting_requests"
+            time.sleep(0.05)
         assert not keep_done(busy)  # the running ones were never disturbed
+        busy.client.stop_stream(cancel_requests=True)  # frees the slots
+        done = [late.next(timeout=30) for _ in range(MAX_QUEUE)]
+        assert all(rid and final and int(out["num_output_tokens"][0, 0]) == 5 for rid, out, final, _ in done), done
     finally:
         busy.close(cancel=True)
         late.close()

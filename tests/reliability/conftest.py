@@ -16,11 +16,12 @@ from tests.reliability.helpers import ADMIN_KEY, HEALTH_INTERVAL_S, QUEUE, SLOTS
 
 @pytest.fixture(scope="session")
 def small_repo(tmp_path_factory) -> Path:
-    """model_repository with gpt_large_stream at SLOTS slots, a Triton queue of QUEUE and STEP_MS per engine step."""
+    """model_repository with gpt_large_stream at SLOTS slots, room for QUEUE waiting requests and STEP_MS per
+    engine step."""
     repo = tmp_path_factory.mktemp("reliability") / "model_repository"
     shutil.copytree(REPO_ROOT / "model_repository", repo)
     cfg = repo / STREAM / "config.pbtxt"
-    cfg.write_text(configure(cfg.read_text(), {"step_delay_ms": STEP_MS}, max_batch_size=SLOTS, max_queue_size=QUEUE))
+    cfg.write_text(configure(cfg.read_text(), {"step_delay_ms": STEP_MS, "max_queue_size": QUEUE}, max_batch_size=SLOTS))
     return repo
 
 

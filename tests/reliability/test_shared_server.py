@@ -109,7 +109,7 @@ def test_one_bad_request_in_a_batch_fails_alone(server):
 
 
 def test_overload_is_unavailable_and_the_server_stays_ready(server):
-    """A burst beyond the slots and Triton's queue (max_queue_size QUEUE): the excess is refused at once."""
+    """A burst beyond the slots and the model's queue (max_queue_size QUEUE): the excess is refused at once."""
     streams = [Stream(server) for _ in range(2 * SLOTS + QUEUE + 3)]
     try:
         for s in streams:
@@ -119,7 +119,7 @@ def test_overload_is_unavailable_and_the_server_stays_ready(server):
         for s in streams:
             s.close()
     refused = [e for e in outcomes if e is not None]
-    assert refused and all("queue size" in str(e) for e in refused), refused
+    assert refused and all("max_queue_size" in str(e) for e in refused), refused
     assert len(outcomes) - len(refused) >= SLOTS
     assert health_check("--url", server.grpc_url).returncode == 0
 

@@ -360,6 +360,19 @@ def test_wait_for_room_blocks_while_every_slot_is_spoken_for(make):
     a.wait(), b.wait()
 
 
+def test_requests_beyond_max_queue_size_are_refused_at_once(make):
+    sched = make(slots=1, max_queue_size=2, step_delay_ms=2)
+    busy = run(sched, req(n=200))
+    wait_until(lambda: sched.counts() == (1, 0))
+    queued = [run(sched, req(n=3)) for _ in range(2)]
+    refused = Sink()
+    assert not sched.submit(req(n=3), refused)
+    failure = refused.wait(1)
+    assert failure.code == "UNAVAILABLE" and "max_queue_size" in failure.message, failure
+    assert sched.counts() == (1, 2)
+    assert isinstance(busy.wait(), Final) and all(isinstance(q.wait(), Final) for q in queued)
+
+
 def test_queue_timeout_is_unavailable(make):
     sched = make(slots=1, queue_timeout_ms=200, step_delay_ms=2)
     busy = run(sched, req(n=300))
