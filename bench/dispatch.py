@@ -4,8 +4,9 @@
 
 Starts tritonserver (CPU, tiny preset, 8 slots, 4 ms per engine step) once per variant on a copy of
 model_repository: `as shipped` (no dynamic batcher) and `dynamic batcher` (the block the model had before:
-preferred batch 1, no queue delay). Each round sends --burst streaming requests at once on one gRPC stream and
-records each one's first-token time; prints percentiles per variant as JSON. Triton 2.51's batcher sleeps 500 ms
+preferred batch 1, no queue delay, queue policy 64 requests / 5 s). Each round sends --burst streaming requests
+(20 new tokens each) at once on one gRPC stream and records each one's first-token time; prints percentiles per
+variant as JSON. Triton 2.51's batcher sleeps 500 ms
 when its queue is empty and is not woken by a request that arrives while execute() runs: such a request waits
 for the next poll.
 """
@@ -27,6 +28,11 @@ MODEL = "gpt_large_stream"
 DYNAMIC_BATCHER = """dynamic_batching {
   preferred_batch_size: [ 1 ]
   max_queue_delay_microseconds: 0
+  default_queue_policy {
+    timeout_action: REJECT
+    default_timeout_microseconds: 5000000
+    max_queue_size: 64
+  }
 }
 """
 
@@ -49,7 +55,7 @@ def first_token_times(server: TritonServer, rounds: int, burst: int) -> list[flo
         sent = {}
         for i in range(burst):
             sent[str(i)] = time.monotonic()
-            client.async_stream_infer(MODEL, make_inputs(grpcclient, input_ids=[10, 20, 30], max_tokens=8,
+            client.async_stream_infer(MODEL, make_inputs(grpcclient, input_ids=[10, 20, 30], max_tokens=20,
                                                          stream=True), request_id=str(i))
         first, finals = {}, 0
         while finals < burst:

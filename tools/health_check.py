@@ -64,7 +64,9 @@ def describe(error: InferenceServerException) -> str:
 
 
 def is_busy(error: InferenceServerException) -> bool:
-    return "UNAVAILABLE" in str(error.status()) and any(m in error.message().lower() for m in BUSY_MARKERS)
+    """UNAVAILABLE for being busy. An error on a gRPC stream (the stream model's) carries no status code."""
+    status = error.status()
+    return (not status or "UNAVAILABLE" in str(status)) and any(m in error.message().lower() for m in BUSY_MARKERS)
 
 
 def generate_unary(client, model: str, timeout: float) -> None:

@@ -124,6 +124,29 @@ def test_overload_is_unavailable_and_the_server_stays_ready(server):
     assert health_check("--url", server.grpc_url).returncode == 0
 
 
+def test_health_check_counts_a_full_stream_model_as_busy_not_broken(server):
+    """Every slot and the whole queue taken: the check's request is refused "server busy" (on its gRPC stream,
+    without a status code), which is overload, not a reason to restart."""
+    streams = [Stream(server) for _ in range(SLOTS + QUEUE)]
+    try:
+        for s in streams:
+            s.send(input_ids=[1, 2, 3], max_tokens=400, end_id=-1)  # 8 s each at STEP_MS
+        deadline = time.monotonic() + 30
+        while server.metric("gpt_waiting_requests", model=STREAM) < QUEUE:
+            assert time.monotonic() < deadline, "the queue did not fill"
+            time.sleep(0.05)
+        check = health_check("--url", server.grpc_url, "--models", STREAM)
+    finally:
+        for s in streams:
+            s.close(cancel=True)
+        deadline = time.monotonic() + 30  # the next test starts on an idle model
+        while server.metric("gpt_inflight_requests", model=STREAM) + server.metric("gpt_waiting_requests",
+                                                                                   model=STREAM) > 0:
+            assert time.monotonic() < deadline, "the cancelled requests still hold the model"
+            time.sleep(0.05)
+    assert check.returncode == 0 and f"{STREAM} busy" in check.stdout, check.stdout
+
+
 def test_cancelled_and_disconnected_clients_leave_the_server_healthy(server):
     s = Stream(server)
     s.send(input_ids=[1, 2, 3], max_tokens=200, stream=True, end_id=-1)
