@@ -5,8 +5,11 @@ model itself put in them.)"""
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
+from gptserve.settings import ServingConfig
+from gptserve.triton.runtime import Instance
 from gptserve.triton.tensors import output_arrays, response
 
 
@@ -35,3 +38,18 @@ def test_response_builds_every_output_when_none_is_requested():
     assert [t[1] for t in built] == ["output_ids", "text_output", "num_input_tokens", "num_output_tokens"]
     assert built[1] == ("numpy", "text_output", [["é".encode()]])  # BYTES can only come from numpy
     assert np.array(built[2][2]).item() == 1
+
+
+@pytest.mark.parametrize("groups, expected", [
+    (None, 1),  # no instance_group in the config Triton hands over: one instance
+    ([{"kind": "KIND_CPU", "count": 1}], 1),
+    ([{"kind": "KIND_CPU", "count": 2}], 2),
+    ([{"kind": "KIND_GPU", "count": 1, "gpus": [0]}], 1),
+    ([{"kind": "KIND_GPU", "count": 1, "gpus": [0, 1]}], 2),  # Triton's default on two GPUs
+    ([{"kind": "KIND_GPU", "count": 2, "gpus": [0, 1, 2]}, {"kind": "KIND_CPU", "count": 1}], 7),
+])
+def test_instance_count_follows_the_instance_groups(groups, expected):
+    """gpt_large_stream's execute() waits for room only when the model has more than one instance."""
+    config = {} if groups is None else {"instance_group": groups}
+    instance = Instance("m", "m_0", config, ServingConfig(), "cpu", "cpu")
+    assert instance.instance_count == expected
