@@ -1,8 +1,8 @@
 """Several instances of a model in one server (CPU, tiny preset): the instance-group choices of docs/deployment.md.
 
 Two CPU instances of each model stand in for one instance per GPU: Triton gives a new request to an instance that
-has room (gpt_large_stream's execute() takes requests only while it can start them), and every metric carries
-its instance, so they report apart.
+has room (with more than one instance, gpt_large_stream's execute() returns only once its instance could start
+another request), and every metric carries its instance, so they report apart.
 """
 import re
 import shutil
