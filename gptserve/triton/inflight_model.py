@@ -70,6 +70,7 @@ class InflightBatchingModel:
         if not pb_utils.using_decoupled_model_transaction_policy(instance.model_config):
             raise ValueError(f"{instance.name} must be decoupled: model_transaction_policy {{ decoupled: true }}")
         self.metrics = Metrics(pb_utils, instance.labels, {**SHARED, **IN_FLIGHT})
+        self.route_by_room = instance.instance_count > 1  # execute() waits for room so Triton picks another
 
         def build():  # on the engine thread: the CUDA device and compiled graphs belong to that thread
             instance.use_device()
@@ -97,7 +98,7 @@ class InflightBatchingModel:
                 request.get_response_sender().send(error_response(pb_utils, str(exc)), flags=FINAL)
                 continue
             self.scheduler.submit(parsed, TritonSink(request), received)
-        if self.instance.instance_count > 1:
+        if self.route_by_room:
             self.scheduler.wait_for_room()
         return None
 
