@@ -47,6 +47,10 @@ class ServingConfig:
     fp8_mode: str = setting("none", "FP8 linear layers (GPU, compute capability >= 8.9): weight-only (FP8 weights, "
                             "bf16 decode activations), torch (FP8 activations too), transformer-engine; auto: "
                             "weight-only.", choices=("none", "weight-only", "torch", "transformer-engine", "auto"))
+    prefill_graphs: str = setting("auto", "CUDA graphs for one-prompt prefill chunks (one replay instead of "
+                                  "hundreds of eager kernel launches); auto: on when the decode step runs on CUDA "
+                                  "graphs (reduce-overhead on a GPU) with sdpa attention and no transformer-engine.",
+                                  choices=("auto", "off"))
     kv_cache_dtype: str = setting("auto", "KV-cache element type; fp8 halves its bytes (GPU only).",
                                   choices=("auto", "fp8"))
     max_batch_size: int = setting(16, "Requests per batch (gpt_large) or sequences generated together "

@@ -17,6 +17,7 @@ import torch
 from . import checkpoint
 from .build import Resolved, build, resolve
 from .config import BATCH_BUCKETS
+from .prefill_graphs import PrefillGraphs, padded_lengths
 from .sampling import SamplingParams, sample
 from .tokenizer import load_tokenizer
 from .transfer import HostStaging, to_device
@@ -80,6 +81,7 @@ class Engine:
             log.warning("tokenizer %s covers ids 0..%d of the model's %d; text_output shows every other id as "
                         "U+FFFD", self.tokenizer.name, self.tokenizer.vocab_size - 1, r.model.vocab_size)
         self._decode = self._forward_decode
+        self._prefill_graphs: PrefillGraphs | None = None  # captured by warmup() where graphs_for_prefill
         self._staging = HostStaging(self.device)
         if r.compile_mode != "none":
             self._compile(r.compile_mode, settings.compile_cache_dir)
@@ -129,6 +131,20 @@ class Engine:
         # tokens, positions: [B, 1] for slots 0..B-1; kv_len_marker: [L] -> logits [B, V]
         return self.model(tokens, positions, slice(0, tokens.shape[0]), kv_len=kv_len_marker.shape[0])[:, -1]
 
+    @property
+    def graphs_for_prefill(self) -> bool:
+        """Whether warmup() captures one-prompt prefill graphs: only beside a CUDA-graph decode step (the same
+        conditions of capture), with sdpa attention (flex runs compiled with dynamic shapes) and without
+        Transformer Engine (its layers keep state on the host)."""
+        r = self.resolved
+        return (self.settings.prefill_graphs == "auto" and r.compile_mode == "reduce-overhead"
+                and self.settings.attention_backend == "sdpa" and r.fp8_mode != "transformer-engine")
+
+    @property
+    def prefill_graphed(self) -> bool:
+        """True once one-prompt prefill replays CUDA graphs: then one prompt per prefill() call is cheapest."""
+        return self._prefill_graphs is not None
+
     def kv_len_for(self, max_position: int) -> int:
         """Cache positions attention reads when no row is past max_position: the next KV_BLOCK multiple."""
         return min(self.context, -(-(max_position + 1) // KV_BLOCK) * KV_BLOCK)
@@ -142,6 +158,11 @@ class Engine:
         """Write the prompts' KV into `slots` (at positions from `start`, default 0); logits [N, V] of each
         prompt's last token. Prompts are right-padded: padding lands past each prompt and is overwritten later."""
         start = start or [0] * len(prompts)
+        if len(prompts) == 1 and self._prefill_graphs is not None:
+            with torch.no_grad():
+                logits = self._prefill_graphs.prefill(prompts[0], slots[0], start[0])
+            if logits is not None:
+                return logits
         length = max(len(p) for p in prompts)
         padded = min(-(-length // PREFILL_ALIGN) * PREFILL_ALIGN, self.context - max(start))
         tokens = torch.zeros(len(prompts), padded, dtype=torch.int64)
@@ -238,6 +259,11 @@ class Engine:
                         self.decode_step(zeros, zeros, kv_len - 1)
             self.synchronize()
             seconds[b] = time.perf_counter() - t0
+        if self.graphs_for_prefill and self._prefill_graphs is None:
+            with torch.no_grad():
+                self._prefill_graphs = PrefillGraphs(
+                    self.model, padded_lengths(self.settings.prefill_chunk, self.context), self.kv_lengths(),
+                    self.kv_len_for, self.device)
         log.info("warmup: seconds per bucket %s", {k: round(v, 2) for k, v in seconds.items()})
         return seconds
 

@@ -13,7 +13,8 @@ Threads:
       3. reads back everything launched before that step (its only wait for the device), so the host's token
          work overlaps the device's next step: each token goes through the sequence's Finisher to its Outbox;
       4. launches prefill for waiting prompts, at most `prefill_chunk` tokens, sampling the first token of every
-         prompt it completes into the device-side token buffer the next decode reads.
+         prompt it completes into the device-side token buffer the next decode reads. On a GPU each prompt's
+         chunk is one CUDA-graph replay (engine/prefill_graphs.py).
     A running sequence therefore never waits for more than one prefill chunk between two tokens.
   * delivery threads send each request's responses (delivery.py), a timer checks cancellations
     (cancellation.py), and one thread reports metrics (telemetry.py): no IPC on the engine thread.
@@ -386,7 +387,9 @@ class Scheduler:
             work.append((s, s.prefilled, s.req.prompt_ids[s.prefilled: s.prefilled + n]))
             budget -= n
         eng = self.engine
-        for group in self._prefill_groups(work):
+        # A graphed prefill replays one prompt per call; eager prefill batches prompts into few calls.
+        groups = [[item] for item in work] if eng.prefill_graphed else self._prefill_groups(work)
+        for group in groups:
             logits = eng.prefill([c for _, _, c in group], [s.slot for s, _, _ in group], [st for _, st, _ in group])
             done = []
             for row, (s, start, chunk) in enumerate(group):

@@ -83,6 +83,16 @@ def test_sixteen_requests_in_one_batch(tiny_engine):
 
 def test_warmup_covers_every_bucket(tiny_engine):
     assert sorted(tiny_engine.warmup()) == [1, 2, 4, 8, 16]
+    assert not tiny_engine.prefill_graphed  # eager on a CPU: prefill graphs need the GPU's CUDA-graph decode
+
+
+def test_prefill_graph_lengths_double_up_to_the_chunk():
+    from gptserve.engine.prefill_graphs import padded_lengths
+
+    assert padded_lengths(512, 2048) == [64, 128, 256, 512]
+    assert padded_lengths(300, 2048) == [64, 128, 256, 320]  # the chunk rounded up to 64
+    assert padded_lengths(16, 2048) == [64]
+    assert padded_lengths(4096, 1024) == [64, 128, 256, 512, 1024]  # never past the cache
 
 
 def test_flex_attention_matches_sdpa(tiny_engine):
