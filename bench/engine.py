@@ -7,6 +7,7 @@ Writes bench-<preset>-<time>.json under --output and prints a markdown table. Ne
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -161,6 +162,11 @@ def run_variant(preset: str, name: str, batches, prompt_len: int, new_tokens: in
     if probe and engine.cfg.n_layer * engine.cfg.n_embd**2 < 2e9:  # an fp32 reference copy must fit
         row["max_abs_diff_vs_fp32_reference"] = engine.probe_max_abs_diff()
     del engine
+    # Compiled frames and CUDA-graph trees keep the engine's tensors alive: without this the 40B model's second
+    # variant ran out of memory (the first still held 135 GiB).
+    torch.compiler.reset()
+    torch._inductor.cudagraph_trees.reset_cudagraph_trees()
+    gc.collect()
     torch.cuda.empty_cache()
     return row
 

@@ -5,11 +5,12 @@
 #   setup    install the wheels carried in .whl/ (tritonserver from nvidia-pytriton, numpy<2 for its stub,
 #            tritonclient, rapidjson, prometheus_client) into /tmp/site; every later stage needs it
 #   tests    the GPU tests (tests/gpu)
-#   engine   gpt2-large variants (bf16 and FP8 weight-only, SDPA) at batch 1 and 16, with the same-run peer
+#   engine   gpt2-large variants (VARIANTS, default bf16 and FP8 weight-only, SDPA) at batch 1 and 16, with the same-run peer
 #            (Hugging Face static-cache generate) and a decode profile of each variant
-#   40b      gpt-large-40b, bf16 and FP8 weight-only, batch 1 and 16 (--max-seq-len 1280)
+#   40b      gpt-large-40b, bf16 and FP8 weight-only (VARIANTS), batch 1 and 16 (--max-seq-len 1280)
 #   triton   tritonserver with both models: READY time cold (empty compile cache) and warm (same cache, restart),
 #            then tools/compare_models.py over the runbook envelope (Poisson, prompts 128-512, 256 new tokens)
+#   ready    READY of both models on the compile cache an earlier stage left (a warm start), then stop
 #   triton-variant  the stream model alone with STREAM_PARAMS (e.g. "stream_interval=4 delivery_threads=1")
 #   triton2  the same sweep at twice the load, for a machine with two GPUs (one instance of each model per GPU)
 # Prompt 1024 and 256 new tokens (greedy) unless a stage says otherwise; JSON and logs go to OUT_DIR.
@@ -70,10 +71,10 @@ sweep() {  # QPS list, output name[, models]
 
 REPOSITORY=model_repository
 
-# with_stream_parameters "k=v ...": REPOSITORY becomes a copy whose gpt_large_stream has these parameters
+# with_stream_parameters "k=v ...": REPOSITORY becomes a copy of gpt_large_stream alone, with these parameters
 with_stream_parameters() {
     REPOSITORY=/tmp/model_repository-variant
-    rm -rf "$REPOSITORY" && cp -r model_repository "$REPOSITORY"
+    rm -rf "$REPOSITORY" && mkdir -p "$REPOSITORY" && cp -r model_repository/gpt_large_stream "$REPOSITORY/"
     local cfg="$REPOSITORY/gpt_large_stream/config.pbtxt" entries=() kv
     for kv in $1; do entries+=("  { key: \"${kv%%=*}\" value: { string_value: \"${kv#*=}\" } }"); done
     { echo "parameters ["; (IFS=,; echo "${entries[*]}" | sed 's/} },  {/} },\n  {/g'); echo "]"; } >>"$cfg"
@@ -109,7 +110,7 @@ for stage in "${STAGES[@]}"; do
             --peers hf-static --peer-batches 1,16 --accuracy --output "$OUT_DIR"
         ;;
     40b)
-        "$PY" -m bench.engine --preset gpt-large-40b --variants bf16-sdpa,fp8wo-sdpa --batches 1,16 --peers '' \
+        "$PY" -m bench.engine --preset gpt-large-40b --variants "${VARIANTS:-bf16-sdpa,fp8wo-sdpa}" --batches 1,16 --peers '' \
             --max-seq-len 1280 --output "$OUT_DIR"
         ;;
     triton)  # KEEP_CACHE=1: start on the compile cache a previous run left (a warm start)
@@ -122,6 +123,11 @@ for stage in "${STAGES[@]}"; do
         fi
         sweep "${QPS:-4,8,16,24,32}" compare-models
         profile_stream 16
+        stop_server
+        ;;
+    ready)  # READY of both models on the compile cache an earlier triton stage left, then stop
+        export TORCHINDUCTOR_CACHE_DIR="/tmp/gptserve-compile-cache"
+        start_server "$OUT_DIR/tritonserver-ready.log" ready_warm_s
         stop_server
         ;;
     triton-variant)  # the stream model alone with STREAM_PARAMS, on the compile cache of an earlier triton stage
