@@ -82,10 +82,6 @@ class ServingConfig:
     cancel_check_ms: int = setting(20, "Period of the cancellation check of each running request (one IPC "
                                    "round trip each): a cancelled request frees its slot within about this long.",
                                    limits=(1, 10_000), models=IN_FLIGHT)
-    switch_interval_us: int = setting(5000, "Python's thread switch interval in the model's process "
-                                      "(sys.setswitchinterval): the longest the engine thread waits for the "
-                                      "interpreter lock while a delivery thread holds it.", limits=(50, 100_000),
-                                      models=IN_FLIGHT)
     drain_timeout_ms: int = setting(10000, "On unload, how long running sequences may still finish; the rest "
                                     "are answered UNAVAILABLE.", limits=(0, 600_000), models=IN_FLIGHT)
     step_delay_ms: int = setting(0, "Test hook: sleep after every engine step (slow generations on a fast "

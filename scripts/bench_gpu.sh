@@ -106,11 +106,12 @@ for stage in "${STAGES[@]}"; do
         "$PY" -m bench.scheduler --preset gpt2-large --concurrency 16 --requests 48 | tee "$OUT_DIR/scheduler.json"
         ;;
     engine)
-        "$PY" -m bench.engine --preset gpt2-large --variants "${VARIANTS:-bf16-sdpa,fp8wo-sdpa}" --batches 1,16 \
+        # PYTHONPATH without /tmp/site: its numpy 1.26 (for the stub) breaks the image's transformers (HF peer)
+        PYTHONPATH="$PWD" "$PY" -m bench.engine --preset gpt2-large --variants "${VARIANTS:-bf16-sdpa,fp8wo-sdpa}" --batches 1,16 \
             --peers hf-static --peer-batches 1,16 --accuracy --output "$OUT_DIR"
         ;;
     40b)
-        "$PY" -m bench.engine --preset gpt-large-40b --variants "${VARIANTS:-bf16-sdpa,fp8wo-sdpa}" --batches 1,16 --peers '' \
+        PYTHONPATH="$PWD" "$PY" -m bench.engine --preset gpt-large-40b --variants "${VARIANTS:-bf16-sdpa,fp8wo-sdpa}" --batches 1,16 --peers '' \
             --max-seq-len 1280 --output "$OUT_DIR"
         ;;
     triton)  # KEEP_CACHE=1: start on the compile cache a previous run left (a warm start)

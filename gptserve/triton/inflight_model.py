@@ -10,7 +10,6 @@ deadline applies).
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 
@@ -72,9 +71,6 @@ class InflightBatchingModel:
             raise ValueError(f"{instance.name} must be decoupled: model_transaction_policy {{ decoupled: true }}")
         self.metrics = Metrics(pb_utils, instance.labels, {**SHARED, **IN_FLIGHT})
         self.route_by_room = instance.instance_count > 1  # execute() waits for room so Triton picks another
-        # Every torch call of the engine thread gives up the interpreter lock; getting it back from a busy delivery
-        # thread takes up to this interval.
-        sys.setswitchinterval(instance.settings.switch_interval_us / 1e6)
 
         def build():  # on the engine thread: the CUDA device and compiled graphs belong to that thread
             instance.use_device()
