@@ -263,7 +263,7 @@ class Engine:
             with torch.no_grad():
                 self._prefill_graphs = PrefillGraphs(
                     self.model, padded_lengths(self.settings.prefill_chunk, self.context), self.kv_lengths(),
-                    self.kv_len_for, self.device)
+                    self.device)
         log.info("warmup: seconds per bucket %s", {k: round(v, 2) for k, v in seconds.items()})
         return seconds
 

@@ -39,12 +39,12 @@ class _Graph:
 
 class PrefillGraphs:
     """forward(tokens [1, L], positions [1, L], slots [1], last_index [1], kv_len) -> logits [1, V], captured for
-    every padded length and every KV length at least that long."""
+    every padded length and every KV length at least that long. kv_lengths: every length Engine.kv_len_for returns,
+    ascending (the last is the context)."""
 
-    def __init__(self, forward: Callable, lengths: list[int], kv_lengths: list[int], kv_len_for: Callable[[int], int],
-                 device: torch.device):
-        self._kv_len_for = kv_len_for
+    def __init__(self, forward: Callable, lengths: list[int], kv_lengths: list[int], device: torch.device):
         self.lengths = lengths
+        self.kv_lengths = kv_lengths
         self.context = kv_lengths[-1]
         self._graphs: dict[tuple[int, int], _Graph] = {}
         t0 = time.perf_counter()
@@ -84,7 +84,8 @@ class PrefillGraphs:
         length = next((n for n in self.lengths if n >= len(prompt)), None)
         if length is None or start + length > self.context:
             return None
-        entry = self._graphs.get((length, self._kv_len_for(start + length - 1)))
+        kv_len = next(k for k in self.kv_lengths if k >= start + length)  # Engine.kv_len_for of the last position
+        entry = self._graphs.get((length, kv_len))
         if entry is None:
             return None
         host = torch.zeros(2 * length + 2, dtype=torch.int64)

@@ -140,27 +140,31 @@ def test_scheduler_on_cuda_graphs_equals_generate():
     assert match_ratio(want, [s.ids for s in sinks]) >= 0.9  # chunked bf16 prefill rounds differently
 
 
-def test_prefill_graphs_equal_eager_prefill():
-    """A prompt prefilled in chunks through CUDA-graph replays leaves the KV cache and last-token logits that eager
-    prefill leaves; a chunk no graph fits (past the last padded length) is prefilled eagerly."""
-    settings = ServingConfig(preset="tiny", compile_mode="reduce-overhead", prefill_chunk=128, max_seq_len=512)
+def test_prefill_graphs_equal_eager_prefill(monkeypatch):
+    """Prompt chunks prefilled by CUDA-graph replays leave the KV cache and last-token logits that eager prefill
+    leaves, also where a graph pads further than eager (300 tokens: 512 against 320); a chunk no graph fits is
+    prefilled eagerly."""
+    settings = ServingConfig(preset="tiny", compile_mode="reduce-overhead", max_seq_len=1024)  # chunks up to 512
     graphed = Engine(settings, device="cuda")
     graphed.warmup()
     eager = Engine(dataclasses.replace(settings, prefill_graphs="off"), device="cuda")
     eager.warmup()
     assert graphed.prefill_graphed and not eager.prefill_graphed
-    prompt = [(7 * i) % 500 + 1 for i in range(300)]
-    chunks = [(0, prompt[:128]), (128, prompt[128:200]), (200, prompt[200:300])]  # padded to 128, 128, 128
-    for start, chunk in chunks:
-        want = eager.prefill([chunk], [5], [start])
-        got = graphed.prefill([chunk], [5], [start])
+    replays = []
+    replay = torch.cuda.CUDAGraph.replay
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", lambda graph: (replays.append(graph), replay(graph))[1])
+
+    def same(got, want):
         torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)
+
+    prompt = [(7 * i) % 500 + 1 for i in range(700)]
+    for start, chunk in ((0, prompt[:300]), (300, prompt[300:])):  # graphs pad both to 512; eager to 320 and 448
+        same(graphed.prefill([chunk], [5], [start]), eager.prefill([chunk], [5], [start]))
+    assert len(replays) == 2
     for a, b in zip(eager.model.blocks, graphed.model.blocks):
-        torch.testing.assert_close(b.attn.cache.k[5, :, :300].float(), a.attn.cache.k[5, :, :300].float(),
-                                   atol=2e-2, rtol=2e-2)
-        torch.testing.assert_close(b.attn.cache.v[5, :, :300].float(), a.attn.cache.v[5, :, :300].float(),
-                                   atol=2e-2, rtol=2e-2)
-    # 400 + 128 positions exceed the 512-position cache: no graph fits, the eager path answers
-    tail = [3] * 100
-    torch.testing.assert_close(graphed.prefill([tail], [6], [400]).float(), eager.prefill([tail], [6], [400]).float(),
-                               atol=2e-2, rtol=2e-2)
+        same(b.attn.cache.k[5, :, :700], a.attn.cache.k[5, :, :700])
+        same(b.attn.cache.v[5, :, :700], a.attn.cache.v[5, :, :700])
+    tail = [3] * 100  # 900 + 128 padded positions exceed the 1024-position cache: no graph fits
+    assert graphed._prefill_graphs.prefill(tail, 6, 900) is None
+    same(graphed.prefill([tail], [6], [900]), eager.prefill([tail], [6], [900]))
+    assert len(replays) == 2
