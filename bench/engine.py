@@ -162,13 +162,16 @@ def run_variant(preset: str, name: str, batches, prompt_len: int, new_tokens: in
     if probe and engine.cfg.n_layer * engine.cfg.n_embd**2 < 2e9:  # an fp32 reference copy must fit
         row["max_abs_diff_vs_fp32_reference"] = engine.probe_max_abs_diff()
     del engine
-    # Compiled frames and CUDA-graph trees keep the engine's tensors alive: without this the 40B model's second
-    # variant ran out of memory (the first still held 135 GiB).
+    release_engines()
+    return row
+
+
+def release_engines():
+    """Free the memory of engines no longer referenced. Compiled frames and CUDA-graph trees keep an engine's
+    tensors alive: without this the 40B model's second variant ran out of memory (the first still held 135 GiB)."""
     torch.compiler.reset()
-    torch._inductor.cudagraph_trees.reset_cudagraph_trees()
     gc.collect()
     torch.cuda.empty_cache()
-    return row
 
 
 def run_hf(preset: str, batches, prompt_len: int, new_tokens: int, static: bool) -> dict:
@@ -243,7 +246,7 @@ def accuracy(preset: str, variants: list[str], batch: int = 8, prompt_len: int =
             for t in range(steps - 1):
                 logits.append(engine.decode_step(ids[:, prompt_len + t], positions + t, prompt_len + t).clone())
         del engine
-        torch.cuda.empty_cache()
+        release_engines()
         return torch.stack(logits, dim=1).float()  # [B, T, V]
 
     def compare(p: torch.Tensor, q: torch.Tensor) -> dict:
