@@ -10,9 +10,13 @@
 #   40b      gpt-large-40b, bf16 and FP8 weight-only (VARIANTS), batch 1 and 16 (--max-seq-len 1280)
 #   triton   tritonserver with both models: READY time cold (empty compile cache) and warm (same cache, restart),
 #            then tools/compare_models.py over the runbook envelope (Poisson, prompts 128-512, 256 new tokens)
+#            and py-spy of the stream stub at 16 QPS (every thread, and with --gil the lock holder alone)
+#   stream   the stream model alone: READY, a sweep, the py-spy profiles at 16 QPS
+#   scheduler  the in-flight scheduler in-process (bench.scheduler), no Triton
 #   ready    READY of both models on the compile cache an earlier stage left (a warm start), then stop
 #   triton-variant  the stream model alone with STREAM_PARAMS (e.g. "stream_interval=4 delivery_threads=1")
-#   triton2  the same sweep at twice the load, for a machine with two GPUs (one instance of each model per GPU)
+#   triton2  the same sweep at twice the load, for a machine with two GPUs (one instance of each model per GPU),
+#            then py-spy of both stream stubs at 32 QPS
 # Prompt 1024 and 256 new tokens (greedy) unless a stage says otherwise; JSON and logs go to OUT_DIR.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -49,15 +53,19 @@ start_server() {
 
 stop_server() { kill -TERM "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null || true; }
 
-profile_stream() {  # QPS: py-spy samples of the stream model's stub under a 20 s load at QPS
-    local stub
-    stub=$(pgrep -f "triton_python_backend_stub.*gpt_large_stream" | head -1)
+profile_stream() {  # QPS: py-spy of every stream stub under a 20 s load at QPS: all threads, and the GIL holder alone
+    local stub i=0
     "$PY" tools/load_test.py --url "127.0.0.1:$GRPC_PORT" --metrics-url "http://127.0.0.1:$METRICS_PORT/metrics" \
         --model gpt_large_stream --target-qps "$1" --duration 20 --prompt-len-min 128 --prompt-len-max 512 \
         --max-new-tokens 256 --output-json "$OUT_DIR/load-stream-$1.json" >"$OUT_DIR/load-stream-$1.log" 2>&1 &
     sleep 6
-    /tmp/site/bin/py-spy record --pid "$stub" -d 10 -r 200 --threads -f raw -o "$OUT_DIR/pyspy-stream-$1.txt" \
-        --nonblocking >/dev/null 2>&1 || echo "py-spy failed"
+    for stub in $(pgrep -f "triton_python_backend_stub.*gpt_large_stream"); do
+        /tmp/site/bin/py-spy record --pid "$stub" -d 10 -r 200 --threads -f raw --nonblocking \
+            -o "$OUT_DIR/pyspy-stream-$1-$i.txt" >/dev/null 2>&1 || echo "py-spy failed" &
+        /tmp/site/bin/py-spy record --pid "$stub" -d 10 -r 200 --threads --gil -f raw --nonblocking \
+            -o "$OUT_DIR/pyspy-gil-stream-$1-$i.txt" >/dev/null 2>&1 || echo "py-spy --gil failed" &
+        i=$((i + 1))
+    done
     wait
     tail -25 "$OUT_DIR/load-stream-$1.log"
 }
@@ -143,6 +151,7 @@ for stage in "${STAGES[@]}"; do
         export TORCHINDUCTOR_CACHE_DIR="/tmp/gptserve-compile-cache"
         start_server "$OUT_DIR/tritonserver-2gpu.log" ready_2gpu_s
         sweep "${QPS:-8,16,32,48}" compare-models-2gpu
+        profile_stream 32
         stop_server
         ;;
     *)
