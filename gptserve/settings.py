@@ -43,13 +43,16 @@ class ServingConfig:
                                 choices=("auto", "reduce-overhead", "default", "max-autotune", "none"))
     compile_cache_dir: str = setting("", "Directory for inductor's compile cache, kept across restarts (mount a "
                                      "volume there); empty: inductor's default under /tmp.")
-    attention_backend: str = setting("sdpa", "Attention kernel.", choices=("sdpa", "flex"))
+    attention_backend: str = setting("sdpa", "Attention kernel; splitkv: sdpa, but decode steps read the cache with "
+                                     "split-KV attention (all SMs at batch 1, an FP8 cache read as it is).",
+                                     choices=("sdpa", "flex", "splitkv"))
     fp8_mode: str = setting("none", "FP8 linear layers (GPU, compute capability >= 8.9): weight-only (FP8 weights, "
                             "bf16 decode activations), torch (FP8 activations too), transformer-engine; auto: "
                             "weight-only.", choices=("none", "weight-only", "torch", "transformer-engine", "auto"))
     prefill_graphs: str = setting("auto", "CUDA graphs for one-prompt prefill chunks (one replay instead of "
                                   "hundreds of eager kernel launches); auto: on when the decode step runs on CUDA "
-                                  "graphs (reduce-overhead on a GPU) with sdpa attention and no transformer-engine.",
+                                  "graphs (reduce-overhead on a GPU), attention is not flex and FP8 is not "
+                                  "transformer-engine.",
                                   choices=("auto", "off"))
     kv_cache_dtype: str = setting("auto", "KV-cache element type; fp8 halves its bytes (GPU only).",
                                   choices=("auto", "fp8"))

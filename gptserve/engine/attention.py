@@ -10,12 +10,14 @@ import functools
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("sdpa", "flex")
+BACKENDS = ("sdpa", "flex", "splitkv")
 FLEX_BLOCK = 128
 
 
 class Sdpa:
     """PyTorch's scaled_dot_product_attention with a boolean mask of the visible cache positions."""
+
+    decodes_from_cache = False  # see SplitKV
 
     @staticmethod
     def prepare(input_pos: torch.Tensor, kv_len: int) -> torch.Tensor:
@@ -59,8 +61,17 @@ def _compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=True)
 
 
+class SplitKV(Sdpa):
+    """Sdpa, except that a decode step (one token per row, rows 0..B-1) attends straight over the cache with
+    split-KV attention (decode_attention.py): every SM busy at batch 1, an FP8 cache read as it is."""
+
+    decodes_from_cache = True
+
+
 class Flex:
     """FlexAttention with a block mask that skips the cache blocks past each query block."""
+
+    decodes_from_cache = False
 
     prepare = staticmethod(flex_block_mask)
 
@@ -83,4 +94,4 @@ def get_attention(backend: str):
     """The backend's prepare(input_pos, kv_len) -> per-forward state and attend(q, k, v, state)."""
     if backend not in BACKENDS:
         raise ValueError(f"attention_backend {backend!r} is not one of {list(BACKENDS)}")
-    return Flex if backend == "flex" else Sdpa
+    return {"sdpa": Sdpa, "flex": Flex, "splitkv": SplitKV}[backend]

@@ -134,11 +134,11 @@ class Engine:
     @property
     def graphs_for_prefill(self) -> bool:
         """Whether warmup() captures one-prompt prefill graphs: only beside a CUDA-graph decode step (the same
-        conditions of capture), with sdpa attention (flex runs compiled with dynamic shapes) and without
+        conditions of capture), with sdpa or splitkv attention (flex runs compiled with dynamic shapes) and without
         Transformer Engine (its layers keep state on the host)."""
         r = self.resolved
         return (self.settings.prefill_graphs == "auto" and r.compile_mode == "reduce-overhead"
-                and self.settings.attention_backend == "sdpa" and r.fp8_mode != "transformer-engine")
+                and self.settings.attention_backend != "flex" and r.fp8_mode != "transformer-engine")
 
     @property
     def prefill_graphed(self) -> bool:

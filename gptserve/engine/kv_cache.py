@@ -22,10 +22,14 @@ class KVCache(nn.Module):
         """[B, 1] slot numbers of the rows (a slice or an index tensor), for update(); one per forward."""
         return torch.arange(self.k.shape[0], device=self.k.device)[rows][:, None]
 
-    def update(self, rows, slot_index: torch.Tensor, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               kv_len: int):
-        """Write k, v [B, H, T, D] at input_pos [B, T] of slots slot_index [B, 1]; return the rows' caches
-        [B, H, kv_len, D] in k's dtype: attention reads only their first kv_len positions."""
+    def write(self, slot_index: torch.Tensor, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Write k, v [B, H, T, D] at input_pos [B, T] of slots slot_index [B, 1]."""
         self.k[slot_index, :, input_pos] = k.transpose(1, 2).to(self.k.dtype)  # indexed view: [B, T, H, D]
         self.v[slot_index, :, input_pos] = v.transpose(1, 2).to(self.v.dtype)
+
+    def update(self, rows, slot_index: torch.Tensor, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               kv_len: int):
+        """write(); return the rows' caches [B, H, kv_len, D] in k's dtype: attention reads only their first
+        kv_len positions."""
+        self.write(slot_index, input_pos, k, v)
         return self.k[rows, :, :kv_len].to(k.dtype), self.v[rows, :, :kv_len].to(v.dtype)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from .attention import causal_reference, get_attention
 from .config import ModelConfig
+from .decode_attention import decode_attention
 from .kv_cache import KVCache
 
 
@@ -41,6 +42,9 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # 3x [B, H, T, D]
         if step is None:  # reference path: the whole sequence, no cache
             y = causal_reference(q, k, v)
+        elif T == 1 and isinstance(step.rows, slice) and self.attention.decodes_from_cache:  # decode, rows 0..B-1
+            self.cache.write(step.slot_index, step.input_pos, k, v)
+            y = decode_attention(q[:, :, 0], self.cache.k, self.cache.v, step.input_pos[:, 0])[:, :, None]
         else:
             k_all, v_all = self.cache.update(step.rows, step.slot_index, step.input_pos, k, v, step.kv_len)
             y = self.attention.attend(q, k_all, v_all, step.mask)  # k_all, v_all: [B, H, kv_len, D]

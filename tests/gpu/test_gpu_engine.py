@@ -28,7 +28,7 @@ def eager():
     return Engine(ServingConfig(preset="tiny", compile_mode="none"), device="cuda")
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+@pytest.mark.parametrize("backend", ["sdpa", "flex", "splitkv"])
 def test_cuda_graph_decode_matches_eager(eager, backend):
     engine = Engine(ServingConfig(preset="tiny", compile_mode="reduce-overhead", attention_backend=backend),
                     device="cuda")
@@ -168,3 +168,17 @@ def test_prefill_graphs_equal_eager_prefill(monkeypatch):
     assert graphed._prefill_graphs.prefill(tail, 6, 900) is None
     same(graphed.prefill([tail], [6], [900]), eager.prefill([tail], [6], [900]))
     assert len(replays) == 2
+
+
+def test_splitkv_reads_an_fp8_cache_like_sdpa_reads_it_widened():
+    """The split-KV kernel on CUDA graphs reads the FP8 cache itself; SDPA reads a bf16 copy of the same cache."""
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 needs compute capability >= 8.9")
+    engines = [Engine(ServingConfig(preset="tiny", compile_mode="reduce-overhead", kv_cache_dtype="fp8",
+                                    attention_backend=backend), device="cuda") for backend in ("sdpa", "splitkv")]
+    for engine in engines:
+        engine.warmup()
+    sdpa, splitkv = (generate(engine, greedy(PROMPTS), record_logits=True) for engine in engines)
+    assert match_ratio([r.output_ids for r in sdpa], [r.output_ids for r in splitkv]) >= 0.9
+    for a, b in zip(sdpa, splitkv):  # step 0 is prefill (sdpa in both); step 1, the first decode, has equal inputs
+        torch.testing.assert_close(b.step_logits[1], a.step_logits[1], atol=5e-2, rtol=5e-2)

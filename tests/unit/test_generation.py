@@ -95,11 +95,12 @@ def test_prefill_graph_lengths_double_up_to_the_chunk():
     assert padded_lengths(4096, 1024) == [64, 128, 256, 512, 1024]  # never past the cache
 
 
-def test_flex_attention_matches_sdpa(tiny_engine):
-    flex = Engine(ServingConfig(preset="tiny", attention_backend="flex"), device="cpu")
+@pytest.mark.parametrize("backend", ["flex", "splitkv"])
+def test_other_attention_backends_match_sdpa(tiny_engine, backend):
+    other = Engine(ServingConfig(preset="tiny", attention_backend=backend), device="cpu")
     batch = [greedy(range(1, 40), n=6), greedy(PROMPT, n=6)]
     a = generate(tiny_engine, batch, record_logits=True)
-    b = generate(flex, batch, record_logits=True)
+    b = generate(other, batch, record_logits=True)
     for x, y in zip(a, b):
         assert x.output_ids == y.output_ids
         for lx, ly in zip(x.step_logits, y.step_logits):
@@ -119,8 +120,9 @@ def test_compiled_flex_on_cpu_fails_the_load_clearly():
 
 
 @pytest.mark.slow
-def test_compiled_path_matches_reference():
-    engine = Engine(ServingConfig(preset="tiny", compile_mode="default"), device="cpu")
+@pytest.mark.parametrize("backend", ["sdpa", "splitkv"])
+def test_compiled_path_matches_reference(backend):
+    engine = Engine(ServingConfig(preset="tiny", compile_mode="default", attention_backend=backend), device="cpu")
     assert engine.probe_max_abs_diff() < 1e-4
 
 

@@ -1,0 +1,55 @@
+"""Split-KV decode attention: the partial states merged equal plain attention over each row's positions, and the
+Triton kernel (run by Triton's CPU interpreter where triton is installed; CI has none) equals the torch states."""
+import importlib.util
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gptserve.engine import decode_attention as da
+
+LAST = torch.tensor([0, 63, 64, 137, 299])  # one position, a block's end and start, mid-block, the cache's end
+
+
+def case(cache_dtype, heads=4, cache_len=300, dim=16):
+    gen = torch.Generator().manual_seed(0)
+    k, v = (torch.randn(6, heads, cache_len, dim, generator=gen).to(cache_dtype) for _ in range(2))
+    q = torch.randn(len(LAST), heads, dim, generator=gen)
+    return q, k, v
+
+
+def plain(q, k, v):
+    """Attention of each row over cache positions 0..LAST[row], row b reading slot b."""
+    rows = []
+    for b, last in enumerate(LAST.tolist()):
+        rows.append(F.scaled_dot_product_attention(q[b, :, None].float(), k[b, :, : last + 1].float(),
+                                                   v[b, :, : last + 1].float())[:, 0])
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16])
+def test_merged_partial_states_equal_plain_attention(cache_dtype):
+    q, k, v = case(cache_dtype)
+    assert da.plan(4, 300)[0] > 1  # several slices, so the merge is exercised
+    torch.testing.assert_close(da.merge(*da.reference(q, k, v, LAST)), plain(q, k, v), atol=1e-4, rtol=1e-4)
+
+
+def test_plan_spreads_a_batch_of_one_over_the_gpu_and_covers_the_cache():
+    splits, per_split = da.plan(20, 2049)  # gpt2-large: 20 heads, 2048 positions and the spare
+    assert 20 * splits >= 132 and splits * per_split >= 2049 > (splits - 1) * per_split
+    assert per_split % da.BLOCK == 0
+    assert da.plan(64, 100) == (2, 64)  # never more slices than blocks
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+@pytest.mark.parametrize("cache_dtype", [torch.bfloat16, torch.float8_e4m3fn])
+def test_kernel_equals_the_torch_states(cache_dtype, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # read when the kernel is defined: a fresh definition below
+    da._kernel.cache_clear()
+    try:
+        q, k, v = case(cache_dtype)
+        q = q.to(torch.bfloat16)
+        for got, want in zip(da.launch(q, k, v, LAST), da.reference(q, k, v, LAST)):
+            torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
+    finally:
+        da._kernel.cache_clear()  # a later caller on a GPU defines the compiled kernel again
