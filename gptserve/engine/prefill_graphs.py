@@ -45,7 +45,6 @@ class PrefillGraphs:
     def __init__(self, forward: Callable, lengths: list[int], kv_lengths: list[int], device: torch.device):
         self.lengths = lengths
         self.kv_lengths = kv_lengths
-        self.context = kv_lengths[-1]
         self._graphs: dict[tuple[int, int], _Graph] = {}
         t0 = time.perf_counter()
         pool = torch.cuda.graph_pool_handle()  # replays never overlap: one pool serves every graph
@@ -82,12 +81,10 @@ class PrefillGraphs:
         """Logits [1, V] of the chunk's last token after writing its KV at positions start.. of `slot`; None
         when no captured graph fits (the caller prefills eagerly)."""
         length = next((n for n in self.lengths if n >= len(prompt)), None)
-        if length is None or start + length > self.context:
+        if length is None or start + length > self.kv_lengths[-1]:  # past the cache's end
             return None
         kv_len = next(k for k in self.kv_lengths if k >= start + length)  # Engine.kv_len_for of the last position
-        entry = self._graphs.get((length, kv_len))
-        if entry is None:
-            return None
+        entry = self._graphs[length, kv_len]  # captured: kv_len >= length
         host = torch.zeros(2 * length + 2, dtype=torch.int64)
         host[: len(prompt)] = torch.tensor(prompt)
         host[length: 2 * length] = torch.arange(start, start + length)
