@@ -1,8 +1,8 @@
 """gpt_large_stream on a real tritonserver (CPU, tiny preset): streaming, in-flight joins, cancellation, admission.
 
 One server for the module, on a copy of the model repository where gpt_large_stream has 4 slots, room for 2
-waiting requests (max_queue_size) and a 4 ms sleep after each engine step (step_delay_ms, a test hook), so "long" generations last
-long enough to overlap on a fast CPU while the whole module stays short.
+waiting requests (max_queue_size) and a 4 ms sleep after each engine step (step_delay_ms, a test hook), so "long"
+generations last long enough to overlap on a fast CPU while the whole module stays short.
 
 Streamed responses carry one or more new tokens each (tokens that pile up while a client is behind leave
 together); the final response carries any not sent yet: every token arrives exactly once across them.

@@ -21,7 +21,8 @@ def small_repo(tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("reliability") / "model_repository"
     shutil.copytree(REPO_ROOT / "model_repository", repo)
     cfg = repo / STREAM / "config.pbtxt"
-    cfg.write_text(configure(cfg.read_text(), {"step_delay_ms": STEP_MS, "max_queue_size": QUEUE}, max_batch_size=SLOTS))
+    cfg.write_text(configure(cfg.read_text(), {"step_delay_ms": STEP_MS, "max_queue_size": QUEUE},
+                             max_batch_size=SLOTS))
     return repo
 
 
