@@ -46,6 +46,10 @@ class ServingConfig:
     attention_backend: str = setting("sdpa", "Attention kernel; splitkv: sdpa, but decode steps read the cache with "
                                      "split-KV attention (all SMs at batch 1, an FP8 cache read as it is).",
                                      choices=("sdpa", "flex", "splitkv"))
+    decode_linears: str = setting("torch", "Linear layers of a decode step; fused: each one Triton kernel with its "
+                                  "LayerNorm, bias, GELU and residual add (on a GPU: bf16 or float16, fp8_mode none or "
+                                  "weight-only; a CPU runs the same arithmetic in torch).",
+                                  choices=("torch", "fused"))
     fp8_mode: str = setting("none", "FP8 linear layers (GPU, compute capability >= 8.9): weight-only (FP8 weights, "
                             "bf16 decode activations), torch (FP8 activations too), transformer-engine; auto: "
                             "weight-only.", choices=("none", "weight-only", "torch", "transformer-engine", "auto"))

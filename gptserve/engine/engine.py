@@ -71,7 +71,8 @@ class Engine:
         self.model = build(r, settings.weights_seed, settings.model_path)
         # One spare position: reading the whole context is then still a strict part of the cache, which the
         # compiler handles with the other lengths (a full-length, contiguous view would be compiled apart).
-        self.model.setup_cache(self.slots, self.context + 1, r.kv_cache_dtype, settings.attention_backend)
+        self.model.setup_cache(self.slots, self.context + 1, r.kv_cache_dtype, settings.attention_backend,
+                               r.fused_decode)
         # Its first kv_len entries carry kv_len into the compiled decode as a dynamic size: one graph for
         # every length, and CUDA-graph trees record one graph per (batch bucket, length bucket).
         self._kv_len_marker = torch.empty(self.context, dtype=torch.int8, device=self.device)
@@ -87,9 +88,10 @@ class Engine:
             self._compile(r.compile_mode, settings.compile_cache_dir)
         self.build_seconds = time.perf_counter() - t0
         log.info(
-            "engine: preset=%s params=%.0fM device=%s dtype=%s compile=%s attention=%s fp8=%s kv=%s end_id=%d (%.1fs)",
-            r.preset, r.model.num_params() / 1e6, r.device, r.dtype, r.compile_mode,
-            settings.attention_backend, r.fp8_mode, r.kv_cache_dtype, self.end_id, self.build_seconds,
+            "engine: preset=%s params=%.0fM device=%s dtype=%s compile=%s attention=%s decode_linears=%s fp8=%s kv=%s "
+            "end_id=%d (%.1fs)", r.preset, r.model.num_params() / 1e6, r.device, r.dtype, r.compile_mode,
+            settings.attention_backend, settings.decode_linears, r.fp8_mode, r.kv_cache_dtype, self.end_id,
+            self.build_seconds,
         )
 
     def _default_end_id(self) -> int:

@@ -14,18 +14,21 @@ from .attention import causal_reference, get_attention
 from .config import ModelConfig
 from .decode_attention import decode_attention
 from .kv_cache import KVCache
+from .rows_linear import MAX_ROWS, fused_linear
 
 
 @dataclass
 class CachedStep:
     """What every layer of one cached forward shares, computed once: where to write (slot_index, input_pos
-    [B, T]), what to read (rows, the first kv_len positions) and the attention backend's mask."""
+    [B, T]), what to read (rows, the first kv_len positions), the attention backend's mask, and whether each
+    linear layer runs as one fused kernel (decode steps of at most MAX_ROWS rows, when the model is set so)."""
 
     input_pos: torch.Tensor
     rows: object  # slice or index tensor
     slot_index: torch.Tensor
     kv_len: int
     mask: object
+    fused: bool
 
 
 class CausalSelfAttention(nn.Module):
@@ -38,8 +41,12 @@ class CausalSelfAttention(nn.Module):
         self.attention = get_attention("sdpa")
 
     def forward(self, x: torch.Tensor, step: CachedStep | None) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # 3x [B, H, T, D]
+        return self.proj(self.attend(self.qkv(x), step))
+
+    def attend(self, qkv: torch.Tensor, step: CachedStep | None) -> torch.Tensor:
+        """qkv [B, T, 3C] -> attention output [B, T, C], before the projection; writes k and v to the cache."""
+        B, T, C = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+        q, k, v = qkv.view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # 3x [B, H, T, D]
         if step is None:  # reference path: the whole sequence, no cache
             y = causal_reference(q, k, v)
         elif T == 1 and isinstance(step.rows, slice) and self.attention.decodes_from_cache:  # decode, rows 0..B-1
@@ -48,7 +55,7 @@ class CausalSelfAttention(nn.Module):
         else:
             k_all, v_all = self.cache.update(step.rows, step.slot_index, step.input_pos, k, v, step.kv_len)
             y = self.attention.attend(q, k_all, v_all, step.mask)  # k_all, v_all: [B, H, kv_len, D]
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+        return y.transpose(1, 2).reshape(B, T, C)
 
 
 class MLP(nn.Module):
@@ -70,8 +77,21 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x, step: CachedStep | None):
+        if step is not None and step.fused:
+            return self.forward_fused(x, step)
         x = x + self.attn(self.ln_1(x), step)
         return x + self.mlp(self.ln_2(x))
+
+    def forward_fused(self, x: torch.Tensor, step: CachedStep) -> torch.Tensor:
+        """The same block in four fused linears (rows_linear): each takes its LayerNorm, bias, GELU or residual
+        add with it, where torch launches them apart."""
+        B, T, C = x.shape
+        x = x.view(B * T, C)
+        qkv = fused_linear(x, self.attn.qkv, norm=self.ln_1)  # [BT, 3C]
+        y = self.attn.attend(qkv.view(B, T, 3 * C), step).view(B * T, C)
+        x = fused_linear(y, self.attn.proj, residual=x)
+        h = fused_linear(x, self.mlp.fc, norm=self.ln_2, gelu=True)  # [BT, 4C]
+        return fused_linear(h, self.mlp.proj, residual=x).view(B, T, C)
 
 
 class GPT(nn.Module):
@@ -84,10 +104,14 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied
+        self.fused_decode = False
 
-    def setup_cache(self, slots: int, length: int, dtype, attention_backend: str):
+    def setup_cache(self, slots: int, length: int, dtype, attention_backend: str, fused_decode: bool = False):
+        """Static KV caches of `slots` sequences of `length` positions; fused_decode: decode steps of at most
+        MAX_ROWS rows run each linear layer as one fused kernel."""
         device = self.wte.weight.device
         attention = get_attention(attention_backend)
+        self.fused_decode = fused_decode
         for block in self.blocks:
             block.attn.cache = KVCache(slots, self.cfg.n_head, length, self.cfg.head_dim, dtype, device)
             block.attn.attention = attention
@@ -100,14 +124,17 @@ class GPT(nn.Module):
         Returns logits [B, V] at last_index [B] when given, else [B, T, V].
         """
         x = self.wte(idx) + self.wpe(input_pos)  # [B, T, C]
+        B, T, C = x.shape
         attn = self.blocks[0].attn
         kv_len = attn.cache.length if kv_len is None else kv_len
         step = CachedStep(input_pos, rows, attn.cache.slot_index(rows), kv_len,
-                          attn.attention.prepare(input_pos, kv_len))
+                          attn.attention.prepare(input_pos, kv_len), self.fused_decode and T == 1 and B <= MAX_ROWS)
         for block in self.blocks:
             x = block(x, step)
         if last_index is not None:
-            x = x[torch.arange(x.shape[0], device=x.device), last_index]  # [B, C]
+            x = x[torch.arange(B, device=x.device), last_index]  # [B, C]
+        if step.fused:
+            return fused_linear(x.reshape(-1, C), self.lm_head, norm=self.ln_f).view(*x.shape[:-1], -1)
         return self.lm_head(self.ln_f(x))
 
     def forward_reference(self, idx: torch.Tensor) -> torch.Tensor:

@@ -28,10 +28,13 @@ def eager():
     return Engine(ServingConfig(preset="tiny", compile_mode="none"), device="cuda")
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "flex", "splitkv"])
-def test_cuda_graph_decode_matches_eager(eager, backend):
-    engine = Engine(ServingConfig(preset="tiny", compile_mode="reduce-overhead", attention_backend=backend),
-                    device="cuda")
+PATHS = [dict(attention_backend="sdpa"), dict(attention_backend="flex"), dict(attention_backend="splitkv"),
+         dict(decode_linears="fused"), dict(attention_backend="splitkv", decode_linears="fused")]
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: "-".join(p.values()))
+def test_cuda_graph_decode_matches_eager(eager, path):
+    engine = Engine(ServingConfig(preset="tiny", compile_mode="reduce-overhead", **path), device="cuda")
     engine.warmup()
     want = [r.output_ids for r in generate(eager, greedy(PROMPTS))]
     got = [r.output_ids for r in generate(engine, greedy(PROMPTS))]
@@ -90,6 +93,24 @@ def test_fp8_weight_only_kernel_matches_dequantized_weights(rows):
         got = layer(x).float()
         assert got.shape == (rows, n)
         assert ((got - want).norm() / want.norm()).item() < 1e-2, (n, k)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 16])
+def test_fused_linear_kernel_equals_its_torch_arithmetic(rows):
+    """rows_linear on gpt2-large's shapes, with every part (LayerNorm, bias, GELU, residual) and with none."""
+    from gptserve.engine import rows_linear as rl
+
+    torch.manual_seed(rows)
+    for n, k in ((1280, 1280), (3840, 1280), (5120, 1280), (1280, 5120), (50257, 1280)):
+        weight, bias = torch.randn(n, k, device="cuda") / k ** 0.5, torch.randn(n, device="cuda")
+        norm_w, norm_b = torch.rand(k, device="cuda") + 0.5, torch.randn(k, device="cuda")
+        x, residual = torch.randn(rows, k, device="cuda") * 4 + 1, torch.randn(rows, n, device="cuda")
+        weight, bias, norm_w, norm_b, x, residual = (t.bfloat16() for t in (weight, bias, norm_w, norm_b, x, residual))
+        for args in [(x, weight, None, bias, norm_w, norm_b, residual, n, True, 1e-5),
+                     (x, weight, None, None, None, None, None, n, False, 0.0)]:
+            want, got = rl.reference(*args).float(), rl.launch(*args).float()
+            assert got.shape == (rows, n)
+            assert ((got - want).norm() / want.norm()).item() < 1e-2, (n, k, args[8])
 
 
 def test_fp8_weight_only_engine_tracks_bf16(eager):

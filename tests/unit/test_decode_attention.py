@@ -1,12 +1,11 @@
 """Split-KV decode attention: the partial states merged equal plain attention over each row's positions, and the
 Triton kernel (run by Triton's CPU interpreter where triton is installed; CI has none) equals the torch states."""
-import importlib.util
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from gptserve.engine import decode_attention as da
+from tests.unit.triton_interpreter import needs_triton, run_interpreted
 
 LAST = torch.tensor([0, 63, 64, 137, 299])  # one position, a block's end and start, mid-block, the cache's end
 
@@ -41,15 +40,15 @@ def test_plan_spreads_a_batch_of_one_over_the_gpu_and_covers_the_cache():
     assert da.plan(64, 100) == (2, 64)  # never more slices than blocks
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
-@pytest.mark.parametrize("cache_dtype", [torch.bfloat16, torch.float8_e4m3fn])
-def test_kernel_equals_the_torch_states(cache_dtype, monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")  # read when the kernel is defined: a fresh definition below
-    da._kernel.cache_clear()
-    try:
-        q, k, v = case(cache_dtype)
-        q = q.to(torch.bfloat16)
-        for got, want in zip(da.launch(q, k, v, LAST), da.reference(q, k, v, LAST)):
-            torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
-    finally:
-        da._kernel.cache_clear()  # a later caller on a GPU defines the compiled kernel again
+def check_kernel(cache_dtype: str):
+    """The kernel's partial states against the torch ones (run_interpreted calls this under the interpreter)."""
+    q, k, v = case(getattr(torch, cache_dtype))
+    q = q.to(torch.bfloat16)
+    for got, want in zip(da.launch(q, k, v, LAST), da.reference(q, k, v, LAST)):
+        torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
+
+
+@needs_triton
+@pytest.mark.parametrize("cache_dtype", ["bfloat16", "float8_e4m3fn"])
+def test_kernel_equals_the_torch_states(cache_dtype):
+    run_interpreted("tests.unit.test_decode_attention", "check_kernel", cache_dtype)

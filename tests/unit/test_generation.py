@@ -95,9 +95,13 @@ def test_prefill_graph_lengths_double_up_to_the_chunk():
     assert padded_lengths(4096, 1024) == [64, 128, 256, 512, 1024]  # never past the cache
 
 
-@pytest.mark.parametrize("backend", ["flex", "splitkv"])
-def test_other_attention_backends_match_sdpa(tiny_engine, backend):
-    other = Engine(ServingConfig(preset="tiny", attention_backend=backend), device="cpu")
+OTHER_PATHS = [dict(attention_backend="flex"), dict(attention_backend="splitkv"), dict(decode_linears="fused"),
+               dict(attention_backend="splitkv", decode_linears="fused")]
+
+
+@pytest.mark.parametrize("path", OTHER_PATHS, ids=lambda p: "-".join(p.values()))
+def test_other_decode_paths_match_sdpa(tiny_engine, path):
+    other = Engine(ServingConfig(preset="tiny", **path), device="cpu")
     batch = [greedy(range(1, 40), n=6), greedy(PROMPT, n=6)]
     a = generate(tiny_engine, batch, record_logits=True)
     b = generate(other, batch, record_logits=True)
@@ -120,9 +124,9 @@ def test_compiled_flex_on_cpu_fails_the_load_clearly():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["sdpa", "splitkv"])
-def test_compiled_path_matches_reference(backend):
-    engine = Engine(ServingConfig(preset="tiny", compile_mode="default", attention_backend=backend), device="cpu")
+@pytest.mark.parametrize("path", [{}, *OTHER_PATHS[1:]], ids=lambda p: "-".join(p.values()) or "sdpa")
+def test_compiled_path_matches_reference(path):
+    engine = Engine(ServingConfig(preset="tiny", compile_mode="default", **path), device="cpu")
     assert engine.probe_max_abs_diff() < 1e-4
 
 

@@ -1,0 +1,163 @@
+"""y = residual + gelu(norm(x) @ W^T * scale + bias): one linear layer of a decode step as one Triton kernel.
+
+A decode step multiplies 1 to 16 rows by every weight matrix once, so it is bound by reading weights and by
+launching kernels. Torch runs LayerNorm, the GEMM (cuBLAS tiles and split-K reductions sized for many rows),
+GELU and the residual add as separate kernels. Here each program owns BLOCK_N output columns over all of K:
+it normalises the rows it reads (the optional LayerNorm: the rows are a few KB that every program reads from
+L2), streams its weight rows (bf16, or FP8 widened in registers and scaled per output column), then adds the
+bias, applies tanh-GELU and adds the residual before its one store. Every part is optional. One row takes a
+multiply-and-sum path; 2 to 16 rows go through tl.dot on a 16-row tile.
+
+Registered as the custom op gptserve::rows_linear, so torch.compile and CUDA graphs take it as it is: on CUDA
+tensors the kernel, on others the same arithmetic in torch (the CPU path, and the kernel's test reference).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+MAX_ROWS = 16  # tl.dot's smallest M tile: the op serves up to this many rows
+TARGET_PROGRAMS = 264  # about two programs per SM of an H100/H200 (132 SMs)
+ONE_ROW_TILE = 4096  # weight elements a one-row program reads per step of its K loop (8 KB of bf16)
+
+
+def plan(rows: int, n: int, k: int) -> tuple[int, int]:
+    """(BLOCK_N, BLOCK_K) for `rows` rows of x [rows, k] against W [n, k]: enough column blocks for about
+    TARGET_PROGRAMS programs, whole-K loops of a few KB per step."""
+    floor = 4 if rows == 1 else 16  # tl.dot needs 16 columns
+    block_n = min(64, max(floor, next_power_of_2(-(-n // TARGET_PROGRAMS))))
+    ceiling = next_power_of_2(k)
+    block_k = min(ceiling, max(64, ONE_ROW_TILE // block_n)) if rows == 1 else min(ceiling, 128)
+    return block_n, block_k
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+@functools.cache
+def _kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def rows_linear_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, norm_w_ptr, norm_b_ptr, res_ptr, out_ptr,
+                           M, N, K, stride_xm, stride_wn, stride_rm, stride_om, eps,
+                           ROWS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                           HAS_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GELU: tl.constexpr,
+                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # x: [M, K]; w: [>=N, K] (K contiguous); scale, bias: [>=N]; norm_w, norm_b: [K]; res, out: [M, N]
+        rows = tl.arange(0, ROWS)  # ROWS: 1, or 16 for M in 2..16
+        row_ok = rows < M
+        cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = cols < N
+        x_rows = x_ptr + rows[:, None] * stride_xm
+        if HAS_NORM:  # each row's mean and 1/std over K, two passes in fp32 (as torch's LayerNorm, not E[x^2])
+            total = tl.zeros((ROWS,), tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                total += tl.sum(tl.load(x_rows + ks[None, :], mask=row_ok[:, None] & (ks[None, :] < K),
+                                        other=0.0).to(tl.float32), axis=1)
+            mean = total / K
+            squares = tl.zeros((ROWS,), tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                inside = row_ok[:, None] & (ks[None, :] < K)
+                xk = tl.load(x_rows + ks[None, :], mask=inside, other=0.0).to(tl.float32)
+                centred = tl.where(inside, xk - mean[:, None], 0.0)
+                squares += tl.sum(centred * centred, axis=1)
+            rstd = 1.0 / tl.sqrt(squares / K + eps)
+        acc = tl.zeros((ROWS, BLOCK_N), tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            k_ok = ks < K
+            xk = tl.load(x_rows + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)  # [ROWS, BLOCK_K]
+            if HAS_NORM:  # normalised rows rounded to x's dtype, as LayerNorm's output would be
+                gamma = tl.load(norm_w_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
+                beta = tl.load(norm_b_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
+                xn = (xk.to(tl.float32) - mean[:, None]) * rstd[:, None] * gamma[None, :] + beta[None, :]
+                xk = xn.to(x_ptr.dtype.element_ty)
+            w = tl.load(w_ptr + cols[:, None] * stride_wn + ks[None, :], mask=col_ok[:, None] & k_ok[None, :],
+                        other=0.0)  # [BLOCK_N, BLOCK_K]
+            if ROWS == 1:
+                acc += tl.sum(w.to(tl.float32) * xk.to(tl.float32), axis=1)[None, :]
+            else:
+                acc = tl.dot(xk, tl.trans(w.to(x_ptr.dtype.element_ty)), acc)
+        if HAS_SCALE:
+            acc *= tl.load(scale_ptr + cols, mask=col_ok, other=0.0)[None, :]
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        if GELU:  # tanh approximation (GPT-2's gelu_new); tanh(u) = 2 sigmoid(2u) - 1
+            inner = 0.7978845608028654 * (acc + 0.044715 * acc * acc * acc)
+            acc = acc * tl.sigmoid(2.0 * inner)
+        both = row_ok[:, None] & col_ok[None, :]
+        if HAS_RESIDUAL:
+            acc += tl.load(res_ptr + rows[:, None] * stride_rm + cols[None, :], mask=both, other=0.0).to(tl.float32)
+        tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], acc.to(out_ptr.dtype.element_ty), mask=both)
+
+    return rows_linear_kernel
+
+
+def launch(x, weight, scale, bias, norm_weight, norm_bias, residual, out_features: int, gelu: bool, eps: float):
+    """The kernel on any tensors Triton takes (CUDA, or CPU under TRITON_INTERPRET=1)."""
+    x = x.contiguous()
+    m, k = x.shape
+    assert m <= MAX_ROWS and weight.shape[1] == k and weight.stride(1) == 1, (x.shape, weight.shape)
+    out = torch.empty((m, out_features), dtype=x.dtype, device=x.device)
+    block_n, block_k = plan(m, out_features, k)
+    if residual is not None:
+        residual = residual.contiguous()
+    _kernel()[(-(-out_features // block_n),)](
+        x, weight, scale, bias, norm_weight, norm_bias, residual, out,
+        m, out_features, k, x.stride(0), weight.stride(0), out_features, out_features, eps,
+        ROWS=1 if m == 1 else MAX_ROWS, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
+        HAS_NORM=norm_weight is not None, HAS_RESIDUAL=residual is not None, GELU=gelu,
+        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4)
+    return out
+
+
+def reference(x, weight, scale, bias, norm_weight, norm_bias, residual, out_features: int, gelu: bool, eps: float):
+    """The kernel's arithmetic in torch: fp32 throughout, the normalised rows rounded to x's dtype."""
+    h = x
+    if norm_weight is not None:
+        h = F.layer_norm(x.float(), (x.shape[-1],), norm_weight.float(), norm_bias.float(), eps).to(x.dtype)
+    y = h.float() @ weight[:out_features].float().t()  # [M, N]
+    if scale is not None:
+        y = y * scale[:out_features].float()
+    if bias is not None:
+        y = y + bias.float()
+    if gelu:
+        y = F.gelu(y, approximate="tanh")
+    if residual is not None:
+        y = y + residual.float()
+    return y.to(x.dtype)
+
+
+@torch.library.custom_op("gptserve::rows_linear", mutates_args=())
+def rows_linear(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                norm_weight: Optional[torch.Tensor], norm_bias: Optional[torch.Tensor],
+                residual: Optional[torch.Tensor], out_features: int, gelu: bool, eps: float) -> torch.Tensor:
+    """x [M, K], M <= 16; weight [>=out_features, K] (bf16/fp16, or FP8 with scale [>=out_features]);
+    residual [M, out_features] -> [M, out_features] in x's dtype."""
+    if x.is_cuda:
+        return launch(x, weight, scale, bias, norm_weight, norm_bias, residual, out_features, gelu, eps)
+    return reference(x, weight, scale, bias, norm_weight, norm_bias, residual, out_features, gelu, eps)
+
+
+@rows_linear.register_fake
+def _(x, weight, scale, bias, norm_weight, norm_bias, residual, out_features, gelu, eps):
+    return x.new_empty((x.shape[0], out_features))
+
+
+def fused_linear(x: torch.Tensor, layer: torch.nn.Module, norm: torch.nn.LayerNorm | None = None,
+                 residual: torch.Tensor | None = None, gelu: bool = False) -> torch.Tensor:
+    """residual + gelu(layer(norm(x))) in one kernel, each part optional. x [M, K] with M <= MAX_ROWS; layer an
+    nn.Linear or a weight-only FP8 linear (gptserve.engine.fp8)."""
+    fp8_weights = getattr(layer, "weight_fp8", None)
+    weight, scale = (layer.weight, None) if fp8_weights is None else (fp8_weights, layer.weight_scale.view(-1))
+    return rows_linear(x, weight, scale, layer.bias,
+                       None if norm is None else norm.weight, None if norm is None else norm.bias, residual,
+                       layer.out_features, gelu, 0.0 if norm is None else norm.eps)

@@ -1,0 +1,71 @@
+"""The fused decode linear (rows_linear): its torch arithmetic equals the layers it replaces, its plan covers the
+matrix, and the Triton kernel (run by Triton's CPU interpreter where triton is installed; CI has none) equals
+the torch arithmetic for one row and for the 16-row tile, bf16 and FP8 weights, with and without every part."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gptserve.engine import rows_linear as rl
+from tests.unit.triton_interpreter import needs_triton, run_interpreted
+
+
+def layers(k=96, n=40, seed=0):
+    torch.manual_seed(seed)
+    norm, linear = nn.LayerNorm(k), nn.Linear(k, n)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    return norm, linear
+
+
+@pytest.mark.parametrize("rows", [1, 5])
+def test_fused_linear_equals_the_layers_it_replaces(rows):
+    norm, linear = layers()
+    x = torch.randn(rows, 96) * 3 + 1  # an offset mean: the normalisation matters
+    residual = torch.randn(rows, 40)
+    with torch.no_grad():
+        want = residual + F.gelu(linear(norm(x)), approximate="tanh")
+        got = rl.fused_linear(x, linear, norm=norm, residual=residual, gelu=True)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(rl.fused_linear(x, linear), linear(x), atol=1e-5, rtol=1e-5)
+
+
+def test_plan_covers_every_column_and_spreads_one_row_over_the_gpu():
+    for rows, n, k in [(1, 1280, 1280), (1, 3840, 1280), (1, 1280, 5120), (1, 50257, 1280), (16, 1280, 5120)]:
+        block_n, block_k = rl.plan(rows, n, k)
+        assert block_n & (block_n - 1) == 0 and block_k & (block_k - 1) == 0
+        assert block_n >= (4 if rows == 1 else 16)  # tl.dot's 16-column minimum for the tile path
+        assert block_k <= rl.next_power_of_2(k)
+    assert -(-1280 // rl.plan(1, 1280, 1280)[0]) >= 132  # gpt2-large's narrowest matrix still fills 132 SMs
+
+
+def fp8_layer(linear):
+    """A weight-only FP8 layer's operands, as gptserve.engine.fp8 keeps them: per-row scales, rows padded to 16."""
+    from gptserve.engine.fp8 import WeightOnlyFp8Linear
+    return WeightOnlyFp8Linear(linear)
+
+
+def check_kernel(rows: str, weights: str):
+    """The kernel against the torch arithmetic (run_interpreted calls this under Triton's interpreter)."""
+    rows = int(rows)
+    # the interpreter's tl.dot multiplies bf16 as raw bits: the 16-row tile is checked in fp16 (a GPU runs both)
+    dtype = torch.bfloat16 if rows == 1 else torch.float16
+    norm, linear = layers(k=200, n=40)  # K not a multiple of BLOCK_K, N not of BLOCK_N: masks exercised
+    layer = fp8_layer(linear) if weights == "fp8" else linear.to(dtype)
+    norm = norm.to(dtype)
+    x = (torch.randn(rows, 200) * 3 + 1).to(dtype)
+    residual = torch.randn(rows, 40).to(dtype)
+    weight = layer.weight_fp8 if weights == "fp8" else layer.weight
+    scale = layer.weight_scale.view(-1) if weights == "fp8" else None
+    for n, r, gelu in [(norm, residual, True), (None, None, False)]:
+        args = (x, weight, scale, layer.bias.to(dtype), None if n is None else n.weight,
+                None if n is None else n.bias, r, 40, gelu, 1e-5)
+        torch.testing.assert_close(rl.launch(*args).float(), rl.reference(*args).float(), atol=2e-2, rtol=2e-2)
+
+
+@needs_triton
+@pytest.mark.parametrize("rows", [1, 7])
+@pytest.mark.parametrize("weights", ["bf16", "fp8"])
+def test_kernel_equals_the_torch_arithmetic(rows, weights):
+    run_interpreted("tests.unit.test_rows_linear", "check_kernel", rows, weights)
