@@ -6,7 +6,8 @@
 #            tritonclient, rapidjson, prometheus_client) into /tmp/site; every later stage needs it
 #   tests    the GPU tests (tests/gpu)
 #   engine   gpt2-large variants (VARIANTS, default bf16 and FP8 weight-only, SDPA) at batch 1 and 16, with the same-run peer
-#            (Hugging Face static-cache generate) and a decode profile of each variant
+#            (PEERS, default Hugging Face static-cache generate; PEERS= for none), a decode profile of each variant and
+#            the accuracy check (ACCURACY=0 skips it)
 #   40b      gpt-large-40b, bf16 and FP8 weight-only (VARIANTS), batch 1 and 16 (--max-seq-len 1280)
 #   triton   tritonserver with both models: READY time cold (empty compile cache) and warm (same cache, restart),
 #            then tools/compare_models.py over the runbook envelope (Poisson, prompts 128-512, 256 new tokens)
@@ -116,7 +117,7 @@ for stage in "${STAGES[@]}"; do
     engine)
         # PYTHONPATH without /tmp/site: its numpy 1.26 (for the stub) breaks the image's transformers (HF peer)
         PYTHONPATH="$PWD" "$PY" -m bench.engine --preset gpt2-large --variants "${VARIANTS:-bf16-sdpa,fp8wo-sdpa}" --batches 1,16 \
-            --peers hf-static --peer-batches 1,16 --accuracy --output "$OUT_DIR"
+            --peers "${PEERS-hf-static}" --peer-batches 1,16 $([ "${ACCURACY:-1}" = 1 ] && echo --accuracy) --output "$OUT_DIR"
         ;;
     40b)
         PYTHONPATH="$PWD" "$PY" -m bench.engine --preset gpt-large-40b --variants "${VARIANTS:-bf16-sdpa,fp8wo-sdpa}" --batches 1,16 --peers '' \
