@@ -1,7 +1,8 @@
 """The engine: prefill, decode_step, sample and generate over a slot-addressed static KV cache.
 
 Slot i of the cache belongs to batch row i. A decode step over bucket B runs rows (slots) 0..B-1, so the
-caches it touches are views, and each bucket is one shape for the compiler and one CUDA graph. The engine knows
+caches it touches are views, and each bucket is one shape for the compiler and one CUDA graph. The cache has a
+row for every row of the largest bucket in use (16 for 12 slots): rows past the slots are computed, never read. The engine knows
 tokens, never requests: which tokens end a sequence is the serving layer's business.
 """
 from __future__ import annotations
@@ -71,8 +72,8 @@ class Engine:
         self.model = build(r, settings.weights_seed, settings.model_path)
         # One spare position: reading the whole context is then still a strict part of the cache, which the
         # compiler handles with the other lengths (a full-length, contiguous view would be compiled apart).
-        self.model.setup_cache(self.slots, self.context + 1, r.kv_cache_dtype, settings.attention_backend,
-                               r.fused_decode)
+        self.model.setup_cache(bucket_for(self.slots), self.context + 1, r.kv_cache_dtype,
+                               settings.attention_backend, r.fused_decode)
         # Its first kv_len entries carry kv_len into the compiled decode as a dynamic size: one graph for
         # every length, and CUDA-graph trees record one graph per (batch bucket, length bucket).
         self._kv_len_marker = torch.empty(self.context, dtype=torch.int8, device=self.device)
@@ -250,10 +251,11 @@ class Engine:
         prompt_len = min(prompt_len or self.settings.warmup_prompt_len, self.context - 2)
         seconds = {}
         for b in BATCH_BUCKETS:
-            if b > self.slots:
+            if b > bucket_for(self.slots):
                 break
             t0 = time.perf_counter()
-            self.generate([(1,) * prompt_len] * b, [GREEDY] * b, 2)
+            n = min(b, self.slots)  # n prompts run bucket b
+            self.generate([(1,) * prompt_len] * n, [GREEDY] * n, 2)
             if self.resolved.compile_mode == "reduce-overhead":  # CUDA-graph trees record on the 2nd call
                 zeros = torch.zeros(b, dtype=torch.int64, device=self.device)  # position 0: overwritten by prefill
                 for kv_len in self.kv_lengths():

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .rows_linear import MAX_ROWS, fused_linear
+from .rows_linear import TILE_ROWS, fused_linear
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max  # 448
@@ -68,7 +68,7 @@ class TorchFp8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         rows = x.reshape(-1, self.in_features)  # [M, K]
-        if self.weight_only and rows.shape[0] <= MAX_ROWS:
+        if self.weight_only and rows.shape[0] <= TILE_ROWS:  # one pass over the weights
             return fused_linear(rows, self).view(*shape[:-1], self.out_features)
         xq, x_scale = quantize_rows(rows)  # [M, K], [M, 1]
         y = torch._scaled_mm(
@@ -80,7 +80,7 @@ class TorchFp8Linear(nn.Module):
 
 
 class WeightOnlyFp8Linear(TorchFp8Linear):
-    """FP8 weights; up to MAX_ROWS bf16 rows through the FP8-weight kernel, more rows through _scaled_mm."""
+    """FP8 weights; up to TILE_ROWS bf16 rows through the FP8-weight kernel, more rows through _scaled_mm."""
 
     weight_only = True
 

@@ -6,7 +6,8 @@ GELU and the residual add as separate kernels. Here each program owns BLOCK_N ou
 it normalises the rows it reads (the optional LayerNorm: the rows are a few KB that every program reads from
 L2), streams its weight rows (bf16, or FP8 widened in registers and scaled per output column), then adds the
 bias, applies tanh-GELU and adds the residual before its one store. Every part is optional. One row takes a
-multiply-and-sum path; 2 to 16 rows go through tl.dot on a 16-row tile.
+multiply-and-sum path; more rows go through tl.dot in tiles of 16 rows, one program per (columns, tile), so 17
+to 64 rows read the weights once per tile.
 
 Registered as the custom op gptserve::rows_linear, so torch.compile and CUDA graphs take it as it is: on CUDA
 tensors the kernel, on others the same arithmetic in torch (the CPU path, and the kernel's test reference).
@@ -19,7 +20,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-MAX_ROWS = 16  # tl.dot's smallest M tile: the op serves up to this many rows
+TILE_ROWS = 16  # tl.dot's smallest M tile: rows of x a program multiplies at once
+MAX_ROWS = 64  # the op serves up to this many rows (a decode step's largest batch bucket)
 TARGET_PROGRAMS = 264  # about two programs per SM of an H100/H200 (132 SMs)
 ONE_ROW_TILE = 4096  # weight elements a one-row program reads per step of its K loop (8 KB of bf16)
 
@@ -50,7 +52,7 @@ def _kernel():
                            HAS_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GELU: tl.constexpr,
                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         # x: [M, K]; w: [>=N, K] (K contiguous); scale, bias: [>=N]; norm_w, norm_b: [K]; res, out: [M, N]
-        rows = tl.arange(0, ROWS)  # ROWS: 1, or 16 for M in 2..16
+        rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)  # ROWS: 1, or a tile of 16 for M > 1
         row_ok = rows < M
         cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         col_ok = cols < N
@@ -110,10 +112,11 @@ def launch(x, weight, scale, bias, norm_weight, norm_bias, residual, out_feature
     block_n, block_k = plan(m, out_features, k)
     if residual is not None:
         residual = residual.contiguous()
-    _kernel()[(-(-out_features // block_n),)](
+    tile = 1 if m == 1 else TILE_ROWS
+    _kernel()[(-(-out_features // block_n), -(-m // tile))](
         x, weight, scale, bias, norm_weight, norm_bias, residual, out,
         m, out_features, k, x.stride(0), weight.stride(0), out_features, out_features, eps,
-        ROWS=1 if m == 1 else MAX_ROWS, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
+        ROWS=tile, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         HAS_NORM=norm_weight is not None, HAS_RESIDUAL=residual is not None, GELU=gelu,
         BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4)
     return out
@@ -140,7 +143,7 @@ def reference(x, weight, scale, bias, norm_weight, norm_bias, residual, out_feat
 def rows_linear(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                 norm_weight: Optional[torch.Tensor], norm_bias: Optional[torch.Tensor],
                 residual: Optional[torch.Tensor], out_features: int, gelu: bool, eps: float) -> torch.Tensor:
-    """x [M, K], M <= 16; weight [>=out_features, K] (bf16/fp16, or FP8 with scale [>=out_features]);
+    """x [M, K], M <= MAX_ROWS; weight [>=out_features, K] (bf16/fp16, or FP8 with scale [>=out_features]);
     residual [M, out_features] -> [M, out_features] in x's dtype."""
     if x.is_cuda:
         return launch(x, weight, scale, bias, norm_weight, norm_bias, residual, out_features, gelu, eps)

@@ -116,7 +116,7 @@ class Scheduler:
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self._pending: collections.deque[_Readback] = collections.deque()
-        self._next_tokens: torch.Tensor | None = None  # [slots] on the device: each slot's latest sampled token
+        self._next_tokens: torch.Tensor | None = None  # [bucket rows] on the device: each slot's latest sampled token
         self._params_key: tuple | None = None
         self._params: SamplingParams | None = None
         self._occupancy: tuple | None = None
@@ -231,7 +231,8 @@ class Scheduler:
             return
         self._slot_seq = [None] * self.slots
         self._free = self.slots
-        self._next_tokens = torch.zeros(self.slots, dtype=torch.int64, device=self.engine.device)
+        # [bucket rows]: the largest bucket may pass the last slot (16 rows for 12 slots)
+        self._next_tokens = torch.zeros(bucket_for(self.slots), dtype=torch.int64, device=self.engine.device)
         self._ready.set()
         log.info("scheduler: %d slots, queue_timeout=%d ms, prefill_chunk=%d, stream_interval=%d, "
                  "%d delivery threads", self.slots, self.settings.queue_timeout_ms, self.settings.prefill_chunk,
@@ -360,7 +361,7 @@ class Scheduler:
             last = s.finisher.ids[-1] if s.finisher.ids else 0
             tok[s.slot], pos[s.slot], step[s.slot], key[s.slot] = last, s.prompt_len + k - 1, k, s.id
             from_device[s.slot] = int(s.in_flight > 0)
-        for slot in range(rows):  # rows of other slots are computed too: keep their writes harmless
+        for slot in range(min(rows, self.slots)):  # rows of other slots are computed too: keep their writes harmless
             s = self._slot_seq[slot]
             if key[slot] is None and s is not None:
                 # decoding: past its last token; mid-prefill: where its next chunk writes anyway

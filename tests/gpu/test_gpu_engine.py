@@ -95,7 +95,7 @@ def test_fp8_weight_only_kernel_matches_dequantized_weights(rows):
         assert ((got - want).norm() / want.norm()).item() < 1e-2, (n, k)
 
 
-@pytest.mark.parametrize("rows", [1, 3, 16])
+@pytest.mark.parametrize("rows", [1, 3, 16, 40])
 def test_fused_linear_kernel_equals_its_torch_arithmetic(rows):
     """rows_linear on gpt2-large's shapes, with every part (LayerNorm, bias, GELU, residual) and with none."""
     from gptserve.engine import rows_linear as rl

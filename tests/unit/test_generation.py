@@ -19,6 +19,13 @@ def test_prompt_alone_equals_prompt_in_ragged_batch(tiny_engine):
     assert len(alone) == 10
 
 
+def test_a_batch_of_every_slot_between_buckets_equals_prompts_alone(tiny_engine):
+    engine = Engine(ServingConfig(preset="tiny", max_batch_size=12), device="cpu")  # bucket 16 > 12 slots
+    engine.warmup(prompt_len=4)
+    batch = [greedy(range(1 + i, 20 + i), n=5) for i in range(12)]
+    assert [r.output_ids for r in generate(engine, batch)] == [generate(tiny_engine, [r])[0].output_ids for r in batch]
+
+
 def test_same_seed_same_samples_in_any_batch(tiny_engine):
     def sampled(seed, **kw):
         return greedy(PROMPT, n=24, temperature=1.0, seed=seed, **kw)

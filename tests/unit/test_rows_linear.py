@@ -65,7 +65,7 @@ def check_kernel(rows: str, weights: str):
 
 
 @needs_triton
-@pytest.mark.parametrize("rows", [1, 7])
+@pytest.mark.parametrize("rows", [1, 7, 20])  # one row, one tile, two tiles
 @pytest.mark.parametrize("weights", ["bf16", "fp8"])
 def test_kernel_equals_the_torch_arithmetic(rows, weights):
     run_interpreted("tests.unit.test_rows_linear", "check_kernel", rows, weights)
