@@ -30,7 +30,7 @@ from .engine import VARIANTS, prompts
 # kernel name patterns -> class, first match wins
 KERNEL_CLASSES = [
     ("attention", r"fmha|flash|attention|sdpa|cudnn.*(att|mha)"),
-    ("gemm", r"gemm|gemv|nvjet|cutlass|sm90_xmma|matmul|_mm_|splitk|scaled_mm|wgmma"),
+    ("gemm", r"gemm|gemv|rows_linear|nvjet|cutlass|sm90_xmma|matmul|_mm_|splitk|scaled_mm|wgmma"),
     ("norm", r"norm"),
     ("reduction", r"reduce|red_|argmax|sum|softmax"),
     ("copy", r"copy|memcpy|memset|cat|index"),

@@ -8,6 +8,7 @@
 #   engine   gpt2-large variants (VARIANTS, default bf16 and FP8 weight-only, SDPA) at batch 1 and 16, with the same-run peer
 #            (PEERS, default Hugging Face static-cache generate; PEERS= for none), a decode profile of each variant and
 #            the accuracy check (ACCURACY=0 skips it)
+#   profile  bench.profile_decode of each VARIANTS entry (gpt2-large, batch 1 and 16): kernels per step, time per class
 #   40b      gpt-large-40b, bf16 and FP8 weight-only (VARIANTS), batch 1 and 16 (--max-seq-len 1280)
 #   triton   tritonserver with both models: READY time cold (empty compile cache) and warm (same cache, restart),
 #            then tools/compare_models.py over the runbook envelope (Poisson, prompts 128-512, 256 new tokens)
@@ -118,6 +119,12 @@ for stage in "${STAGES[@]}"; do
         # PYTHONPATH without /tmp/site: its numpy 1.26 (for the stub) breaks the image's transformers (HF peer)
         PYTHONPATH="$PWD" "$PY" -m bench.engine --preset gpt2-large --variants "${VARIANTS:-bf16-sdpa,fp8wo-sdpa}" --batches 1,16 \
             --peers "${PEERS-hf-static}" --peer-batches 1,16 $([ "${ACCURACY:-1}" = 1 ] && echo --accuracy) --output "$OUT_DIR"
+        ;;
+    profile)  # where a decode step's GPU time goes, per VARIANTS entry: kernels per step, time per kernel class
+        for variant in $(echo "${VARIANTS:?set VARIANTS, e.g. bf16-sdpa,bf16-fused}" | tr , " "); do
+            PYTHONPATH="$PWD" "$PY" -m bench.profile_decode --preset gpt2-large --variant "$variant" --batches 1,16 \
+                --output "$OUT_DIR" | tee "$OUT_DIR/profile-$variant.txt"
+        done
         ;;
     40b)
         PYTHONPATH="$PWD" "$PY" -m bench.engine --preset gpt-large-40b --variants "${VARIANTS:-bf16-sdpa,fp8wo-sdpa}" --batches 1,16 --peers '' \
