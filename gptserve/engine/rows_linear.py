@@ -103,13 +103,15 @@ def _kernel():
     return rows_linear_kernel
 
 
-def launch(x, weight, scale, bias, norm_weight, norm_bias, residual, out_features: int, gelu: bool, eps: float):
-    """The kernel on any tensors Triton takes (CUDA, or CPU under TRITON_INTERPRET=1)."""
+def launch(x, weight, scale, bias, norm_weight, norm_bias, residual, out_features: int, gelu: bool, eps: float,
+           config: tuple[int, int, int, int] | None = None):
+    """The kernel on any tensors Triton takes (CUDA, or CPU under TRITON_INTERPRET=1). config: (BLOCK_N, BLOCK_K,
+    num_warps, num_stages) in place of the plan (bench.rows_linear_sweep tries several)."""
     x = x.contiguous()
     m, k = x.shape
     assert m <= MAX_ROWS and weight.shape[1] == k and weight.stride(1) == 1, (x.shape, weight.shape)
     out = torch.empty((m, out_features), dtype=x.dtype, device=x.device)
-    block_n, block_k = plan(m, out_features, k)
+    block_n, block_k, warps, stages = config or (*plan(m, out_features, k), 4, 3)
     if residual is not None:
         residual = residual.contiguous()
     tile = 1 if m == 1 else TILE_ROWS
@@ -118,7 +120,7 @@ def launch(x, weight, scale, bias, norm_weight, norm_bias, residual, out_feature
         m, out_features, k, x.stride(0), weight.stride(0), out_features, out_features, eps,
         ROWS=tile, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         HAS_NORM=norm_weight is not None, HAS_RESIDUAL=residual is not None, GELU=gelu,
-        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4)
+        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
     return out
 
 
