@@ -30,6 +30,7 @@ VARIANTS = {
     "fp8wo-splitkv": dict(attention_backend="splitkv", fp8_mode="weight-only"),
     "fp8wo-splitkv-kvfp8": dict(attention_backend="splitkv", fp8_mode="weight-only", kv_cache_dtype="fp8"),
     "bf16-fused": dict(decode_linears="fused"),
+    "bf16-head": dict(decode_linears="head"),
     "bf16-fused-splitkv": dict(attention_backend="splitkv", decode_linears="fused"),
     "fp8wo-fused": dict(fp8_mode="weight-only", decode_linears="fused"),
     "fp8wo-fused-splitkv": dict(attention_backend="splitkv", fp8_mode="weight-only", decode_linears="fused"),

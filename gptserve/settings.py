@@ -47,9 +47,9 @@ class ServingConfig:
                                      "split-KV attention (all SMs at batch 1, an FP8 cache read as it is).",
                                      choices=("sdpa", "flex", "splitkv"))
     decode_linears: str = setting("torch", "Linear layers of a decode step; fused: each one Triton kernel with its "
-                                  "LayerNorm, bias, GELU and residual add (on a GPU: bf16 or float16, fp8_mode none or "
-                                  "weight-only; a CPU runs the same arithmetic in torch).",
-                                  choices=("torch", "fused"))
+                                  "LayerNorm, bias, GELU and residual add; head: only the final LayerNorm and LM head "
+                                  "(on a GPU: bf16 or float16, fp8_mode none or weight-only; a CPU runs the same "
+                                  "arithmetic in torch).", choices=("torch", "head", "fused"))
     fp8_mode: str = setting("none", "FP8 linear layers (GPU, compute capability >= 8.9): weight-only (FP8 weights, "
                             "bf16 decode activations), torch (FP8 activations too), transformer-engine; auto: "
                             "weight-only.", choices=("none", "weight-only", "torch", "transformer-engine", "auto"))
@@ -80,7 +80,7 @@ class ServingConfig:
     prefill_chunk: int = setting(512, "Prompt tokens prefilled per engine step, beside the running decodes; "
                                  "longer prompts are prefilled over several steps.", limits=(16, 8192),
                                  models=IN_FLIGHT)
-    stream_interval: int = setting(1, "Fewest tokens in a streamed response (the first token and the final "
+    stream_interval: int = setting(4, "Fewest tokens in a streamed response (the first token and the final "
                                    "response excepted); tokens that pile up while the client is behind always "
                                    "leave together.", limits=(1, 1024), models=IN_FLIGHT)
     delivery_threads: int = setting(4, "Threads sending responses, so one slow client or IPC round trip never "

@@ -28,7 +28,7 @@ class Resolved:
     compile_mode: str
     fp8_mode: str
     kv_cache_dtype: torch.dtype
-    fused_decode: bool  # decode_linears=fused
+    decode_linears: str  # torch, head or fused
 
 
 def resolve(settings, device: str | None = None) -> Resolved:
@@ -59,11 +59,11 @@ def resolve(settings, device: str | None = None) -> Resolved:
         else:
             log.info("kv_cache_dtype=fp8 needs a CUDA GPU; keeping the KV cache in %s on CPU", dtype)
     fp8_mode = fp8.resolve_mode(settings.fp8_mode, dev)
-    fused = settings.decode_linears == "fused"
+    fused = settings.decode_linears != "torch"
     if fused and on_gpu and (dtype not in (torch.bfloat16, torch.float16) or fp8_mode not in ("none", "weight-only")):
-        raise ValueError(f"decode_linears=fused on a GPU needs dtype bfloat16 or float16 (got {dtype}) and fp8_mode "
+        raise ValueError(f"decode_linears={settings.decode_linears} on a GPU needs dtype bfloat16 or float16 (got {dtype}) and fp8_mode "
                          f"none or weight-only (got {fp8_mode})")
-    return Resolved(model_cfg, preset, dev, dtype, compile_mode, fp8_mode, kv_dtype, fused)
+    return Resolved(model_cfg, preset, dev, dtype, compile_mode, fp8_mode, kv_dtype, settings.decode_linears)
 
 
 def _init_value(name: str, shape, n_layer: int, device, gen: torch.Generator, std: float) -> torch.Tensor:

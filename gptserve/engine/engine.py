@@ -73,7 +73,7 @@ class Engine:
         # One spare position: reading the whole context is then still a strict part of the cache, which the
         # compiler handles with the other lengths (a full-length, contiguous view would be compiled apart).
         self.model.setup_cache(bucket_for(self.slots), self.context + 1, r.kv_cache_dtype,
-                               settings.attention_backend, r.fused_decode)
+                               settings.attention_backend, r.decode_linears)
         # Its first kv_len entries carry kv_len into the compiled decode as a dynamic size: one graph for
         # every length, and CUDA-graph trees record one graph per (batch bucket, length bucket).
         self._kv_len_marker = torch.empty(self.context, dtype=torch.int8, device=self.device)

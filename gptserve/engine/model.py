@@ -21,7 +21,7 @@ from .rows_linear import MAX_ROWS, fused_linear
 class CachedStep:
     """What every layer of one cached forward shares, computed once: where to write (slot_index, input_pos
     [B, T]), what to read (rows, the first kv_len positions), the attention backend's mask, and whether each
-    linear layer runs as one fused kernel (decode steps of at most MAX_ROWS rows, when the model is set so)."""
+    block's linear layers run as fused kernels (decode steps of at most MAX_ROWS rows, decode_linears=fused)."""
 
     input_pos: torch.Tensor
     rows: object  # slice or index tensor
@@ -104,14 +104,15 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied
-        self.fused_decode = False
+        self.decode_linears = "torch"
 
-    def setup_cache(self, slots: int, length: int, dtype, attention_backend: str, fused_decode: bool = False):
-        """Static KV caches of `slots` sequences of `length` positions; fused_decode: decode steps of at most
-        MAX_ROWS rows run each linear layer as one fused kernel."""
+    def setup_cache(self, slots: int, length: int, dtype, attention_backend: str, decode_linears: str = "torch"):
+        """Static KV caches of `slots` sequences of `length` positions. decode_linears: in decode steps of at
+        most MAX_ROWS rows, "fused" runs every linear layer as one fused kernel, "head" the final LayerNorm and LM
+        head alone, "torch" none."""
         device = self.wte.weight.device
         attention = get_attention(attention_backend)
-        self.fused_decode = fused_decode
+        self.decode_linears = decode_linears
         for block in self.blocks:
             block.attn.cache = KVCache(slots, self.cfg.n_head, length, self.cfg.head_dim, dtype, device)
             block.attn.attention = attention
@@ -127,13 +128,14 @@ class GPT(nn.Module):
         B, T, C = x.shape
         attn = self.blocks[0].attn
         kv_len = attn.cache.length if kv_len is None else kv_len
+        few_rows = T == 1 and B <= MAX_ROWS
         step = CachedStep(input_pos, rows, attn.cache.slot_index(rows), kv_len,
-                          attn.attention.prepare(input_pos, kv_len), self.fused_decode and T == 1 and B <= MAX_ROWS)
+                          attn.attention.prepare(input_pos, kv_len), few_rows and self.decode_linears == "fused")
         for block in self.blocks:
             x = block(x, step)
         if last_index is not None:
             x = x[torch.arange(B, device=x.device), last_index]  # [B, C]
-        if step.fused:
+        if few_rows and self.decode_linears != "torch":
             return fused_linear(x.reshape(-1, C), self.lm_head, norm=self.ln_f).view(*x.shape[:-1], -1)
         return self.lm_head(self.ln_f(x))
 

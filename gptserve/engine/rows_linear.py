@@ -22,18 +22,21 @@ import torch.nn.functional as F
 
 TILE_ROWS = 16  # tl.dot's smallest M tile: rows of x a program multiplies at once
 MAX_ROWS = 64  # the op serves up to this many rows (a decode step's largest batch bucket)
-TARGET_PROGRAMS = 264  # about two programs per SM of an H100/H200 (132 SMs)
-ONE_ROW_TILE = 4096  # weight elements a one-row program reads per step of its K loop (8 KB of bf16)
+LARGE_N = 16384  # output columns from which a matrix (an LM head) streams from HBM whatever the cache holds
 
 
-def plan(rows: int, n: int, k: int) -> tuple[int, int]:
-    """(BLOCK_N, BLOCK_K) for `rows` rows of x [rows, k] against W [n, k]: enough column blocks for about
-    TARGET_PROGRAMS programs, whole-K loops of a few KB per step."""
-    floor = 4 if rows == 1 else 16  # tl.dot needs 16 columns
-    block_n = min(64, max(floor, next_power_of_2(-(-n // TARGET_PROGRAMS))))
-    ceiling = next_power_of_2(k)
-    block_k = min(ceiling, max(64, ONE_ROW_TILE // block_n)) if rows == 1 else min(ceiling, 128)
-    return block_n, block_k
+def plan(rows: int, n: int, k: int) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_K, num_warps, num_stages) for x [rows, k] against W [n, k]: the fastest configuration of
+    bench.rows_linear_sweep for gpt2-large's layers on an H200 (docs/benchmarks.md, run 11): a large matrix in
+    small column blocks over short K steps (thousands of programs), a small one in wide K steps."""
+    if rows == 1:
+        if n >= LARGE_N:
+            return 16, 256, 4, 2
+        block_n = 8 if n >= 2048 else 4
+        return block_n, min(next_power_of_2(k), 8192 // block_n), 8, 2
+    if n >= LARGE_N:
+        return 64, 64, 4, 3
+    return (32 if n >= 2048 else 16), min(next_power_of_2(k), 256), 4, 3
 
 
 def next_power_of_2(n: int) -> int:
@@ -111,7 +114,7 @@ def launch(x, weight, scale, bias, norm_weight, norm_bias, residual, out_feature
     m, k = x.shape
     assert m <= MAX_ROWS and weight.shape[1] == k and weight.stride(1) == 1, (x.shape, weight.shape)
     out = torch.empty((m, out_features), dtype=x.dtype, device=x.device)
-    block_n, block_k, warps, stages = config or (*plan(m, out_features, k), 4, 3)
+    block_n, block_k, warps, stages = config or plan(m, out_features, k)
     if residual is not None:
         residual = residual.contiguous()
     tile = 1 if m == 1 else TILE_ROWS

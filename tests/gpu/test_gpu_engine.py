@@ -29,7 +29,8 @@ def eager():
 
 
 PATHS = [dict(attention_backend="sdpa"), dict(attention_backend="flex"), dict(attention_backend="splitkv"),
-         dict(decode_linears="fused"), dict(attention_backend="splitkv", decode_linears="fused")]
+         dict(decode_linears="fused"), dict(attention_backend="splitkv", decode_linears="fused"),
+         dict(decode_linears="head")]
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: "-".join(p.values()))

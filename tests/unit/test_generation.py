@@ -103,7 +103,7 @@ def test_prefill_graph_lengths_double_up_to_the_chunk():
 
 
 OTHER_PATHS = [dict(attention_backend="flex"), dict(attention_backend="splitkv"), dict(decode_linears="fused"),
-               dict(attention_backend="splitkv", decode_linears="fused")]
+               dict(attention_backend="splitkv", decode_linears="fused"), dict(decode_linears="head")]
 
 
 @pytest.mark.parametrize("path", OTHER_PATHS, ids=lambda p: "-".join(p.values()))

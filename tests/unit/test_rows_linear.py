@@ -32,11 +32,12 @@ def test_fused_linear_equals_the_layers_it_replaces(rows):
 
 
 def test_plan_covers_every_column_and_spreads_one_row_over_the_gpu():
-    for rows, n, k in [(1, 1280, 1280), (1, 3840, 1280), (1, 1280, 5120), (1, 50257, 1280), (16, 1280, 5120)]:
-        block_n, block_k = rl.plan(rows, n, k)
+    for rows, n, k in [(1, 1280, 1280), (1, 3840, 1280), (1, 1280, 5120), (1, 50257, 1280), (16, 1280, 5120),
+                       (16, 50257, 1280)]:
+        block_n, block_k, warps, stages = rl.plan(rows, n, k)
         assert block_n & (block_n - 1) == 0 and block_k & (block_k - 1) == 0
         assert block_n >= (4 if rows == 1 else 16)  # tl.dot's 16-column minimum for the tile path
-        assert block_k <= rl.next_power_of_2(k)
+        assert block_k <= rl.next_power_of_2(k) and warps in (4, 8) and stages in (2, 3)
     assert -(-1280 // rl.plan(1, 1280, 1280)[0]) >= 132  # gpt2-large's narrowest matrix still fills 132 SMs
 
 
