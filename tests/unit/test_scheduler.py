@@ -275,7 +275,7 @@ def test_long_prefill_mid_stream_does_not_stop_running_streams(make):
     """A 512-token prompt arriving mid-stream is prefilled in chunks between decode steps: the running stream
     receives tokens while it is being prefilled, long before the newcomer's first token."""
     spy = SpyEngine(engine_with(16))
-    sched = make(engine=spy, prefill_chunk=64, step_delay_ms=2)
+    sched = make(engine=spy, prefill_chunk=64, step_delay_ms=2, stream_interval=1)  # a response per token
     running = run(sched, req(n=200, stream=True))
     wait_until(lambda: running.count() >= 3)
     spy.calls.clear()
