@@ -1,8 +1,10 @@
 """FP8 linear layers, three ways (fp8_mode):
 
   weight-only         FP8 weights; a decode step's few rows stay bf16 and meet the weights in one Triton kernel
-                      that widens them in registers (rows_linear.py): half the bytes of bf16 where bytes are the
-                      cost. Prefill (many rows) quantises its activations and runs FP8 tensor-core GEMMs.
+                      that widens them in registers (fp8_matmul.py, split-K): half the bytes of bf16 where bytes
+                      are the cost. Prefill (many rows) quantises its activations and runs FP8 tensor-core GEMMs.
+                      With decode_linears=fused the decode rows go through rows_linear.py instead (no split-K:
+                      0.97x bf16 at batch 1, where this kernel gave 1.08x; docs/benchmarks.md, runs 7 and 10).
   torch               FP8 weights and activations everywhere (dynamic row-wise activation scales, _scaled_mm).
   transformer-engine  te.Linear under FP8 autocast (optional package).
 
@@ -16,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .rows_linear import TILE_ROWS, fused_linear
+from .fp8_matmul import MAX_ROWS, fp8_rows_matmul
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max  # 448
@@ -68,8 +70,12 @@ class TorchFp8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         rows = x.reshape(-1, self.in_features)  # [M, K]
-        if self.weight_only and rows.shape[0] <= TILE_ROWS:  # one pass over the weights
-            return fused_linear(rows, self).view(*shape[:-1], self.out_features)
+        if self.weight_only and rows.shape[0] <= MAX_ROWS:
+            y = fp8_rows_matmul(rows, self.weight_fp8).sum(0) * self.weight_scale  # [M, N] fp32
+            y = y[:, : self.out_features]
+            if self.bias is not None:
+                y = y + self.bias
+            return y.to(x.dtype).view(*shape[:-1], self.out_features)
         xq, x_scale = quantize_rows(rows)  # [M, K], [M, 1]
         y = torch._scaled_mm(
             xq, self.weight_fp8.t(), scale_a=x_scale, scale_b=self.weight_scale, out_dtype=torch.bfloat16
@@ -80,7 +86,7 @@ class TorchFp8Linear(nn.Module):
 
 
 class WeightOnlyFp8Linear(TorchFp8Linear):
-    """FP8 weights; up to TILE_ROWS bf16 rows through the FP8-weight kernel, more rows through _scaled_mm."""
+    """FP8 weights; up to MAX_ROWS bf16 rows through the FP8-weight kernel, more rows through _scaled_mm."""
 
     weight_only = True
 
