@@ -52,7 +52,8 @@ def layer_case(n, k, norm, gelu, residual, rows, gen):
     dev, dt = "cuda", torch.bfloat16
     w = (torch.randn(n, k, device=dev, generator=gen) / k ** 0.5).to(dt)
     b = torch.randn(n, device=dev, generator=gen).to(dt)
-    ln_w, ln_b = (torch.rand(k, device=dev, generator=gen) + 0.5).to(dt), torch.randn(k, device=dev, generator=gen).to(dt)
+    ln_w = (torch.rand(k, device=dev, generator=gen) + 0.5).to(dt)
+    ln_b = torch.randn(k, device=dev, generator=gen).to(dt)
     x = torch.randn(rows, k, device=dev, generator=gen).to(dt)
     res = torch.randn(rows, n, device=dev, generator=gen).to(dt) if residual else None
     return (x, w, None, b, ln_w if norm else None, ln_b if norm else None, res, n, gelu, 1e-5)

@@ -61,8 +61,8 @@ def resolve(settings, device: str | None = None) -> Resolved:
     fp8_mode = fp8.resolve_mode(settings.fp8_mode, dev)
     fused = settings.decode_linears != "torch"
     if fused and on_gpu and (dtype not in (torch.bfloat16, torch.float16) or fp8_mode not in ("none", "weight-only")):
-        raise ValueError(f"decode_linears={settings.decode_linears} on a GPU needs dtype bfloat16 or float16 (got {dtype}) and fp8_mode "
-                         f"none or weight-only (got {fp8_mode})")
+        raise ValueError(f"decode_linears={settings.decode_linears} on a GPU needs dtype bfloat16 or float16 "
+                         f"(got {dtype}) and fp8_mode none or weight-only (got {fp8_mode})")
     return Resolved(model_cfg, preset, dev, dtype, compile_mode, fp8_mode, kv_dtype, settings.decode_linears)
 
 

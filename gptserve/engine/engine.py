@@ -2,8 +2,8 @@
 
 Slot i of the cache belongs to batch row i. A decode step over bucket B runs rows (slots) 0..B-1, so the
 caches it touches are views, and each bucket is one shape for the compiler and one CUDA graph. The cache has a
-row for every row of the largest bucket in use (16 for 12 slots): rows past the slots are computed, never read. The engine knows
-tokens, never requests: which tokens end a sequence is the serving layer's business.
+row for every row of the largest bucket in use (16 for 12 slots): rows past the slots are computed, never read.
+The engine knows tokens, never requests: which tokens end a sequence is the serving layer's business.
 """
 from __future__ import annotations
 
