@@ -6,8 +6,8 @@ step, not from the 50 MB L2 (run 11 in docs/benchmarks.md predates this and had 
     python -m bench.rows_linear_sweep [--rows 1,16] [--output DIR]
 
 Per (layer, rows): cuBLAS's linear alone, torch's whole chain (LayerNorm, linear, GELU, residual add: the kernels
-the unfused step runs for that layer), the fused kernel at its plan, the fused kernel without its prologue and
-epilogue (the GEMV alone), and every configuration of a small grid. Needs a CUDA GPU and triton.
+the unfused step runs for that layer), the fused kernel at its plan, the fused kernel with its bias alone (no
+LayerNorm, GELU or residual: the GEMV), and every configuration of a small grid. Needs a CUDA GPU and triton.
 """
 from __future__ import annotations
 
@@ -88,14 +88,15 @@ def main():
                    "fused_us": time_us(lambda c: rl.launch(*c), case),
                    "fused_bare_us": time_us(lambda c: rl.launch(*c), bare), "configs": []}
             for config in GRID["one_row" if rows == 1 else "tile"]:
-                if config[1] > 2 * rl.next_power_of_2(k):
-                    continue
                 try:
                     got = rl.launch(*case, config=config).float()
-                    assert ((got - want).norm() / want.norm()).item() < 1e-2
-                    row["configs"].append([*config, time_us(lambda c: rl.launch(*c, config=config), case)])
                 except Exception as exc:  # out of registers or shared memory: not a candidate
                     row["configs"].append([*config, None, type(exc).__name__])
+                    continue
+                if ((got - want).norm() / want.norm()).item() >= 1e-2:
+                    row["configs"].append([*config, None, "wrong result"])
+                    continue
+                row["configs"].append([*config, time_us(lambda c: rl.launch(*c, config=config), case)])
             timed = [c for c in row["configs"] if c[4] is not None]
             best = min(timed, key=lambda c: c[4]) if timed else None
             row["best_config"] = best

@@ -6,8 +6,8 @@
 #            tritonclient, rapidjson, prometheus_client) into /tmp/site; every later stage needs it
 #   tests    the GPU tests (tests/gpu)
 #   engine   gpt2-large variants (VARIANTS, default bf16 and FP8 weight-only, SDPA) at batch 1 and 16, with the same-run peer
-#            (PEERS, default Hugging Face static-cache generate; PEERS= for none), a decode profile of each variant and
-#            the accuracy check (ACCURACY=0 skips it)
+#            (PEERS, default Hugging Face static-cache generate; PEERS= for none) and the accuracy check
+#            (ACCURACY=0 skips it)
 #   profile  bench.profile_decode of each VARIANTS entry (gpt2-large, batch 1 and 16): kernels per step, time per class
 #   40b      gpt-large-40b, bf16 and FP8 weight-only (VARIANTS), batch 1 and 16 (--max-seq-len 1280)
 #   triton   tritonserver with both models: READY time cold (empty compile cache) and warm (same cache, restart),
@@ -27,7 +27,7 @@ STAGES=()
 while [ $# -gt 0 ]; do
     case "$1" in --) OUT_DIR="$2"; shift 2 ;; *) STAGES+=("$1"); shift ;; esac
 done
-[ ${#STAGES[@]} -gt 0 ] || { echo "usage: scripts/bench_gpu.sh setup|tests|engine|40b|triton|triton2 ... [-- OUT_DIR]" >&2; exit 2; }
+[ ${#STAGES[@]} -gt 0 ] || { echo "usage: scripts/bench_gpu.sh setup|tests|engine|profile|40b|triton|stream|ready|triton-variant|triton2|scheduler ... [-- OUT_DIR]" >&2; exit 2; }
 PY="${PYTHON:-python3}"
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1 PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"

@@ -212,6 +212,7 @@ class Engine:
         for max_new_tokens steps. on_tokens(new) receives, every sync_every steps, each prompt's tokens made since
         its last call, and stops the generation early by returning True (every sequence has ended)."""
         n = len(prompts)
+        assert n <= self.slots, f"{n} prompts for {self.slots} slots"
         rows = bucket_for(n)
         params = SamplingParams.build(sampling, rows, self.device)
         lengths = [len(p) for p in prompts] + [0] * (rows - n)

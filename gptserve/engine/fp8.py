@@ -3,8 +3,9 @@
   weight-only         FP8 weights; a decode step's few rows stay bf16 and meet the weights in one Triton kernel
                       that widens them in registers (fp8_matmul.py, split-K): half the bytes of bf16 where bytes
                       are the cost. Prefill (many rows) quantises its activations and runs FP8 tensor-core GEMMs.
-                      With decode_linears=fused the decode rows go through rows_linear.py instead (no split-K:
-                      0.97x bf16 at batch 1, where this kernel gave 1.08x; docs/benchmarks.md, runs 7 and 10).
+                      With decode_linears=fused the decode rows go through rows_linear.py instead (no split-K;
+                      through it FP8 was no faster than bf16 at batch 1 in run 10, where this kernel gave 1.08x
+                      bf16 in run 7: docs/benchmarks.md).
   torch               FP8 weights and activations everywhere (dynamic row-wise activation scales, _scaled_mm).
   transformer-engine  te.Linear under FP8 autocast (optional package).
 

@@ -21,7 +21,8 @@ from .rows_linear import MAX_ROWS, fused_linear
 class CachedStep:
     """What every layer of one cached forward shares, computed once: where to write (slot_index, input_pos
     [B, T]), what to read (rows, the first kv_len positions), the attention backend's mask, and whether each
-    block's linear layers run as fused kernels (decode steps of at most MAX_ROWS rows, decode_linears=fused)."""
+    block's linear layers run as fused kernels (one-token forwards of at most MAX_ROWS rows: decode steps;
+    decode_linears=fused)."""
 
     input_pos: torch.Tensor
     rows: object  # slice or index tensor
@@ -44,7 +45,8 @@ class CausalSelfAttention(nn.Module):
         return self.proj(self.attend(self.qkv(x), step))
 
     def attend(self, qkv: torch.Tensor, step: CachedStep | None) -> torch.Tensor:
-        """qkv [B, T, 3C] -> attention output [B, T, C], before the projection; writes k and v to the cache."""
+        """qkv [B, T, 3C] -> attention output [B, T, C], before the projection; a cached step (step not None)
+        writes k and v to the cache first."""
         B, T, C = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
         q, k, v = qkv.view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # 3x [B, H, T, D]
         if step is None:  # reference path: the whole sequence, no cache
@@ -88,7 +90,7 @@ class Block(nn.Module):
         B, T, C = x.shape
         x = x.view(B * T, C)
         qkv = fused_linear(x, self.attn.qkv, norm=self.ln_1)  # [BT, 3C]
-        y = self.attn.attend(qkv.view(B, T, 3 * C), step).view(B * T, C)
+        y = self.attn.attend(qkv.view(B, T, 3 * C), step).reshape(B * T, C)
         x = fused_linear(y, self.attn.proj, residual=x)
         h = fused_linear(x, self.mlp.fc, norm=self.ln_2, gelu=True)  # [BT, 4C]
         return fused_linear(h, self.mlp.proj, residual=x).view(B, T, C)

@@ -6,8 +6,7 @@ GELU and the residual add as separate kernels. Here each program owns BLOCK_N ou
 it normalises the rows it reads (the optional LayerNorm: the rows are a few KB that every program reads from
 L2), streams its weight rows (bf16, or FP8 widened in registers and scaled per output column), then adds the
 bias, applies tanh-GELU and adds the residual before its one store. Every part is optional. One row takes a
-multiply-and-sum path; more rows go through tl.dot in tiles of 16 rows, one program per (columns, tile), so 17
-to 64 rows read the weights once per tile.
+multiply-and-sum path; 2 to 16 rows go through tl.dot on a 16-row tile.
 
 Registered as the custom op gptserve::rows_linear, so torch.compile and CUDA graphs take it as it is: on CUDA
 tensors the kernel, on others the same arithmetic in torch (the CPU path, and the kernel's test reference).
@@ -20,23 +19,26 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-TILE_ROWS = 16  # tl.dot's smallest M tile: rows of x a program multiplies at once
-MAX_ROWS = 64  # the op serves up to this many rows (a decode step's largest batch bucket)
+MAX_ROWS = 16  # tl.dot's smallest M tile, and the engine's largest batch bucket: the op serves up to this many
 LARGE_N = 16384  # output columns from which a matrix (an LM head) streams from HBM whatever the cache holds
 
 
 def plan(rows: int, n: int, k: int) -> tuple[int, int, int, int]:
-    """(BLOCK_N, BLOCK_K, num_warps, num_stages) for x [rows, k] against W [n, k]: the fastest configuration of
-    bench.rows_linear_sweep for gpt2-large's layers on an H200 (docs/benchmarks.md, run 11): a large matrix in
-    small column blocks over short K steps (thousands of programs), a small one in wide K steps."""
+    """(BLOCK_N, BLOCK_K, num_warps, num_stages) for x [rows, k] against W [n, k]: per gpt2-large layer, the
+    fastest configuration of bench.rows_linear_sweep on an H200 (docs/benchmarks.md, run 11): a large matrix
+    (the LM head) in small column blocks over short K steps, thousands of programs; the layer matrices in wide K
+    steps. Run 11 timed the layer matrices from L2, so their choice is provisional."""
     if rows == 1:
         if n >= LARGE_N:
-            return 16, 256, 4, 2
-        block_n = 8 if n >= 2048 else 4
-        return block_n, min(next_power_of_2(k), 8192 // block_n), 8, 2
+            return 16, 256, 4, 2  # LM head
+        if k > 2048:
+            return 4, 1024, 8, 2  # mlp proj
+        return (8 if n >= 2048 else 4), min(next_power_of_2(k), 2048), (4 if n >= 4096 else 8), 2  # qkv, attn proj, fc
     if n >= LARGE_N:
         return 64, 64, 4, 3
-    return (32 if n >= 2048 else 16), min(next_power_of_2(k), 256), 4, 3
+    if n >= 4096:
+        return 64, 128, 8, 3  # fc
+    return (32 if n >= 2048 else 16), min(next_power_of_2(k), 256), 4, 3  # qkv; attn and mlp proj
 
 
 def next_power_of_2(n: int) -> int:
@@ -55,7 +57,7 @@ def _kernel():
                            HAS_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GELU: tl.constexpr,
                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         # x: [M, K]; w: [>=N, K] (K contiguous); scale, bias: [>=N]; norm_w, norm_b: [K]; res, out: [M, N]
-        rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)  # ROWS: 1, or a tile of 16 for M > 1
+        rows = tl.arange(0, ROWS)  # ROWS: 1, or a tile of 16 for M in 2..16
         row_ok = rows < M
         cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         col_ok = cols < N
@@ -112,16 +114,18 @@ def launch(x, weight, scale, bias, norm_weight, norm_bias, residual, out_feature
     num_warps, num_stages) in place of the plan (bench.rows_linear_sweep tries several)."""
     x = x.contiguous()
     m, k = x.shape
-    assert m <= MAX_ROWS and weight.shape[1] == k and weight.stride(1) == 1, (x.shape, weight.shape)
+    assert m <= MAX_ROWS and weight.shape[0] >= out_features and weight.shape[1] == k and weight.stride(1) == 1, \
+        (x.shape, weight.shape, out_features)
+    assert scale is None or scale.shape == (weight.shape[0],), "one scale per weight row"
+    assert residual is None or residual.shape == (m, out_features), (residual.shape, m, out_features)
     out = torch.empty((m, out_features), dtype=x.dtype, device=x.device)
     block_n, block_k, warps, stages = config or plan(m, out_features, k)
     if residual is not None:
         residual = residual.contiguous()
-    tile = 1 if m == 1 else TILE_ROWS
-    _kernel()[(-(-out_features // block_n), -(-m // tile))](
+    _kernel()[(-(-out_features // block_n),)](
         x, weight, scale, bias, norm_weight, norm_bias, residual, out,
         m, out_features, k, x.stride(0), weight.stride(0), out_features, out_features, eps,
-        ROWS=tile, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
+        ROWS=1 if m == 1 else MAX_ROWS, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         HAS_NORM=norm_weight is not None, HAS_RESIDUAL=residual is not None, GELU=gelu,
         BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
     return out
@@ -163,9 +167,15 @@ def _(x, weight, scale, bias, norm_weight, norm_bias, residual, out_features, ge
 def fused_linear(x: torch.Tensor, layer: torch.nn.Module, norm: torch.nn.LayerNorm | None = None,
                  residual: torch.Tensor | None = None, gelu: bool = False) -> torch.Tensor:
     """residual + gelu(layer(norm(x))) in one kernel, each part optional. x [M, K] with M <= MAX_ROWS; layer an
-    nn.Linear or a weight-only FP8 linear (gptserve.engine.fp8)."""
-    fp8_weights = getattr(layer, "weight_fp8", None)
-    weight, scale = (layer.weight, None) if fp8_weights is None else (fp8_weights, layer.weight_scale.view(-1))
+    nn.Linear or a weight-only FP8 linear (gptserve.engine.fp8); norm a LayerNorm with weight and bias."""
+    if getattr(layer, "weight_only", False):
+        weight, scale = layer.weight_fp8, layer.weight_scale.view(-1)
+    elif isinstance(layer, torch.nn.Linear):
+        weight, scale = layer.weight, None
+    else:
+        raise TypeError(f"fused_linear takes nn.Linear or a weight-only FP8 linear, not {type(layer).__name__}")
+    if norm is not None and (norm.weight is None or norm.bias is None):
+        raise ValueError("fused_linear's LayerNorm needs its weight and bias")
     return rows_linear(x, weight, scale, layer.bias,
                        None if norm is None else norm.weight, None if norm is None else norm.bias, residual,
                        layer.out_features, gelu, 0.0 if norm is None else norm.eps)
