@@ -5,8 +5,8 @@
 #   setup    install the wheels carried in .whl/ (tritonserver from nvidia-pytriton, numpy<2 for its stub,
 #            tritonclient, rapidjson, prometheus_client) into /tmp/site; every later stage needs it
 #   tests    the GPU tests (tests/gpu)
-#   engine   gpt2-large variants (VARIANTS, default bf16 and FP8 weight-only, SDPA) at batch 1 and 16, with the same-run peer
-#            (PEERS, default Hugging Face static-cache generate; PEERS= for none) and the accuracy check
+#   engine   gpt2-large variants (VARIANTS, default bf16 and FP8 weight-only, SDPA) at batch 1 and 16, with the
+#            same-run peer (PEERS, default Hugging Face static-cache generate; PEERS= for none) and the accuracy check
 #            (ACCURACY=0 skips it)
 #   profile  bench.profile_decode of each VARIANTS entry (gpt2-large, batch 1 and 16): kernels per step, time per class
 #   40b      gpt-large-40b, bf16 and FP8 weight-only (VARIANTS), batch 1 and 16 (--max-seq-len 1280)
@@ -27,7 +27,8 @@ STAGES=()
 while [ $# -gt 0 ]; do
     case "$1" in --) OUT_DIR="$2"; shift 2 ;; *) STAGES+=("$1"); shift ;; esac
 done
-[ ${#STAGES[@]} -gt 0 ] || { echo "usage: scripts/bench_gpu.sh setup|tests|engine|profile|40b|triton|stream|ready|triton-variant|triton2|scheduler ... [-- OUT_DIR]" >&2; exit 2; }
+STAGE_NAMES="setup|tests|engine|profile|40b|triton|stream|ready|triton-variant|triton2|scheduler"
+[ ${#STAGES[@]} -gt 0 ] || { echo "usage: scripts/bench_gpu.sh $STAGE_NAMES ... [-- OUT_DIR]" >&2; exit 2; }
 PY="${PYTHON:-python3}"
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1 PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -117,8 +118,9 @@ for stage in "${STAGES[@]}"; do
         ;;
     engine)
         # PYTHONPATH without /tmp/site: its numpy 1.26 (for the stub) breaks the image's transformers (HF peer)
-        PYTHONPATH="$PWD" "$PY" -m bench.engine --preset gpt2-large --variants "${VARIANTS:-bf16-sdpa,fp8wo-sdpa}" --batches 1,16 \
-            --peers "${PEERS-hf-static}" --peer-batches 1,16 $([ "${ACCURACY:-1}" = 1 ] && echo --accuracy) --output "$OUT_DIR"
+        PYTHONPATH="$PWD" "$PY" -m bench.engine --preset gpt2-large --variants "${VARIANTS:-bf16-sdpa,fp8wo-sdpa}" \
+            --batches 1,16 --peers "${PEERS-hf-static}" --peer-batches 1,16 \
+            $([ "${ACCURACY:-1}" = 1 ] && echo --accuracy) --output "$OUT_DIR"
         ;;
     profile)  # where a decode step's GPU time goes, per VARIANTS entry: kernels per step, time per kernel class
         for variant in $(echo "${VARIANTS:?set VARIANTS, e.g. bf16-sdpa,bf16-fused}" | tr , " "); do
@@ -127,8 +129,8 @@ for stage in "${STAGES[@]}"; do
         done
         ;;
     40b)
-        PYTHONPATH="$PWD" "$PY" -m bench.engine --preset gpt-large-40b --variants "${VARIANTS:-bf16-sdpa,fp8wo-sdpa}" --batches 1,16 --peers '' \
-            --max-seq-len 1280 --output "$OUT_DIR"
+        PYTHONPATH="$PWD" "$PY" -m bench.engine --preset gpt-large-40b --variants "${VARIANTS:-bf16-sdpa,fp8wo-sdpa}" \
+            --batches 1,16 --peers '' --max-seq-len 1280 --output "$OUT_DIR"
         ;;
     triton)  # KEEP_CACHE=1: start on the compile cache a previous run left (a warm start)
         export TORCHINDUCTOR_CACHE_DIR="/tmp/gptserve-compile-cache"

@@ -98,8 +98,9 @@ class Scheduler:
     def __init__(self, engine_factory: Callable[[], Any], settings, observer: Observer | None = None,
                  on_ready: Callable[[Any], None] | None = None):
         """settings: a ServingConfig (queue_timeout_ms, max_queue_size, prefill_chunk, stream_interval,
-        delivery_threads, cancel_check_ms, drain_timeout_ms, step_delay_ms). engine_factory() runs on the engine thread and returns
-        the Engine; on_ready(engine) runs there next (warm-up, probes): both make every torch call of start-up."""
+        delivery_threads, cancel_check_ms, drain_timeout_ms, step_delay_ms). engine_factory() runs on the engine
+        thread and returns the Engine; on_ready(engine) runs there next (warm-up, probes): both make every torch
+        call of start-up."""
         self.settings = settings
         self._factory = engine_factory
         self._on_ready = on_ready
