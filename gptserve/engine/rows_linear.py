@@ -19,7 +19,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-MAX_ROWS = 16  # tl.dot's smallest M tile, and the engine's largest batch bucket: the op serves up to this many
+from .fp8_matmul import MAX_ROWS  # tl.dot's smallest M tile (the engine's largest batch bucket): this op's limit too
+
 LARGE_N = 16384  # output columns from which a matrix (an LM head) streams from HBM whatever the cache holds
 
 
