@@ -151,7 +151,7 @@ def run_variant(preset: str, name: str, batches, prompt_len: int, new_tokens: in
                 compile_mode: str = "reduce-overhead", probe: bool = True, max_seq_len: int = 0) -> dict:
     settings = dict(VARIANTS.get(name, {}))
     serving = ServingConfig(preset=preset, compile_mode=compile_mode, max_tokens_limit=4096,
-                            max_seq_len=max_seq_len, **settings)
+                            max_seq_len=max_seq_len, max_batch_size=max(batches), **settings)
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     engine = Engine(serving, device="cuda")

@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-BATCH_BUCKETS = (1, 2, 4, 8, 16)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64)  # past 16, steps of half a power of two: less padding
 
 
 @dataclass(frozen=True)

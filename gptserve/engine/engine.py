@@ -110,7 +110,7 @@ class Engine:
     # -- compiled hot functions -------------------------------------------------------------------------------
     def _compile(self, mode: str, cache_dir: str):
         # Only decode is compiled: it is shape-stable and launch-bound. It gets a dynamic batch dimension (one
-        # graph for buckets 2..16, one for batch 1) and CUDA-graph trees record one graph per bucket. Prefill stays
+        # graph for buckets 2..64, one for batch 1) and CUDA-graph trees record one graph per bucket. Prefill stays
         # eager: compiling it with dynamic shapes kept gpt2-large from READY for over 5 minutes on the H200
         # (docs/benchmarks.md, run 4), although its eager Python is the engine thread's largest cost under load.
         # Every Engine in a process (benchmarks, tests) compiles the same code objects, so dynamo's per-code

@@ -19,10 +19,11 @@ def test_prompt_alone_equals_prompt_in_ragged_batch(tiny_engine):
     assert len(alone) == 10
 
 
-def test_a_batch_of_every_slot_between_buckets_equals_prompts_alone(tiny_engine):
-    engine = Engine(ServingConfig(preset="tiny", max_batch_size=12), device="cpu")  # bucket 16 > 12 slots
+@pytest.mark.parametrize("slots", [12, 40])  # buckets 16 and 48: rows past the last slot
+def test_a_batch_of_every_slot_between_buckets_equals_prompts_alone(tiny_engine, slots):
+    engine = Engine(ServingConfig(preset="tiny", max_batch_size=slots), device="cpu")
     engine.warmup(prompt_len=4)
-    batch = [greedy(range(1 + i, 20 + i), n=5) for i in range(12)]
+    batch = [greedy(range(1 + i, 20 + i), n=5) for i in range(slots)]
     assert [r.output_ids for r in generate(engine, batch)] == [generate(tiny_engine, [r])[0].output_ids for r in batch]
 
 

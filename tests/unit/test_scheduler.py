@@ -127,10 +127,11 @@ def test_greedy_alone_equals_generate(make, stream):
         assert final.text == ref.text  # prompt + generated text, as gpt_large answers
 
 
-def test_slots_between_buckets_run_every_slot(make):
-    """12 slots: the decode bucket is 16 rows, past the last slot; every request still equals generate."""
-    sched = make(slots=12)
-    prompts = [tuple(range(1 + i, 9 + 2 * i)) for i in range(12)]
+@pytest.mark.parametrize("slots", [12, 40])
+def test_slots_between_buckets_run_every_slot(make, slots):
+    """12 (40) slots: the decode bucket is 16 (48) rows, past the last slot; every request still equals generate."""
+    sched = make(slots=slots)
+    prompts = [tuple(range(1 + i, 9 + 2 * i)) for i in range(slots)]
     sinks = [run(sched, req(p, n=6)) for p in prompts]
     assert [s.wait().ids for s in sinks] == [reference(req(p, n=6)).output_ids for p in prompts]
 

@@ -46,8 +46,8 @@ def test_max_batch_size_is_tritons_own_field():
     assert ServingConfig.from_triton_config({"max_batch_size": 16}).max_batch_size == 16
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['max_batch_size'\]"):
         build({"max_batch_size": "8"})  # not a parameter any more: Triton's field is the one place
-    with pytest.raises(ValueError, match=r"parameter max_batch_size=32 is outside \[1, 16\]"):
-        ServingConfig.from_triton_config({"max_batch_size": 32})
+    with pytest.raises(ValueError, match=r"parameter max_batch_size=65 is outside \[1, 64\]"):
+        ServingConfig.from_triton_config({"max_batch_size": 65})
 
 
 def test_repository_configs_restate_no_default():
