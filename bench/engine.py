@@ -222,52 +222,76 @@ def run_hf(preset: str, batches, prompt_len: int, new_tokens: int, static: bool)
     return row
 
 
-def accuracy(preset: str, variants: list[str], batch: int = 8, prompt_len: int = 128, steps: int = 64) -> dict:
-    """Each variant's decode steps against the fp32 reference and against bf16, teacher-forced along the
-    reference's greedy continuation: next-token agreement and mean KL(reference || variant). The weights are
-    drawn with std 0.1 (GPT-2's initializer_range is 0.02) so logits have clear gaps, saved as a checkpoint that
-    every variant loads."""
+DECISIVE_MARGIN = 1.0  # nats: the reference's top token is at least e times as likely as its runner-up
+
+
+def accuracy(preset: str, variants: list[str], batch: int = 16, prompt_len: int = 128, steps: int = 64,
+             max_seq_len: int = 0, embedding_std: float = 0.1) -> dict:
+    """Each variant's decode steps against a reference, teacher-forced along the reference's greedy continuation:
+    next-token agreement over every position and over the decisive ones (reference margin >= DECISIVE_MARGIN),
+    and mean KL(reference || variant). The reference is the eager fp32 model where an fp32 copy fits, else the
+    first bf16 variant. Seeded weights: GPT-2's init in the blocks, embeddings (and so the tied LM head) drawn with
+    embedding_std, which gives the logits clear gaps without making the blocks chaotic (std 0.1 everywhere left
+    bf16 agreeing with fp32 on 43% of tokens, docs/benchmarks.md)."""
     import torch.nn.functional as F
-    from safetensors.torch import save_file
 
     from gptserve.engine.build import build, resolve
 
     r = resolve(ServingConfig(preset=preset, dtype="float32", compile_mode="none"), "cuda")
-    reference = build(r, weights_seed=1, init_std=0.1)
-    path = Path(f"/tmp/gptserve-accuracy-{preset}.safetensors")
-    save_file({k: v.contiguous() for k, v in reference.state_dict().items() if k != "lm_head.weight"}, str(path))
-    ids = torch.tensor(prompts(batch, prompt_len, r.model.vocab_size, seed=7), device="cuda")
-    with torch.no_grad():
-        for _ in range(steps):  # the reference's greedy continuation
-            ids = torch.cat([ids, reference.forward_reference(ids)[:, -1:].argmax(-1)], dim=1)
-        want = reference.forward_reference(ids)[:, prompt_len - 1: prompt_len - 1 + steps].float()  # [B, T, V]
-    del reference
-    torch.cuda.empty_cache()
+    ids = torch.tensor(prompts(batch, prompt_len, r.model.vocab_size, seed=7), device="cuda")  # [B, prompt_len]
 
-    def decode_logits(variant: str) -> torch.Tensor:
-        settings = ServingConfig(preset=preset, model_path=str(path), compile_mode="reduce-overhead",
-                                 **VARIANTS[variant])
-        engine = Engine(settings, device="cuda")
+    def engine_for(variant: str) -> Engine:
+        settings = ServingConfig(preset=preset, compile_mode="reduce-overhead", max_batch_size=batch,
+                                 max_seq_len=max_seq_len, **VARIANTS[variant])
+        return Engine(settings, device="cuda", embedding_std=embedding_std)
+
+    def decode_logits(engine: Engine, ids: torch.Tensor) -> torch.Tensor:
         logits = [engine.prefill([tuple(row) for row in ids[:, :prompt_len].tolist()], list(range(batch)))]
         positions = torch.full((batch,), prompt_len, dtype=torch.int64, device="cuda")
         with torch.no_grad():
             for t in range(steps - 1):
                 logits.append(engine.decode_step(ids[:, prompt_len + t], positions + t, prompt_len + t).clone())
+        return torch.stack(logits, dim=1).float()  # [B, steps, V]
+
+    got = {}
+    if r.model.n_layer * r.model.n_embd**2 < 2e9:  # an fp32 copy fits beside the variants
+        name = "fp32 eager"
+        reference = build(r, weights_seed=0, embedding_std=embedding_std)
+        with torch.no_grad():
+            for _ in range(steps):  # the reference's greedy continuation
+                ids = torch.cat([ids, reference.forward_reference(ids)[:, -1:].argmax(-1)], dim=1)
+            want = reference.forward_reference(ids)[:, prompt_len - 1: prompt_len - 1 + steps].float()
+        del reference
+        torch.cuda.empty_cache()
+    else:  # the first bf16 variant is the reference: its greedy continuation, then its own logits along it
+        name = next(v for v in variants if v.startswith("bf16"))
+        engine = engine_for(name)
+        out = engine.generate([tuple(row) for row in ids.tolist()], [GREEDY] * batch, steps).tokens
+        ids = torch.cat([ids, torch.tensor(out, device="cuda")], dim=1)
+        want = got[name] = decode_logits(engine, ids)
         del engine
         release_engines()
-        return torch.stack(logits, dim=1).float()  # [B, T, V]
 
     def compare(p: torch.Tensor, q: torch.Tensor) -> dict:
-        agree = (p.argmax(-1) == q.argmax(-1)).float().mean().item()
+        agree = p.argmax(-1) == q.argmax(-1)
+        top2 = p.topk(2, dim=-1).values
+        decisive = top2[..., 0] - top2[..., 1] >= DECISIVE_MARGIN
         kl = F.kl_div(F.log_softmax(q, -1), F.log_softmax(p, -1), log_target=True, reduction="none").sum(-1)
-        return {"greedy_agreement": agree, "mean_kl": kl.mean().item()}
+        return {"greedy_agreement": agree.float().mean().item(),
+                "decisive_agreement": agree[decisive].float().mean().item() if decisive.any() else None,
+                "decisive_share": decisive.float().mean().item(), "mean_kl": kl.mean().item()}
 
-    got = {v: decode_logits(v) for v in variants}
+    for v in variants:
+        if v not in got:
+            engine = engine_for(v)
+            got[v] = decode_logits(engine, ids)
+            del engine
+            release_engines()
     base = next((v for v in variants if v.startswith("bf16")), variants[0])
-    report = {"weights_std": 0.1, "batch": batch, "prompt_len": prompt_len, "steps": steps}
+    report = {"reference": name, "weights": f"seeded: blocks std 0.02 (GPT-2), embeddings std {embedding_std}",
+              "decisive_margin_nats": DECISIVE_MARGIN, "batch": batch, "prompt_len": prompt_len, "steps": steps}
     for v, logits in got.items():
-        report[v] = {"vs_fp32_reference": compare(want, logits), f"vs_{base}": compare(got[base], logits)}
-    path.unlink()
+        report[v] = {"vs_reference": compare(want, logits), f"vs_{base}": compare(got[base], logits)}
     return report
 
 
@@ -308,7 +332,8 @@ def main(argv=None):
     p.add_argument("--max-seq-len", type=int, default=0, help="KV-cache positions per slot (0: the model's)")
     p.add_argument("--output", default="artifacts/bench")
     p.add_argument("--accuracy", action="store_true",
-                   help="also check each variant against the fp32 reference and bf16 (agreement, KL; gpt2-large size)")
+                   help="also check each variant against a reference (fp32 where it fits, else bf16) and bf16: "
+                        "greedy agreement, on decisive positions too, and KL")
     p.add_argument("--table", metavar="JSON", help="print the table of a saved report and exit (no GPU needed)")
     args = p.parse_args(argv)
     if args.table:
@@ -316,7 +341,7 @@ def main(argv=None):
         return
     if not torch.cuda.is_available():
         raise SystemExit("bench.engine needs a CUDA GPU")
-    batches = [int(b) for b in args.batches.split(",")]
+    batches = [int(b) for b in args.batches.split(",") if b]  # none: the accuracy check alone
     peer_batches = [int(b) for b in args.peer_batches.split(",")]
     bandwidth = copy_bandwidth()
     report = {
@@ -335,7 +360,7 @@ def main(argv=None):
         report["rows"].append(row)
         path.write_text(json.dumps(report, indent=1))
 
-    for name in filter(None, args.variants.split(",")):
+    for name in filter(None, args.variants.split(",") if batches else []):
         add(run_variant(args.preset, name, batches, args.prompt_len, args.new_tokens, bandwidth,
                         max_seq_len=args.max_seq_len))
     peers = [x for x in args.peers.split(",") if x]
@@ -355,7 +380,9 @@ def main(argv=None):
                 got = row["results"][0]["greedy_tokens_row0"]
                 report["accuracy"][f"{row['variant']} greedy token match vs {base['variant']}"] = token_match(want, got)
     if args.accuracy:
-        report["accuracy_teacher_forced"] = accuracy(args.preset, [v for v in args.variants.split(",") if v])
+        report["accuracy_teacher_forced"] = accuracy(args.preset, [v for v in args.variants.split(",") if v],
+                                                     batch=8 if args.preset == "gpt-large-40b" else 16,
+                                                     max_seq_len=args.max_seq_len)
         print(json.dumps(report["accuracy_teacher_forced"], indent=1))
     path.write_text(json.dumps(report, indent=1))
     print(table(report))

@@ -9,7 +9,8 @@
 #            with the same-run peer (PEERS, default Hugging Face static-cache generate; PEERS= for none) and the
 #            accuracy check (ACCURACY=0 skips it)
 #   profile  bench.profile_decode of each VARIANTS entry (gpt2-large, batch 1 and 16): kernels per step, time per class
-#   40b      gpt-large-40b, bf16 and FP8 weight-only (VARIANTS), batch 1 and 16 (--max-seq-len 1280)
+#   40b      gpt-large-40b, bf16 and FP8 weight-only (VARIANTS), batch 1 and 16 (BATCHES; empty: none)
+#            (--max-seq-len 1280); ACCURACY=1: FP8 against bf16 on weights with clear logit gaps
 #   triton   tritonserver with both models: READY time cold (empty compile cache) and warm (same cache, restart),
 #            then tools/compare_models.py over the runbook envelope (Poisson, prompts 128-512, 256 new tokens)
 #            and py-spy of the stream stub at 16 QPS (every thread, and with --gil the lock holder alone)
@@ -130,7 +131,8 @@ for stage in "${STAGES[@]}"; do
         ;;
     40b)
         PYTHONPATH="$PWD" "$PY" -m bench.engine --preset gpt-large-40b --variants "${VARIANTS:-bf16-sdpa,fp8wo-sdpa}" \
-            --batches 1,16 --peers '' --max-seq-len 1280 --output "$OUT_DIR"
+            --batches "${BATCHES-1,16}" --peers '' --max-seq-len 1280 $([ "${ACCURACY:-0}" = 1 ] && echo --accuracy) \
+            --output "$OUT_DIR"
         ;;
     triton)  # KEEP_CACHE=1: start on the compile cache a previous run left (a warm start)
         export TORCHINDUCTOR_CACHE_DIR="/tmp/gptserve-compile-cache"

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from . import checkpoint
-from .build import Resolved, build, resolve
+from .build import INIT_STD, Resolved, build, resolve
 from .config import BATCH_BUCKETS
 from .prefill_graphs import PrefillGraphs, padded_lengths
 from .sampling import SamplingParams, sample
@@ -58,8 +58,9 @@ class Generation:
 
 
 class Engine:
-    def __init__(self, settings, device: str | None = None):
-        """settings: a gptserve.settings.ServingConfig; device overrides settings.device."""
+    def __init__(self, settings, device: str | None = None, embedding_std: float = INIT_STD):
+        """settings: a gptserve.settings.ServingConfig; device overrides settings.device; embedding_std: of seeded
+        embeddings, when there is no checkpoint (build())."""
         t0 = time.perf_counter()
         self.settings = settings
         self.resolved: Resolved = resolve(settings, device)
@@ -69,7 +70,8 @@ class Engine:
         self.context = settings.max_seq_len or r.model.n_ctx  # KV-cache positions per slot
         if self.context > r.model.n_ctx:
             raise ValueError(f"parameter max_seq_len={self.context} exceeds the model's context of {r.model.n_ctx}")
-        self.model = build(r, settings.weights_seed, settings.model_path)
+        self.embedding_std = embedding_std
+        self.model = build(r, settings.weights_seed, settings.model_path, embedding_std=embedding_std)
         # One spare position: reading the whole context is then still a strict part of the cache, which the
         # compiler handles with the other lengths (a full-length, contiguous view would be compiled apart).
         self.model.setup_cache(bucket_for(self.slots), self.context + 1, r.kv_cache_dtype,

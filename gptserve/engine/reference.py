@@ -15,7 +15,8 @@ def reference_model(engine) -> GPT:
     if r.dtype == torch.float32 and r.fp8_mode == "none" and r.compile_mode == "none":
         return engine.model
     s = engine.settings
-    return build(dataclasses.replace(r, dtype=torch.float32), s.weights_seed, s.model_path, fp8_mode="none")
+    return build(dataclasses.replace(r, dtype=torch.float32), s.weights_seed, s.model_path, fp8_mode="none",
+                 embedding_std=engine.embedding_std)
 
 
 @torch.no_grad()
