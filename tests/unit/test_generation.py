@@ -142,10 +142,12 @@ def test_compiled_path_matches_reference(path):
 def test_compiled_decode_does_not_recompile_across_batch_and_kv_length_buckets():
     from torch._dynamo.utils import counters
 
-    engine = Engine(ServingConfig(preset="tiny", compile_mode="default"), device="cpu")
+    engine = Engine(ServingConfig(preset="tiny", compile_mode="default", max_batch_size=64), device="cpu")
+    before = counters["stats"]["unique_graphs"]
     engine.warmup()
     graphs = counters["stats"]["unique_graphs"]
-    for rows in (1, 3, 16):
+    assert graphs - before == 2  # batch 1, and one graph for every bucket 2..64 (no guard on B <= 16)
+    for rows in (1, 3, 16, 24, 64):
         for position in (5, 300, engine.context - 1):
             tokens = torch.zeros(rows, dtype=torch.int64)
             logits = engine.decode_step(tokens, torch.full((rows,), position), position)
