@@ -5,8 +5,8 @@
 #   setup    install the wheels carried in .whl/ (tritonserver from nvidia-pytriton, numpy<2 for its stub,
 #            tritonclient, rapidjson, prometheus_client) into /tmp/site; every later stage needs it
 #   tests    the GPU tests (tests/gpu)
-#   engine   gpt2-large variants (VARIANTS, default bf16 and FP8 weight-only, SDPA) at batch 1 and 16 (BATCHES),
-#            with the same-run peer (PEERS, default Hugging Face static-cache generate; PEERS= for none) and the
+#   engine   gpt2-large variants (VARIANTS, default bf16 and FP8 weight-only, SDPA) at batch 1 and 16 (BATCHES;
+#            empty: none), with the same-run peer (PEERS, default Hugging Face static-cache generate; PEERS= for none) and the
 #            accuracy check (ACCURACY=0 skips it)
 #   profile  bench.profile_decode of each VARIANTS entry (gpt2-large, batch 1 and 16): kernels per step, time per class
 #   40b      gpt-large-40b, bf16 and FP8 weight-only (VARIANTS), batch 1 and 16 (BATCHES; empty: none)
@@ -120,7 +120,7 @@ for stage in "${STAGES[@]}"; do
     engine)
         # PYTHONPATH without /tmp/site: its numpy 1.26 (for the stub) breaks the image's transformers (HF peer)
         PYTHONPATH="$PWD" "$PY" -m bench.engine --preset gpt2-large --variants "${VARIANTS:-bf16-sdpa,fp8wo-sdpa}" \
-            --batches "${BATCHES:-1,16}" --peers "${PEERS-hf-static}" --peer-batches 1,16 \
+            --batches "${BATCHES-1,16}" --peers "${PEERS-hf-static}" --peer-batches 1,16 \
             $([ "${ACCURACY:-1}" = 1 ] && echo --accuracy) --output "$OUT_DIR"
         ;;
     profile)  # where a decode step's GPU time goes, per VARIANTS entry: kernels per step, time per kernel class
