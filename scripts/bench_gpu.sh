@@ -6,8 +6,8 @@
 #            tritonclient, rapidjson, prometheus_client) into /tmp/site; every later stage needs it
 #   tests    the GPU tests (tests/gpu)
 #   engine   gpt2-large variants (VARIANTS, default bf16 and FP8 weight-only, SDPA) at batch 1 and 16 (BATCHES;
-#            empty: none), with the same-run peer (PEERS, default Hugging Face static-cache generate; PEERS= for none) and the
-#            accuracy check (ACCURACY=0 skips it)
+#            empty: none), with the same-run peer (PEERS, default Hugging Face static-cache generate; PEERS= for
+#            none) and the accuracy check (ACCURACY=0 skips it)
 #   profile  bench.profile_decode of each VARIANTS entry (gpt2-large, batch 1 and 16): kernels per step, time per class
 #   40b      gpt-large-40b, bf16 and FP8 weight-only (VARIANTS), batch 1 and 16 (BATCHES; empty: none)
 #            (--max-seq-len 1280); ACCURACY=1: FP8 against bf16 on weights with clear logit gaps
