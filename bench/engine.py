@@ -277,9 +277,9 @@ def accuracy(preset: str, variants: list[str], batch: int = 16, prompt_len: int 
         top2 = p.topk(2, dim=-1).values
         decisive = top2[..., 0] - top2[..., 1] >= DECISIVE_MARGIN
         kl = F.kl_div(F.log_softmax(q, -1), F.log_softmax(p, -1), log_target=True, reduction="none").sum(-1)
-        return {"greedy_agreement": agree.float().mean().item(),
-                "decisive_agreement": agree[decisive].float().mean().item() if decisive.any() else None,
-                "decisive_share": decisive.float().mean().item(), "mean_kl": kl.mean().item()}
+        return {"greedy_agreement": agree.double().mean().item(),
+                "decisive_agreement": agree[decisive].double().mean().item() if decisive.any() else None,
+                "decisive_share": decisive.double().mean().item(), "mean_kl": kl.mean().item()}
 
     for v in variants:
         if v not in got:
