@@ -29,6 +29,7 @@ pytestmark = pytest.mark.integration
 MODEL = "gpt_large_stream"
 NAMESPACE, POD = "gptserve-test", "gptserve-0"  # the labels a Kubernetes scrape would add
 STEP_DELAY_MS = 50  # every decode step takes at least this long, so load builds up on any CPU
+SLOTS = 16  # fewer than the shipped 64, so the load below fills more than the HPA target of them
 SIGNAL = "pod_model:gptserve_slot_demand:ratio"
 ADAPTER_METRIC = "gptserve_slot_demand"
 SHM_REGION = "/dev/shm/triton_python_backend_shm_region_"
@@ -91,7 +92,7 @@ def server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("repo") / "model_repository"
     shutil.copytree(REPO_ROOT / "model_repository", repo)
     cfg = repo / MODEL / "config.pbtxt"
-    cfg.write_text(configure(cfg.read_text(), {"step_delay_ms": STEP_DELAY_MS}))
+    cfg.write_text(configure(cfg.read_text(), {"step_delay_ms": STEP_DELAY_MS}, max_batch_size=SLOTS))
     with TritonServer(repo, models=[MODEL], startup_timeout=240) as srv:
         yield srv
 
@@ -119,7 +120,7 @@ def test_slot_demand_rises_above_the_hpa_target_under_load_and_falls_back_when_i
     idle = prometheus.wait_for(f"{SIGNAL}{{model='{MODEL}'}}", timeout=30)
     assert idle[0][1] < target, f"idle demand {idle} is not below the target {target}"
 
-    # 16 slots, >= 32 steps of >= 50 ms per request: 12 requests/s keep ~19 sequences in the model.
+    # SLOTS (16) slots, >= 32 steps of >= 50 ms per request: 12 requests/s keep ~19 sequences in the model.
     load = load_test(server, tmp_path, qps=12, duration=15)
     try:
         loaded = prometheus.wait_for(f"{SIGNAL}{{model='{MODEL}'}} > {target}", timeout=40)

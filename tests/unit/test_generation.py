@@ -139,10 +139,15 @@ def test_compiled_path_matches_reference(path):
 
 
 @pytest.mark.slow
-def test_compiled_decode_does_not_recompile_across_batch_and_kv_length_buckets():
+def test_compiled_decode_does_not_recompile_across_batch_and_kv_length_buckets(tmp_path, monkeypatch):
     from torch._dynamo.utils import counters
 
-    engine = Engine(ServingConfig(preset="tiny", compile_mode="default", max_batch_size=64), device="cpu")
+    # A compile cache of its own: graphs cached by other engines (16 cache rows) carry their own guards on B.
+    # The engine sets the variable; monkeypatch puts the old value back afterwards.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    torch._dynamo.reset()
+    engine = Engine(ServingConfig(preset="tiny", compile_mode="default", max_batch_size=64,
+                                  compile_cache_dir=str(tmp_path)), device="cpu")
     before = counters["stats"]["unique_graphs"]
     engine.warmup()
     graphs = counters["stats"]["unique_graphs"]
