@@ -1,6 +1,6 @@
 """y = x @ (W_fp8 * scale)^T for few rows of x: the decode step's GEMM with FP8 weights, one Triton kernel.
 
-A decode step multiplies 1 to 16 rows by every weight matrix once: it is bound by reading the weights, so FP8
+A decode step of 1 to 16 rows multiplies them by every weight matrix once: it is bound by reading the weights, so FP8
 weights (1 byte each) can halve its time, but only if nothing reads them at a wider type. The kernel loads FP8
 tiles, widens them in registers and accumulates in fp32; each program covers BLOCK_N output columns over one
 slice of K (split-K, so a small matrix still spreads over every SM); the slices' partial sums are added by the
@@ -15,7 +15,7 @@ import functools
 
 import torch
 
-MAX_ROWS = 16  # tl.dot's smallest M tile: the op serves up to this many rows
+MAX_ROWS = 16  # tl.dot's smallest M tile: the op serves up to this many rows (larger decode steps: _scaled_mm)
 
 
 @functools.cache

@@ -1,8 +1,8 @@
 """y = residual + gelu(norm(x) @ W^T * scale + bias): one linear layer of a decode step as one Triton kernel.
 
-A decode step multiplies 1 to 16 rows by every weight matrix once, so it is bound by reading weights and by
-launching kernels. Torch runs LayerNorm, the GEMM (cuBLAS tiles and split-K reductions sized for many rows),
-GELU and the residual add as separate kernels. Here each program owns BLOCK_N output columns over all of K:
+A decode step of 1 to 16 rows multiplies them by every weight matrix once, so it is bound by reading weights and
+by launching kernels (steps over more rows stay on torch's linears). Torch runs LayerNorm, the GEMM (cuBLAS
+tiles and split-K reductions sized for many rows), GELU and the residual add as separate kernels. Here each program owns BLOCK_N output columns over all of K:
 it normalises the rows it reads (the optional LayerNorm: the rows are a few KB that every program reads from
 L2), streams its weight rows (bf16, or FP8 widened in registers and scaled per output column), then adds the
 bias, applies tanh-GELU and adds the residual before its one store. Every part is optional. One row takes a
@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .fp8_matmul import MAX_ROWS  # tl.dot's smallest M tile (the engine's largest batch bucket): this op's limit too
+from .fp8_matmul import MAX_ROWS  # tl.dot's smallest M tile: this op's row limit too
 
 LARGE_N = 16384  # output columns from which a matrix (an LM head) streams from HBM whatever the cache holds
 
