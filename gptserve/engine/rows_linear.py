@@ -1,12 +1,12 @@
 """y = residual + gelu(norm(x) @ W^T * scale + bias): one linear layer of a decode step as one Triton kernel.
 
-A decode step of 1 to 16 rows multiplies them by every weight matrix once, so it is bound by reading weights and
-by launching kernels (steps over more rows stay on torch's linears). Torch runs LayerNorm, the GEMM (cuBLAS
-tiles and split-K reductions sized for many rows), GELU and the residual add as separate kernels. Here each program owns BLOCK_N output columns over all of K:
-it normalises the rows it reads (the optional LayerNorm: the rows are a few KB that every program reads from
-L2), streams its weight rows (bf16, or FP8 widened in registers and scaled per output column), then adds the
-bias, applies tanh-GELU and adds the residual before its one store. Every part is optional. One row takes a
-multiply-and-sum path; 2 to 16 rows go through tl.dot on a 16-row tile.
+A decode step of 1 to 16 rows multiplies them by every weight matrix once, so it is bound by reading weights and by
+launching kernels (steps over more rows stay on torch's linears). Torch runs LayerNorm, the GEMM (cuBLAS tiles and
+split-K reductions sized for many rows), GELU and the residual add as separate kernels. Here each program owns
+BLOCK_N output columns over all of K: it normalises the rows it reads (the optional LayerNorm: the rows are a few
+KB that every program reads from L2), streams its weight rows (bf16, or FP8 widened in registers and scaled per
+output column), then adds the bias, applies tanh-GELU and adds the residual before its one store. Every part is
+optional. One row takes a multiply-and-sum path; 2 to 16 rows go through tl.dot on a 16-row tile.
 
 Registered as the custom op gptserve::rows_linear, so torch.compile and CUDA graphs take it as it is: on CUDA
 tensors the kernel, on others the same arithmetic in torch (the CPU path, and the kernel's test reference).
