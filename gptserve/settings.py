@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .engine.config import PRESETS
+from .engine.config import BATCH_BUCKETS, PRESETS
 
 BOTH, STATIC, IN_FLIGHT = "both", "gpt_large", "gpt_large_stream"
 
@@ -62,8 +62,9 @@ class ServingConfig:
                                   choices=("auto", "fp8"))
     max_batch_size: int = setting(16, "Requests per batch (gpt_large) or sequences generated together "
                                   "(gpt_large_stream, KV-cache slots): Triton's own max_batch_size field. The KV "
-                                  "cache has a row per row of the next batch bucket (1, 2, 4, 8, 16, 24, 32, 48, "
-                                  "64): 16 for 9-16.", limits=(1, 64), parameter=False)
+                                  "cache has a row per row of the next batch bucket "
+                                  f"({', '.join(map(str, BATCH_BUCKETS))}): 16 for 9-16.",
+                                  limits=(1, BATCH_BUCKETS[-1]), parameter=False)
     max_tokens_default: int = setting(16, "max_tokens of a request that does not set it.", limits=(1, 4096))
     max_tokens_limit: int = setting(1024, "Largest max_tokens a request may ask for.", limits=(1, 4096))
     max_seq_len: int = setting(0, "KV-cache positions per sequence (prompt + output); 0: the model's context.",
