@@ -147,6 +147,11 @@ def measure_engine(engine: Engine, batch: int, prompt_len: int, new_tokens: int,
     }
 
 
+def fp32_copy_fits(cfg) -> bool:
+    """Whether an fp32 reference copy of the model fits on the GPU beside the engine (gpt2-large yes, 40B no)."""
+    return cfg.n_layer * cfg.n_embd**2 < 2e9
+
+
 def run_variant(preset: str, name: str, batches, prompt_len: int, new_tokens: int, bandwidth: float,
                 compile_mode: str = "reduce-overhead", probe: bool = True, max_seq_len: int = 0) -> dict:
     settings = dict(VARIANTS.get(name, {}))
@@ -167,7 +172,7 @@ def run_variant(preset: str, name: str, batches, prompt_len: int, new_tokens: in
     for b in batches:
         row["results"].append(measure_engine(engine, b, prompt_len, new_tokens, bandwidth))
         print(json.dumps({k: v for k, v in row["results"][-1].items() if k != "greedy_tokens_row0"}), flush=True)
-    if probe and engine.cfg.n_layer * engine.cfg.n_embd**2 < 2e9:  # an fp32 reference copy must fit
+    if probe and fp32_copy_fits(engine.cfg):
         row["max_abs_diff_vs_fp32_reference"] = engine.probe_max_abs_diff()
     del engine
     release_engines()
@@ -254,7 +259,7 @@ def accuracy(preset: str, variants: list[str], batch: int = 16, prompt_len: int 
         return torch.stack(logits, dim=1).float()  # [B, steps, V]
 
     got = {}
-    if r.model.n_layer * r.model.n_embd**2 < 2e9:  # an fp32 copy fits beside the variants
+    if fp32_copy_fits(r.model):
         name = "fp32 eager"
         reference = build(r, weights_seed=0, embedding_std=embedding_std)
         with torch.no_grad():
