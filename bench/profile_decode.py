@@ -60,8 +60,7 @@ def decode_kernels(engine: Engine, batch: int, prompt_len: int, steps: int, trac
     engine.prefill(prompts(batch, prompt_len, engine.cfg.vocab_size), list(range(batch)))
     tokens = torch.zeros(batch, dtype=torch.int64, device="cuda")
     positions = torch.full((batch,), prompt_len, dtype=torch.int64, device="cuda")
-    for _ in range(3):  # compile and capture this bucket outside the profile
-        engine.decode_step(tokens, positions, prompt_len)
+    engine.decode_step(tokens, positions, prompt_len)  # warmup() captured every bucket: a replay
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for step in range(steps):
@@ -109,6 +108,7 @@ def main(argv=None):
         raise SystemExit("bench.profile_decode needs a CUDA GPU (CI has none; run it on the GPU machine)")
     settings = settings_from(args)
     engine = Engine(settings, device="cuda")
+    engine.warmup()  # compiles, and captures every bucket's CUDA graphs, outside the profile
     name = Path(args.config).parent.name if args.config else f"{args.preset}-{args.variant}"
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)

@@ -38,9 +38,13 @@ class ServingConfig:
                           choices=("auto", "cpu", "cuda"))
     dtype: str = setting("auto", "Weights and activations; auto: bfloat16 on a GPU, float32 on a CPU.",
                          choices=("auto", "float32", "bfloat16", "float16"))
-    compile_mode: str = setting("auto", "torch.compile mode of the decode step; auto: reduce-overhead (CUDA "
-                                "graphs) on a GPU, none on a CPU.",
+    compile_mode: str = setting("auto", "torch.compile mode of the decode step; reduce-overhead and max-autotune "
+                                "replay each step from a CUDA graph (on a GPU); auto: reduce-overhead on a GPU, none "
+                                "on a CPU.",
                                 choices=("auto", "reduce-overhead", "default", "max-autotune", "none"))
+    compile_region: str = setting("block", "What torch.compile compiles of the decode step: block (one transformer "
+                                  "block, reused by every layer: a fast start) or step (the whole step: fusions "
+                                  "across blocks, a compile n_layer times larger).", choices=("block", "step"))
     compile_cache_dir: str = setting("", "Directory for inductor's compile cache, kept across restarts (mount a "
                                      "volume there); empty: inductor's default under /tmp.")
     attention_backend: str = setting("sdpa", "Attention kernel; splitkv: sdpa, but decode steps read the cache with "
@@ -55,8 +59,8 @@ class ServingConfig:
                             "weight-only.", choices=("none", "weight-only", "torch", "transformer-engine", "auto"))
     prefill_graphs: str = setting("auto", "CUDA graphs for one-prompt prefill chunks (one replay instead of "
                                   "hundreds of eager kernel launches); auto: on when the decode step runs on CUDA "
-                                  "graphs (reduce-overhead on a GPU), attention is not flex and FP8 is not "
-                                  "transformer-engine.",
+                                  "graphs (reduce-overhead or max-autotune on a GPU), attention is not flex and FP8 "
+                                  "is not transformer-engine.",
                                   choices=("auto", "off"))
     kv_cache_dtype: str = setting("auto", "KV-cache element type; fp8 halves its bytes (GPU only).",
                                   choices=("auto", "fp8"))

@@ -17,13 +17,18 @@ import torch
 
 from . import checkpoint
 from .build import INIT_STD, Resolved, build, resolve
+from .model import run_block
 from .config import BATCH_BUCKETS
-from .prefill_graphs import PrefillGraphs, padded_lengths
+from .graphs import DecodeGraphs, PrefillGraphs, padded_lengths
 from .sampling import SamplingParams, sample
 from .tokenizer import load_tokenizer
 from .transfer import HostStaging, to_device
 
 log = logging.getLogger("gptserve")
+
+# compile_mode -> inductor's mode: the engine records CUDA graphs itself (graphs.py), for these modes on a GPU
+INDUCTOR_MODES = {"reduce-overhead": "default", "default": "default", "max-autotune": "max-autotune-no-cudagraphs"}
+GRAPHED_MODES = ("reduce-overhead", "max-autotune")
 
 PREFILL_ALIGN = 64  # prompts are padded to a multiple of this: few distinct prefill shapes
 KV_BLOCK = 256  # attention reads the cache up to the batch's furthest position, rounded up to this many
@@ -76,16 +81,16 @@ class Engine:
         # compiler handles with the other lengths (a full-length, contiguous view would be compiled apart).
         self.model.setup_cache(bucket_for(self.slots), self.context + 1, r.kv_cache_dtype,
                                settings.attention_backend, r.decode_linears)
-        # Its first kv_len entries carry kv_len into the compiled decode as a dynamic size: one graph for
-        # every length, and CUDA-graph trees record one graph per (batch bucket, length bucket).
-        self._kv_len_marker = torch.empty(self.context, dtype=torch.int8, device=self.device)
         self.tokenizer = load_tokenizer(settings.tokenizer_path, settings.model_path, r.model.vocab_size)
         self.end_id = self._default_end_id()
         if self.tokenizer.vocab_size < r.model.vocab_size:
             log.warning("tokenizer %s covers ids 0..%d of the model's %d; text_output shows every other id as "
                         "U+FFFD", self.tokenizer.name, self.tokenizer.vocab_size - 1, r.model.vocab_size)
         self._decode = self._forward_decode
-        self._prefill_graphs: PrefillGraphs | None = None  # captured by warmup() where graphs_for_prefill
+        self._run_block = run_block
+        # captured by warmup() where compile_mode is reduce-overhead or max-autotune on a GPU, and graphs_for_prefill
+        self._decode_graphs: DecodeGraphs | None = None
+        self._prefill_graphs: PrefillGraphs | None = None
         self._staging = HostStaging(self.device)
         if r.compile_mode != "none":
             self._compile(r.compile_mode, settings.compile_cache_dir)
@@ -111,8 +116,11 @@ class Engine:
 
     # -- compiled hot functions -------------------------------------------------------------------------------
     def _compile(self, mode: str, cache_dir: str):
-        # Only decode is compiled: it is shape-stable and launch-bound. It gets a dynamic batch dimension (one
-        # graph for buckets 2..64, one for batch 1) and CUDA-graph trees record one graph per bucket. Prefill stays
+        # Only decode is compiled: it is shape-stable and launch-bound. compile_region=block compiles one block,
+        # which every layer then reuses (one compile instead of n_layer inlined copies: a fast start);
+        # compile_region=step compiles the whole step (fusions across blocks). Either way the batch dimension is
+        # dynamic (one graph for buckets 2..64, one for batch 1), and the engine captures the whole step in CUDA
+        # graphs itself (graphs.py), as inductor's CUDA-graph trees would capture each block apart. Prefill stays
         # eager: compiling it with dynamic shapes kept gpt2-large from READY for over 5 minutes on the H200
         # (docs/benchmarks.md, run 4), although its eager Python is the engine thread's largest cost under load.
         # Every Engine in a process (benchmarks, tests) compiles the same code objects, so dynamo's per-code
@@ -126,24 +134,39 @@ class Engine:
         dynamo = torch._dynamo.config
         dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
         dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 1024)
-        self._decode = torch.compile(self._forward_decode, mode=mode, fullgraph=True)
+        inductor_mode = INDUCTOR_MODES[mode]
+        if self.settings.compile_region == "block":
+            compiled = torch.compile(run_block, mode=inductor_mode, fullgraph=True)
 
-    def _forward_prefill(self, tokens, positions, slots, last_index, kv_len_marker):
-        # tokens, positions: [N, T]; slots, last_index: [N]; kv_len_marker: [L] -> logits [N, V]
-        return self.model(tokens, positions, slots, last_index, kv_len_marker.shape[0])
+            def run_compiled(block, x, step):
+                step.mark_dynamic(x)  # before the call: dynamo does not trace marking
+                return compiled(block, x, step)
 
-    def _forward_decode(self, tokens, positions, kv_len_marker):
-        # tokens, positions: [B, 1] for slots 0..B-1; kv_len_marker: [L] -> logits [B, V]
-        return self.model(tokens, positions, slice(0, tokens.shape[0]), kv_len=kv_len_marker.shape[0])[:, -1]
+            self._run_block = run_compiled
+        else:
+            self._decode = torch.compile(self._forward_decode, mode=inductor_mode, fullgraph=True)
+        if mode in GRAPHED_MODES and self.device.type == "cuda":
+            self._decode_graphs = DecodeGraphs(self._graph_decode, self.device)
+
+    def _forward_decode(self, tokens, positions, kv_positions):
+        # tokens, positions: [B, 1] for slots 0..B-1; kv_positions: [kv_len] -> logits [B, V]
+        return self.model(tokens, positions, None, kv_len=kv_positions.shape[0], run=self._run_block)[:, -1]
+
+    def _graph_decode(self, tokens, positions, kv_len: int):
+        return self._decode_step(tokens, positions, self.model.kv_positions[:kv_len])  # captured by DecodeGraphs
 
     @property
     def graphs_for_prefill(self) -> bool:
         """Whether warmup() captures one-prompt prefill graphs: only beside a CUDA-graph decode step (the same
         conditions of capture), with sdpa or splitkv attention (flex runs compiled with dynamic shapes) and without
         Transformer Engine (its layers keep state on the host)."""
-        r = self.resolved
-        return (self.settings.prefill_graphs == "auto" and r.compile_mode == "reduce-overhead"
-                and self.settings.attention_backend != "flex" and r.fp8_mode != "transformer-engine")
+        return (self.settings.prefill_graphs == "auto" and self._decode_graphs is not None
+                and self.settings.attention_backend != "flex" and self.resolved.fp8_mode != "transformer-engine")
+
+    @property
+    def decode_graph_count(self) -> int:
+        """Decode steps captured as CUDA graphs: one per (batch bucket, KV length) once warmed up, else 0."""
+        return len(self._decode_graphs) if self._decode_graphs is not None else 0
 
     @property
     def prefill_graphed(self) -> bool:
@@ -175,26 +198,31 @@ class Engine:
             tokens[i, : len(p)] = torch.tensor(p)
         positions = (torch.tensor(start)[:, None] + torch.arange(padded)[None, :]).clamp(max=self.context - 1)
         last = torch.tensor([len(p) - 1 for p in prompts])
-        marker = self._kv_len_marker[: self.kv_len_for(int(positions.max()))]
         with torch.no_grad():
-            return self._forward_prefill(self.to_device(tokens), self.to_device(positions),
-                                         self.to_device(torch.tensor(slots)), self.to_device(last), marker)
+            return self.model(self.to_device(tokens), self.to_device(positions), self.to_device(torch.tensor(slots)),
+                              self.to_device(last), self.kv_len_for(int(positions.max())))
 
     def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, max_position: int | None = None):
         """One token for each of slots 0..B-1. tokens, positions: [B] on device -> logits [B, V].
         max_position (host int, default the last cache position) bounds positions: attention reads only the
         cache up to it (kv_len_for)."""
         tokens, positions = tokens[:, None], positions[:, None]  # [B, 1]
-        marker = self._kv_len_marker[: self.kv_len_for(self.context - 1 if max_position is None else max_position)]
-        if self.resolved.compile_mode != "none":
-            torch._dynamo.maybe_mark_dynamic(marker, 0)
+        kv_len = self.kv_len_for(self.context - 1 if max_position is None else max_position)
+        with torch.no_grad():
+            if self._decode_graphs is not None:
+                logits = self._decode_graphs.replay(tokens, positions, kv_len)
+                if logits is not None:
+                    return logits
+            return self._decode_step(tokens, positions, self.model.kv_positions[:kv_len])
+
+    def _decode_step(self, tokens, positions, kv_positions):
+        """The step without CUDA graphs. tokens, positions: [B, 1]; kv_positions: [kv_len] -> logits [B, V]."""
+        if self.resolved.compile_mode != "none" and self.settings.compile_region == "step":
+            torch._dynamo.maybe_mark_dynamic(kv_positions, 0)
             if tokens.shape[0] > 1:  # batch 1 gets its own graph anyway
                 torch._dynamo.maybe_mark_dynamic(tokens, 0)
                 torch._dynamo.maybe_mark_dynamic(positions, 0)
-        if self.resolved.compile_mode == "reduce-overhead":
-            torch.compiler.cudagraph_mark_step_begin()
-        with torch.no_grad():
-            return self._decode(tokens, positions, marker)
+        return self._decode(tokens, positions, kv_positions)
 
     sample = staticmethod(sample)
 
@@ -258,12 +286,11 @@ class Engine:
                 break
             t0 = time.perf_counter()
             n = min(b, self.slots)  # n prompts run bucket b
-            self.generate([(1,) * prompt_len] * n, [GREEDY] * n, 2)
-            if self.resolved.compile_mode == "reduce-overhead":  # CUDA-graph trees record on the 2nd call
-                zeros = torch.zeros(b, dtype=torch.int64, device=self.device)  # position 0: overwritten by prefill
-                for kv_len in self.kv_lengths():
-                    for _ in range(2):
-                        self.decode_step(zeros, zeros, kv_len - 1)
+            self.generate([(1,) * prompt_len] * n, [GREEDY] * n, 2)  # compiles the step's graphs for b
+            if self._decode_graphs is not None:
+                with torch.no_grad():
+                    for kv_len in self.kv_lengths():
+                        self._decode_graphs.capture(b, kv_len)
             self.synchronize()
             seconds[b] = time.perf_counter() - t0
         if self.graphs_for_prefill and self._prefill_graphs is None:
@@ -271,7 +298,8 @@ class Engine:
                 self._prefill_graphs = PrefillGraphs(
                     self.model, padded_lengths(self.settings.prefill_chunk, self.context), self.kv_lengths(),
                     self.device)
-        log.info("warmup: seconds per bucket %s", {k: round(v, 2) for k, v in seconds.items()})
+        log.info("warmup: seconds per bucket %s; %d decode graphs", {k: round(v, 2) for k, v in seconds.items()},
+                 self.decode_graph_count)
         return seconds
 
     def synchronize(self):

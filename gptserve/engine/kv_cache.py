@@ -18,9 +18,10 @@ class KVCache(nn.Module):
     def length(self) -> int:
         return self.k.shape[2]
 
-    def slot_index(self, rows) -> torch.Tensor:
-        """[B, 1] slot numbers of the rows (a slice or an index tensor), for update(); one per forward."""
-        return torch.arange(self.k.shape[0], device=self.k.device)[rows][:, None]
+    def slot_index(self, rows, batch: int) -> torch.Tensor:
+        """[B, 1] slot numbers of the rows (a slice, an index tensor, or None: slots 0..batch-1), for update();
+        one per forward."""
+        return torch.arange(self.k.shape[0], device=self.k.device)[_rows(rows, batch)][:, None]
 
     def write(self, slot_index: torch.Tensor, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """Write k, v [B, H, T, D] at input_pos [B, T] of slots slot_index [B, 1]."""
@@ -32,4 +33,9 @@ class KVCache(nn.Module):
         """write(); return the rows' caches [B, H, kv_len, D] in k's dtype: attention reads only their first
         kv_len positions."""
         self.write(slot_index, input_pos, k, v)
+        rows = _rows(rows, k.shape[0])
         return self.k[rows, :, :kv_len].to(k.dtype), self.v[rows, :, :kv_len].to(v.dtype)
+
+
+def _rows(rows, batch: int):
+    return slice(0, batch) if rows is None else rows

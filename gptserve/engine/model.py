@@ -5,6 +5,7 @@ Shapes: B rows, T tokens per row, H heads, D head dim, S cache positions, V voca
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -22,14 +23,39 @@ class CachedStep:
     """What every layer of one cached forward shares, computed once: where to write (slot_index, input_pos
     [B, T]), what to read (rows, the first kv_len positions), the attention backend's mask, and whether each
     block's linear layers run as fused kernels (one-token forwards of at most MAX_ROWS rows: decode steps;
-    decode_linears=fused)."""
+    decode_linears=fused).
+
+    Sizes a compiled region must not specialise on come from tensor shapes: kv_len is kv_positions' length, and
+    rows None (a decode step: rows 0..B-1) takes B from the activations.
+    """
 
     input_pos: torch.Tensor
-    rows: object  # slice or index tensor
+    rows: object  # slice, index tensor, or None: rows 0..B-1
     slot_index: torch.Tensor
-    kv_len: int
+    kv_positions: torch.Tensor  # [kv_len]; only its length is read
     mask: object
     fused: bool
+
+    @property
+    def kv_len(self):
+        return self.kv_positions.shape[0]
+
+    def mark_dynamic(self, x: torch.Tensor):
+        """Tell the compiler which sizes vary between calls: the KV length always, the batch when it is not 1
+        (batch 1 keeps a graph of its own)."""
+        torch._dynamo.maybe_mark_dynamic(self.kv_positions, 0)
+        batched = [x, self.input_pos, self.slot_index] if x.shape[0] > 1 else []
+        for t in batched:
+            torch._dynamo.maybe_mark_dynamic(t, 0)
+        if isinstance(self.mask, torch.Tensor):  # sdpa's [B, 1, T, kv_len]
+            torch._dynamo.maybe_mark_dynamic(self.mask, 3)
+            if batched:
+                torch._dynamo.maybe_mark_dynamic(self.mask, 0)
+
+
+def run_block(block: "Block", x: torch.Tensor, step: CachedStep | None) -> torch.Tensor:
+    """One block's forward: the region the engine compiles once for every layer of a decode step."""
+    return block(x, step)
 
 
 class CausalSelfAttention(nn.Module):
@@ -51,7 +77,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = qkv.view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # 3x [B, H, T, D]
         if step is None:  # reference path: the whole sequence, no cache
             y = causal_reference(q, k, v)
-        elif T == 1 and isinstance(step.rows, slice) and self.attention.decodes_from_cache:  # decode, rows 0..B-1
+        elif T == 1 and step.rows is None and self.attention.decodes_from_cache:  # decode, rows 0..B-1
             self.cache.write(step.slot_index, step.input_pos, k, v)
             y = decode_attention(q[:, :, 0], self.cache.k, self.cache.v, step.input_pos[:, 0])[:, :, None]
         else:
@@ -115,14 +141,18 @@ class GPT(nn.Module):
         device = self.wte.weight.device
         attention = get_attention(attention_backend)
         self.decode_linears = decode_linears
+        # CachedStep.kv_positions: a slice of it carries kv_len into compiled code as a size the compiler can
+        # keep dynamic (one graph for every length)
+        self.register_buffer("kv_positions", torch.empty(length, dtype=torch.int8, device=device), persistent=False)
         for block in self.blocks:
             block.attn.cache = KVCache(slots, self.cfg.n_head, length, self.cfg.head_dim, dtype, device)
             block.attn.attention = attention
 
     def forward(self, idx: torch.Tensor, input_pos: torch.Tensor, rows, last_index: torch.Tensor | None = None,
-                kv_len=None):
-        """Cached forward. idx, input_pos: [B, T]; rows: slots of the B rows (slice or index tensor); kv_len:
-        cache positions attention reads (every input_pos must be below it; None: all).
+                kv_len: int | None = None, run: Callable = run_block):
+        """Cached forward. idx, input_pos: [B, T]; rows: slots of the B rows (slice, index tensor, or None: slots
+        0..B-1); kv_len: cache positions attention reads (every input_pos must be below it; None: all); run: how
+        each block runs (run_block, or the engine's compiled region of it).
 
         Returns logits [B, V] at last_index [B] when given, else [B, T, V].
         """
@@ -133,10 +163,10 @@ class GPT(nn.Module):
         # decode_linears first: comparing B with MAX_ROWS would make the compiler guard on it (B <= 16), and the
         # first decode step over 24 rows would compile the whole step again (62 s on the H200)
         fuse = self.decode_linears != "torch" and T == 1 and B <= MAX_ROWS
-        step = CachedStep(input_pos, rows, attn.cache.slot_index(rows), kv_len,
+        step = CachedStep(input_pos, rows, attn.cache.slot_index(rows, B), self.kv_positions[:kv_len],
                           attn.attention.prepare(input_pos, kv_len), fuse and self.decode_linears == "fused")
         for block in self.blocks:
-            x = block(x, step)
+            x = run(block, x, step)
         if last_index is not None:
             x = x[torch.arange(B, device=x.device), last_index]  # [B, C]
         if fuse:

@@ -14,7 +14,7 @@ Threads:
          work overlaps the device's next step: each token goes through the sequence's Finisher to its Outbox;
       4. launches prefill for waiting prompts, at most `prefill_chunk` tokens, sampling the first token of every
          prompt it completes into the device-side token buffer the next decode reads. On a GPU each prompt's
-         chunk is one CUDA-graph replay (engine/prefill_graphs.py).
+         chunk is one CUDA-graph replay (engine/graphs.py).
     A running sequence therefore never waits for more than one prefill chunk between two tokens.
   * delivery threads send each request's responses (delivery.py), a timer checks cancellations
     (cancellation.py), and one thread reports metrics (telemetry.py): no IPC on the engine thread.

@@ -30,7 +30,7 @@ def eager():
 
 PATHS = [dict(attention_backend="sdpa"), dict(attention_backend="flex"), dict(attention_backend="splitkv"),
          dict(decode_linears="fused"), dict(attention_backend="splitkv", decode_linears="fused"),
-         dict(decode_linears="head")]
+         dict(decode_linears="head"), dict(compile_region="step"), dict(compile_mode="max-autotune")]
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: "-".join(p.values()))
@@ -41,6 +41,20 @@ def test_cuda_graph_decode_matches_eager(eager, path):
     got = [r.output_ids for r in generate(engine, greedy(PROMPTS))]
     assert match_ratio(want, got) >= 0.9  # bf16 rounding differs between fused and eager kernels; tokens mostly agree
     assert engine.probe_max_abs_diff() < 0.1
+
+
+def test_decode_graphs_replay_the_compiled_step_exactly():
+    engine = Engine(ServingConfig(preset="tiny", compile_mode="reduce-overhead", max_batch_size=4), device="cuda")
+    engine.warmup()
+    assert engine.decode_graph_count == 3 * len(engine.kv_lengths())  # buckets 1, 2, 4 at every KV length
+    for rows in (1, 4):
+        engine.prefill([tuple(range(3, 40))] * rows, list(range(rows)))
+        tokens = torch.arange(rows, device="cuda")
+        positions = torch.full((rows,), 37, device="cuda")
+        replayed = engine.decode_step(tokens, positions, 37).clone()
+        # the same step again without its graph: it rewrites the same keys and values at position 37
+        direct = engine._decode_step(tokens[:, None], positions[:, None], engine.model.kv_positions[:256])
+        assert torch.equal(replayed, direct)
 
 
 def test_fp8_linear_close_to_bf16():

@@ -95,7 +95,7 @@ def test_warmup_covers_every_bucket(tiny_engine):
 
 
 def test_prefill_graph_lengths_double_up_to_the_chunk():
-    from gptserve.engine.prefill_graphs import padded_lengths
+    from gptserve.engine.graphs import padded_lengths
 
     assert padded_lengths(512, 2048) == [64, 128, 256, 512]
     assert padded_lengths(300, 2048) == [64, 128, 256, 320]  # the chunk rounded up to 64
@@ -132,26 +132,30 @@ def test_compiled_flex_on_cpu_fails_the_load_clearly():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", [{}, *OTHER_PATHS[1:]], ids=lambda p: "-".join(p.values()) or "sdpa")
+@pytest.mark.parametrize("path", [{}, dict(compile_region="step"), *OTHER_PATHS[1:]],
+                         ids=lambda p: "-".join(p.values()) or "sdpa")
 def test_compiled_path_matches_reference(path):
     engine = Engine(ServingConfig(preset="tiny", compile_mode="default", **path), device="cpu")
     assert engine.probe_max_abs_diff() < 1e-4
 
 
 @pytest.mark.slow
-def test_compiled_decode_does_not_recompile_across_batch_and_kv_length_buckets(tmp_path, monkeypatch):
+@pytest.mark.parametrize("region", ["block", "step"])
+def test_compiled_decode_does_not_recompile_across_batch_and_kv_length_buckets(region, tmp_path, monkeypatch):
     from torch._dynamo.utils import counters
 
     # A compile cache of its own: graphs cached by other engines (16 cache rows) carry their own guards on B.
     # The engine sets the variable; monkeypatch puts the old value back afterwards.
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     torch._dynamo.reset()
-    engine = Engine(ServingConfig(preset="tiny", compile_mode="default", max_batch_size=64,
+    engine = Engine(ServingConfig(preset="tiny", compile_mode="default", max_batch_size=64, compile_region=region,
                                   compile_cache_dir=str(tmp_path)), device="cpu")
     before = counters["stats"]["unique_graphs"]
     engine.warmup()
     graphs = counters["stats"]["unique_graphs"]
-    assert graphs - before == 2  # batch 1, and one graph for every bucket 2..64 (no guard on B <= 16)
+    # batch 1, and one graph for every bucket 2..64 (no guard on B <= 16); region block: one block's graphs serve
+    # every layer
+    assert graphs - before == 2
     for rows in (1, 3, 16, 24, 64):
         for position in (5, 300, engine.context - 1):
             tokens = torch.zeros(rows, dtype=torch.int64)

@@ -1,8 +1,14 @@
-"""One-row prefill chunks replayed from CUDA graphs.
+"""Engine calls replayed from CUDA graphs: decode steps (DecodeGraphs) and one-row prefill chunks (PrefillGraphs).
 
-An eager prefill of gpt2-large launches ~600 kernels from Python: ~20 ms of the engine thread per call under load
-on the H200 (docs/benchmarks.md), during which no decode step can be launched. A replay is one call. Each graph
-prefills one prompt chunk of a fixed padded length into one slot, reading a fixed number of cache positions, so
+A replay is one call: no Python, no compiler guards, no kernel launches from the host. Graphs of one kind share
+one memory pool: replays never overlap (one engine thread, one stream), and each graph's output stays its own.
+
+Decode: the compiler compiles one block (or the whole step) without CUDA graphs, and the engine captures the whole
+step, one graph per (batch bucket, KV length), at warm-up.
+
+Prefill: an eager prefill of gpt2-large launches ~600 kernels from Python: ~20 ms of the engine thread per call
+under load on the H200 (docs/benchmarks.md), during which no decode step can be launched. Each graph prefills one
+prompt chunk of a fixed padded length into one slot, reading a fixed number of cache positions, so
 the engine captures one graph per (padded length, KV length) pair at warm-up; a chunk no graph fits runs eagerly.
 """
 from __future__ import annotations
@@ -33,8 +39,56 @@ def padded_lengths(longest_chunk: int, context: int) -> list[int]:
 @dataclass
 class _Graph:
     graph: torch.cuda.CUDAGraph
-    inputs: torch.Tensor  # [2L + 2] int64 on the device: tokens, positions, slot, index of the last real token
-    logits: torch.Tensor  # [1, V], written by every replay
+    inputs: torch.Tensor  # int64 on the device, read by every replay
+    logits: torch.Tensor  # written by every replay
+
+
+def capture(run: Callable[[], torch.Tensor], device: torch.device, pool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """A CUDA graph of run() in memory pool `pool`, and the output it writes on every replay."""
+    side = torch.cuda.Stream(device)  # warm up lazily initialised kernels (cuBLAS, SDPA) outside the capture
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            run()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out = run()
+    return graph, out
+
+
+class DecodeGraphs:
+    """decode(tokens [B, 1], positions [B, 1], kv_len) -> logits [B, V] for slots 0..B-1, replayed from the graph
+    captured for (B, kv_len). The logits stay valid until the next replay of the same graph."""
+
+    def __init__(self, decode: Callable, device: torch.device):
+        self._decode = decode
+        self._device = device
+        self._pool = torch.cuda.graph_pool_handle()
+        self._inputs: dict[int, torch.Tensor] = {}  # per batch bucket: [2, B, 1] tokens and positions
+        self._graphs: dict[tuple[int, int], _Graph] = {}
+
+    def __len__(self) -> int:
+        return len(self._graphs)
+
+    def capture(self, rows: int, kv_len: int):
+        """The graph of a step over slots 0..rows-1 reading kv_len cache positions. Capture runs the step: it
+        writes at position 0 of those slots, which a prefill overwrites before any request reads it."""
+        if rows not in self._inputs:
+            self._inputs[rows] = torch.zeros(2, rows, 1, dtype=torch.int64, device=self._device)
+        inputs = self._inputs[rows]
+        graph, logits = capture(lambda: self._decode(inputs[0], inputs[1], kv_len), self._device, self._pool)
+        self._graphs[rows, kv_len] = _Graph(graph, inputs, logits)
+
+    def replay(self, tokens: torch.Tensor, positions: torch.Tensor, kv_len: int) -> torch.Tensor | None:
+        """Logits [B, V] of the step, or None when no graph was captured for this shape."""
+        entry = self._graphs.get((tokens.shape[0], kv_len))
+        if entry is None:
+            return None
+        entry.inputs[0].copy_(tokens)
+        entry.inputs[1].copy_(positions)
+        entry.graph.replay()
+        return entry.logits
 
 
 class PrefillGraphs:
@@ -59,6 +113,7 @@ class PrefillGraphs:
     @staticmethod
     def _capture(forward, length: int, kv_len: int, device, pool) -> _Graph:
         # Slot 0, positions 0..L-1: warm-up writes there, before any request owns a slot.
+        # inputs: [2L + 2]: tokens, positions, slot, index of the last real token
         host = torch.cat([torch.ones(length, dtype=torch.int64), torch.arange(length), torch.tensor([0, length - 1])])
         inputs = host.to(device)
 
@@ -66,15 +121,7 @@ class PrefillGraphs:
             return forward(inputs[:length].view(1, length), inputs[length: 2 * length].view(1, length),
                            inputs[2 * length: 2 * length + 1], inputs[2 * length + 1:], kv_len)
 
-        side = torch.cuda.Stream(device)  # warm up lazily initialised kernels (cuBLAS, SDPA) outside the capture
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                run()
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool):
-            logits = run()
+        graph, logits = capture(run, device, pool)
         return _Graph(graph, inputs, logits)
 
     def prefill(self, prompt, slot: int, start: int) -> torch.Tensor | None:
