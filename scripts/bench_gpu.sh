@@ -58,19 +58,22 @@ start_server() {
 stop_server() { kill -TERM "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null || true; }
 
 profile_stream() {  # QPS: py-spy of every stream stub under a 20 s load at QPS: all threads, and the GIL holder alone
-    local stub i=0
+    local stub i=0 pids=()  # wait for these alone: a bare `wait` would wait for the server too
     "$PY" tools/load_test.py --url "127.0.0.1:$GRPC_PORT" --metrics-url "http://127.0.0.1:$METRICS_PORT/metrics" \
         --model gpt_large_stream --target-qps "$1" --duration 20 --prompt-len-min 128 --prompt-len-max 512 \
         --max-new-tokens 256 --output-json "$OUT_DIR/load-stream-$1.json" >"$OUT_DIR/load-stream-$1.log" 2>&1 &
+    pids+=($!)
     sleep 6
     for stub in $(pgrep -f "triton_python_backend_stub.*gpt_large_stream"); do
         /tmp/site/bin/py-spy record --pid "$stub" -d 10 -r 200 --threads -f raw --nonblocking \
             -o "$OUT_DIR/pyspy-stream-$1-$i.txt" >/dev/null 2>&1 || echo "py-spy failed" &
+        pids+=($!)
         /tmp/site/bin/py-spy record --pid "$stub" -d 10 -r 200 --threads --gil -f raw --nonblocking \
             -o "$OUT_DIR/pyspy-gil-stream-$1-$i.txt" >/dev/null 2>&1 || echo "py-spy --gil failed" &
+        pids+=($!)
         i=$((i + 1))
     done
-    wait
+    wait "${pids[@]}"
     tail -25 "$OUT_DIR/load-stream-$1.log"
 }
 
@@ -102,7 +105,7 @@ for stage in "${STAGES[@]}"; do
         nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm --format=csv | tee "$OUT_DIR/device.txt"
         ;;
     tests)  # TESTS narrows them with pytest -k
-        "$PY" -m pytest tests/gpu -q -p no:cacheprovider ${TESTS:+-k "$TESTS"} 2>&1 | tail -15 | tee "$OUT_DIR/gpu-tests.txt"
+        "$PY" -m pytest tests/gpu -q --tb=short -p no:cacheprovider ${TESTS:+-k "$TESTS"} 2>&1 | tail -60 | tee "$OUT_DIR/gpu-tests.txt"
         ;;
     stream)  # the stream model alone: READY, a sweep, a profile under load
         export TORCHINDUCTOR_CACHE_DIR="/tmp/gptserve-compile-cache"

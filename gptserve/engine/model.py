@@ -40,11 +40,12 @@ class CachedStep:
     def kv_len(self):
         return self.kv_positions.shape[0]
 
-    def mark_dynamic(self, x: torch.Tensor):
+    def mark_dynamic(self, *activations: torch.Tensor | None):
         """Tell the compiler which sizes vary between calls: the KV length always, the batch when it is not 1
         (batch 1 keeps a graph of its own)."""
         torch._dynamo.maybe_mark_dynamic(self.kv_positions, 0)
-        batched = [x, self.input_pos, self.slot_index] if x.shape[0] > 1 else []
+        batched = [self.input_pos, self.slot_index, *(a for a in activations if a is not None)]
+        batched = batched if self.input_pos.shape[0] > 1 else []
         for t in batched:
             torch._dynamo.maybe_mark_dynamic(t, 0)
         if isinstance(self.mask, torch.Tensor):  # sdpa's [B, 1, T, kv_len]
@@ -53,9 +54,16 @@ class CachedStep:
                 torch._dynamo.maybe_mark_dynamic(self.mask, 0)
 
 
-def run_block(block: "Block", x: torch.Tensor, step: CachedStep | None) -> torch.Tensor:
-    """One block's forward: the region the engine compiles once for every layer of a decode step."""
-    return block(x, step)
+def run_block(block: "Block", x: torch.Tensor, pending: torch.Tensor | None, step: CachedStep):
+    """One block of a cached forward: x + pending in, (x, pending) out, the block's output being their sum. The
+    engine compiles this function once for every layer of a decode step. A compiled region ends at its block, so
+    each block leaves its last residual add pending: the next call makes it, fused with its first LayerNorm, as
+    when the compiler sees the whole step. Fused blocks (step.fused) fuse that add into a linear: nothing pends."""
+    if pending is not None:
+        x = x + pending
+    if step.fused:
+        return block.forward_fused(x, step), None
+    return block.forward_pending(x, step)
 
 
 class CausalSelfAttention(nn.Module):
@@ -105,10 +113,14 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x, step: CachedStep | None):
-        if step is not None and step.fused:
-            return self.forward_fused(x, step)
+        """The reference path's block (no cache when step is None)."""
+        x, pending = self.forward_pending(x, step)
+        return x + pending
+
+    def forward_pending(self, x, step: CachedStep | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block as (x, MLP output): its output is their sum, left to the caller."""
         x = x + self.attn(self.ln_1(x), step)
-        return x + self.mlp(self.ln_2(x))
+        return x, self.mlp(self.ln_2(x))
 
     def forward_fused(self, x: torch.Tensor, step: CachedStep) -> torch.Tensor:
         """The same block in four fused linears (rows_linear): each takes its LayerNorm, bias, GELU or residual
@@ -156,7 +168,7 @@ class GPT(nn.Module):
 
         Returns logits [B, V] at last_index [B] when given, else [B, T, V].
         """
-        x = self.wte(idx) + self.wpe(input_pos)  # [B, T, C]
+        x, pending = self.wte(idx), self.wpe(input_pos)  # [B, T, C] each: the first block adds them
         B, T, C = x.shape
         attn = self.blocks[0].attn
         kv_len = attn.cache.length if kv_len is None else kv_len
@@ -165,8 +177,12 @@ class GPT(nn.Module):
         fuse = self.decode_linears != "torch" and T == 1 and B <= MAX_ROWS
         step = CachedStep(input_pos, rows, attn.cache.slot_index(rows, B), self.kv_positions[:kv_len],
                           attn.attention.prepare(input_pos, kv_len), fuse and self.decode_linears == "fused")
+        if step.fused:
+            x, pending = x + pending, None
         for block in self.blocks:
-            x = run(block, x, step)
+            x, pending = run(block, x, pending, step)
+        if pending is not None:
+            x = x + pending
         if last_index is not None:
             x = x[torch.arange(B, device=x.device), last_index]  # [B, C]
         if fuse:
