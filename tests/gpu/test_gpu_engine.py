@@ -35,7 +35,7 @@ PATHS = [dict(attention_backend="sdpa"), dict(attention_backend="flex"), dict(at
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: "-".join(p.values()))
 def test_cuda_graph_decode_matches_eager(eager, path):
-    engine = Engine(ServingConfig(preset="tiny", compile_mode="reduce-overhead", **path), device="cuda")
+    engine = Engine(ServingConfig(preset="tiny", **{"compile_mode": "reduce-overhead", **path}), device="cuda")
     engine.warmup()
     want = [r.output_ids for r in generate(eager, greedy(PROMPTS))]
     got = [r.output_ids for r in generate(engine, greedy(PROMPTS))]
