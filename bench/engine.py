@@ -178,7 +178,7 @@ def run_variant(preset: str, name: str, batches, prompt_len: int, new_tokens: in
 
 
 def release_engines():
-    """Free the memory of engines no longer referenced. Compiled frames and CUDA-graph trees keep an engine's
+    """Free the memory of engines no longer referenced. Compiled frames and CUDA graphs keep an engine's
     tensors alive: without this the 40B model's second variant ran out of memory (the first still held 135 GiB)."""
     torch.compiler.reset()
     gc.collect()

@@ -17,9 +17,9 @@ import torch
 
 from . import checkpoint
 from .build import INIT_STD, Resolved, build, resolve
-from .model import run_block
 from .config import BATCH_BUCKETS
 from .graphs import DecodeGraphs, PrefillGraphs, padded_lengths
+from .model import run_block
 from .sampling import SamplingParams, sample
 from .tokenizer import load_tokenizer
 from .transfer import HostStaging, to_device
@@ -88,7 +88,8 @@ class Engine:
                         "U+FFFD", self.tokenizer.name, self.tokenizer.vocab_size - 1, r.model.vocab_size)
         self._decode = self._forward_decode
         self._run_block = run_block
-        # captured by warmup() where compile_mode is reduce-overhead or max-autotune on a GPU, and graphs_for_prefill
+        # CUDA graphs, captured by warmup(): decode where compile_mode is reduce-overhead or max-autotune on a GPU,
+        # prefill where graphs_for_prefill
         self._decode_graphs: DecodeGraphs | None = None
         self._prefill_graphs: PrefillGraphs | None = None
         self._staging = HostStaging(self.device)
