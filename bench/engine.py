@@ -107,7 +107,7 @@ def measure_engine(engine: Engine, batch: int, prompt_len: int, new_tokens: int,
     def generate(rows):
         return engine.generate(batch_prompts[:rows], [GREEDY] * rows, new_tokens).tokens
 
-    generate(batch)  # first run at this shape: any compile or capture happens here
+    generate(batch)  # first run at this shape, untimed (warmup() compiled and captured every bucket)
     before = compiled_graphs()
     torch.cuda.reset_peak_memory_stats()
     e2e = cuda_time(lambda: generate(batch), repeat=3)

@@ -39,8 +39,9 @@ class ServingConfig:
     dtype: str = setting("auto", "Weights and activations; auto: bfloat16 on a GPU, float32 on a CPU.",
                          choices=("auto", "float32", "bfloat16", "float16"))
     compile_mode: str = setting("auto", "torch.compile mode of the decode step; reduce-overhead and max-autotune "
-                                "replay each step from a CUDA graph (on a GPU); auto: reduce-overhead on a GPU, none "
-                                "on a CPU.",
+                                "replay each step from a CUDA graph (on a GPU, unless fp8_mode is transformer-engine), "
+                                "default launches every kernel from Python; auto: reduce-overhead on a GPU, none on a "
+                                "CPU.",
                                 choices=("auto", "reduce-overhead", "default", "max-autotune", "none"))
     compile_region: str = setting("block", "What torch.compile compiles of the decode step: block (one transformer "
                                   "block, reused by every layer: a fast start) or step (the whole step: fusions "

@@ -1,7 +1,7 @@
 """The engine: prefill, decode_step, sample and generate over a slot-addressed static KV cache.
 
 Slot i of the cache belongs to batch row i. A decode step over bucket B runs rows (slots) 0..B-1, so the
-caches it touches are views, and each bucket is one shape for the compiler and one CUDA graph. The cache has a
+caches it touches are views, and each (bucket, KV length) is one CUDA graph. The cache has a
 row for every row of the largest bucket in use (16 for 12 slots): rows past the slots are computed, never read.
 The engine knows tokens, never requests: which tokens end a sequence is the serving layer's business.
 """
@@ -19,7 +19,7 @@ from . import checkpoint
 from .build import INIT_STD, Resolved, build, resolve
 from .config import BATCH_BUCKETS
 from .graphs import DecodeGraphs, PrefillGraphs, padded_lengths
-from .model import run_block
+from .model import mark_dynamic, run_block
 from .sampling import SamplingParams, sample
 from .tokenizer import load_tokenizer
 from .transfer import HostStaging, to_device
@@ -86,20 +86,24 @@ class Engine:
         if self.tokenizer.vocab_size < r.model.vocab_size:
             log.warning("tokenizer %s covers ids 0..%d of the model's %d; text_output shows every other id as "
                         "U+FFFD", self.tokenizer.name, self.tokenizer.vocab_size - 1, r.model.vocab_size)
+        # A decode step: decode_step() replays its CUDA graph (_decode_graphs) where one was captured, else runs
+        # _decode_step(): _decode, which is _forward_decode, compiled whole (compile_region=step) or calling
+        # _run_block, compiled (block) for each layer. DecodeGraphs captures _capture_decode.
         self._decode = self._forward_decode
         self._run_block = run_block
-        # CUDA graphs, captured by warmup(): decode where compile_mode is reduce-overhead or max-autotune on a GPU,
-        # prefill where graphs_for_prefill
+        # CUDA graphs, captured by warmup(): decode where compile_mode is reduce-overhead or max-autotune on a GPU
+        # (not with Transformer Engine: its layers keep state on the host), prefill where graphs_for_prefill
         self._decode_graphs: DecodeGraphs | None = None
         self._prefill_graphs: PrefillGraphs | None = None
+        self._graph_missed = False  # logged once
         self._staging = HostStaging(self.device)
         if r.compile_mode != "none":
             self._compile(r.compile_mode, settings.compile_cache_dir)
         self.build_seconds = time.perf_counter() - t0
         log.info(
-            "engine: preset=%s params=%.0fM device=%s dtype=%s compile=%s attention=%s decode_linears=%s fp8=%s kv=%s "
-            "end_id=%d (%.1fs)", r.preset, r.model.num_params() / 1e6, r.device, r.dtype, r.compile_mode,
-            settings.attention_backend, settings.decode_linears, r.fp8_mode, r.kv_cache_dtype, self.end_id,
+            "engine: preset=%s params=%.0fM device=%s dtype=%s compile=%s/%s attention=%s decode_linears=%s fp8=%s "
+            "kv=%s end_id=%d (%.1fs)", r.preset, r.model.num_params() / 1e6, r.device, r.dtype, r.compile_mode,
+            settings.compile_region, settings.attention_backend, settings.decode_linears, r.fp8_mode, r.kv_cache_dtype, self.end_id,
             self.build_seconds,
         )
 
@@ -146,23 +150,22 @@ class Engine:
             self._run_block = run_compiled
         else:
             self._decode = torch.compile(self._forward_decode, mode=inductor_mode, fullgraph=True)
-        if mode in GRAPHED_MODES and self.device.type == "cuda":
-            self._decode_graphs = DecodeGraphs(self._graph_decode, self.device)
+        if mode in GRAPHED_MODES and self.device.type == "cuda" and self.resolved.fp8_mode != "transformer-engine":
+            self._decode_graphs = DecodeGraphs(self._capture_decode, self.device)
 
-    def _forward_decode(self, tokens, positions, kv_positions):
-        # tokens, positions: [B, 1] for slots 0..B-1; kv_positions: [kv_len] -> logits [B, V]
-        return self.model(tokens, positions, None, kv_len=kv_positions.shape[0], run=self._run_block)[:, -1]
+    def _forward_decode(self, tokens, positions, kv_len_marker):
+        # tokens, positions: [B, 1] for slots 0..B-1; kv_len_marker: [kv_len] -> logits [B, V]
+        return self.model(tokens, positions, None, kv_len=kv_len_marker.shape[0], run=self._run_block)[:, -1]
 
-    def _graph_decode(self, tokens, positions, kv_len: int):
-        return self._decode_step(tokens, positions, self.model.kv_positions[:kv_len])  # captured by DecodeGraphs
+    def _capture_decode(self, tokens, positions, kv_len: int):
+        return self._decode_step(tokens, positions, self.model.kv_len_marker[:kv_len])  # captured by DecodeGraphs
 
     @property
     def graphs_for_prefill(self) -> bool:
         """Whether warmup() captures one-prompt prefill graphs: only beside a CUDA-graph decode step (the same
-        conditions of capture), with sdpa or splitkv attention (flex runs compiled with dynamic shapes) and without
-        Transformer Engine (its layers keep state on the host)."""
+        conditions of capture), and with sdpa or splitkv attention (flex runs compiled with dynamic shapes)."""
         return (self.settings.prefill_graphs == "auto" and self._decode_graphs is not None
-                and self.settings.attention_backend != "flex" and self.resolved.fp8_mode != "transformer-engine")
+                and self.settings.attention_backend != "flex")
 
     @property
     def decode_graph_count(self) -> int:
@@ -214,16 +217,17 @@ class Engine:
                 logits = self._decode_graphs.replay(tokens, positions, kv_len)
                 if logits is not None:
                     return logits
-            return self._decode_step(tokens, positions, self.model.kv_positions[:kv_len])
+                if len(self._decode_graphs) and not self._graph_missed:  # warmed up, and still a shape without one
+                    log.warning("decode step of %d rows reading %d positions has no CUDA graph: running it without",
+                                tokens.shape[0], kv_len)
+                    self._graph_missed = True
+            return self._decode_step(tokens, positions, self.model.kv_len_marker[:kv_len])
 
-    def _decode_step(self, tokens, positions, kv_positions):
-        """The step without CUDA graphs. tokens, positions: [B, 1]; kv_positions: [kv_len] -> logits [B, V]."""
+    def _decode_step(self, tokens, positions, kv_len_marker):
+        """The step without CUDA graphs. tokens, positions: [B, 1]; kv_len_marker: [kv_len] -> logits [B, V]."""
         if self.resolved.compile_mode != "none" and self.settings.compile_region == "step":
-            torch._dynamo.maybe_mark_dynamic(kv_positions, 0)
-            if tokens.shape[0] > 1:  # batch 1 gets its own graph anyway
-                torch._dynamo.maybe_mark_dynamic(tokens, 0)
-                torch._dynamo.maybe_mark_dynamic(positions, 0)
-        return self._decode(tokens, positions, kv_positions)
+            mark_dynamic(kv_len_marker, tokens, positions)
+        return self._decode(tokens, positions, kv_len_marker)
 
     sample = staticmethod(sample)
 
@@ -287,7 +291,7 @@ class Engine:
                 break
             t0 = time.perf_counter()
             n = min(b, self.slots)  # n prompts run bucket b
-            self.generate([(1,) * prompt_len] * n, [GREEDY] * n, 2)  # compiles the step's graphs for b
+            self.generate([(1,) * prompt_len] * n, [GREEDY] * n, 2)  # the compiler's first call at b
             if self._decode_graphs is not None:
                 with torch.no_grad():
                     for kv_len in self.kv_lengths():

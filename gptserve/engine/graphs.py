@@ -1,7 +1,8 @@
 """Engine calls replayed from CUDA graphs: decode steps (DecodeGraphs) and one-row prefill chunks (PrefillGraphs).
 
 A replay is one call: no Python, no compiler guards, no kernel launches from the host. Graphs of one kind share
-one memory pool: replays never overlap (one engine thread, one stream), and each graph's output stays its own.
+one memory pool: replays never overlap (one engine thread, one stream). A graph's output may lie where another
+graph of the pool keeps its intermediates: it is valid until the next replay of any of them.
 
 Decode: the compiler compiles one block (or the whole step) without CUDA graphs, and the engine captures the whole
 step, one graph per (batch bucket, KV length), at warm-up.
@@ -59,7 +60,7 @@ def capture(run: Callable[[], torch.Tensor], device: torch.device, pool) -> tupl
 
 class DecodeGraphs:
     """decode(tokens [B, 1], positions [B, 1], kv_len) -> logits [B, V] for slots 0..B-1, replayed from the graph
-    captured for (B, kv_len). The logits stay valid until the next replay of the same graph."""
+    captured for (B, kv_len). The logits stay valid until the next decode step (use them, or clone them)."""
 
     def __init__(self, decode: Callable, device: torch.device):
         self._decode = decode

@@ -25,33 +25,37 @@ class CachedStep:
     block's linear layers run as fused kernels (one-token forwards of at most MAX_ROWS rows: decode steps;
     decode_linears=fused).
 
-    Sizes a compiled region must not specialise on come from tensor shapes: kv_len is kv_positions' length, and
+    Sizes a compiled region must not specialise on come from tensor shapes: kv_len is kv_len_marker's length, and
     rows None (a decode step: rows 0..B-1) takes B from the activations.
     """
 
     input_pos: torch.Tensor
     rows: object  # slice, index tensor, or None: rows 0..B-1
     slot_index: torch.Tensor
-    kv_positions: torch.Tensor  # [kv_len]; only its length is read
+    kv_len_marker: torch.Tensor  # [kv_len]; only its length is read
     mask: object
     fused: bool
 
     @property
     def kv_len(self):
-        return self.kv_positions.shape[0]
+        return self.kv_len_marker.shape[0]
 
     def mark_dynamic(self, *activations: torch.Tensor | None):
-        """Tell the compiler which sizes vary between calls: the KV length always, the batch when it is not 1
-        (batch 1 keeps a graph of its own)."""
-        torch._dynamo.maybe_mark_dynamic(self.kv_positions, 0)
+        """mark_dynamic() of this step's tensors and the activations, before a call to compiled code."""
         batched = [self.input_pos, self.slot_index, *(a for a in activations if a is not None)]
-        batched = batched if self.input_pos.shape[0] > 1 else []
-        for t in batched:
-            torch._dynamo.maybe_mark_dynamic(t, 0)
         if isinstance(self.mask, torch.Tensor):  # sdpa's [B, 1, T, kv_len]
             torch._dynamo.maybe_mark_dynamic(self.mask, 3)
-            if batched:
-                torch._dynamo.maybe_mark_dynamic(self.mask, 0)
+            batched.append(self.mask)
+        mark_dynamic(self.kv_len_marker, *batched)
+
+
+def mark_dynamic(kv_len_marker: torch.Tensor, *batched: torch.Tensor):
+    """Tell the compiler which sizes vary between calls: the KV length (kv_len_marker's dim 0) always, the batch
+    (dim 0 of `batched`) when it is not 1: batch 1 keeps a graph of its own."""
+    torch._dynamo.maybe_mark_dynamic(kv_len_marker, 0)
+    if batched and batched[0].shape[0] > 1:
+        for t in batched:
+            torch._dynamo.maybe_mark_dynamic(t, 0)
 
 
 def run_block(block: "Block", x: torch.Tensor, pending: torch.Tensor | None, step: CachedStep):
@@ -153,9 +157,9 @@ class GPT(nn.Module):
         device = self.wte.weight.device
         attention = get_attention(attention_backend)
         self.decode_linears = decode_linears
-        # CachedStep.kv_positions: a slice of it carries kv_len into compiled code as a size the compiler can
+        # CachedStep.kv_len_marker: a slice of it carries kv_len into compiled code as a size the compiler can
         # keep dynamic (one graph for every length)
-        self.register_buffer("kv_positions", torch.empty(length, dtype=torch.int8, device=device), persistent=False)
+        self.register_buffer("kv_len_marker", torch.empty(length, dtype=torch.int8, device=device), persistent=False)
         for block in self.blocks:
             block.attn.cache = KVCache(slots, self.cfg.n_head, length, self.cfg.head_dim, dtype, device)
             block.attn.attention = attention
@@ -175,7 +179,7 @@ class GPT(nn.Module):
         # decode_linears first: comparing B with MAX_ROWS would make the compiler guard on it (B <= 16), and the
         # first decode step over 24 rows would compile the whole step again (62 s on the H200)
         fuse = self.decode_linears != "torch" and T == 1 and B <= MAX_ROWS
-        step = CachedStep(input_pos, rows, attn.cache.slot_index(rows, B), self.kv_positions[:kv_len],
+        step = CachedStep(input_pos, rows, attn.cache.slot_index(rows, B), self.kv_len_marker[:kv_len],
                           attn.attention.prepare(input_pos, kv_len), fuse and self.decode_linears == "fused")
         if step.fused:
             x, pending = x + pending, None

@@ -47,13 +47,16 @@ def test_decode_graphs_replay_the_compiled_step_exactly():
     engine = Engine(ServingConfig(preset="tiny", compile_mode="reduce-overhead", max_batch_size=4), device="cuda")
     engine.warmup()
     assert engine.decode_graph_count == 3 * len(engine.kv_lengths())  # buckets 1, 2, 4 at every KV length
+    kv_len = engine.kv_len_for(37)
     for rows in (1, 4):
         engine.prefill([tuple(range(3, 40))] * rows, list(range(rows)))
-        tokens = torch.arange(rows, device="cuda")
-        positions = torch.full((rows,), 37, device="cuda")
-        replayed = engine.decode_step(tokens, positions, 37).clone()
-        # the same step again without its graph: it rewrites the same keys and values at position 37
-        direct = engine._decode_step(tokens[:, None], positions[:, None], engine.model.kv_positions[:256])
+        tokens = torch.arange(rows, device="cuda")[:, None]
+        positions = torch.full((rows, 1), 37, device="cuda")
+        replayed = engine._decode_graphs.replay(tokens, positions, kv_len)
+        assert replayed is not None  # a graph was captured for this shape
+        replayed = replayed.clone()
+        with torch.no_grad():  # the same step again without its graph: it rewrites the same keys and values
+            direct = engine._decode_step(tokens, positions, engine.model.kv_len_marker[:kv_len])
         assert torch.equal(replayed, direct)
 
 
