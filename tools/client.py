@@ -36,6 +36,12 @@ def decoupled_from_config(config: Mapping) -> bool:
     return bool(cfg.get("model_transaction_policy", {}).get("decoupled", False))
 
 
+def max_batch_size_from_config(config: Mapping) -> int:
+    """A model config's max_batch_size (gRPC and HTTP JSON shapes); 0 when the model does not batch."""
+    cfg = config.get("config", config)
+    return int(cfg.get("max_batch_size", 0))
+
+
 def error_code(exc) -> str:
     """A short error code for a failed request: the gRPC/HTTP status, or 'STREAM_ERROR' when none is carried
     (a gRPC stream carries the error message only)."""

@@ -186,7 +186,8 @@ def wait_idle(url: Optional[str], timeout: float, interval: float = 0.2) -> tupl
 
 def preflight(args) -> dict:
     """Wait until every model is ready; {model: decoupled}. ToolError when unreachable or not ready."""
-    return {model: await_model("grpc", args.url, model, args.ready_timeout, PROG)[1] for model in args.models}
+    return {model: await_model("grpc", args.url, model, args.ready_timeout, PROG).decoupled
+            for model in args.models}
 
 
 # ---------------------------------------------------------------------------------------------------- the sweep

@@ -564,7 +564,7 @@ def workload(args) -> tuple[np.ndarray, list]:
 
 def measure(args, schedule, prompts) -> tuple["Runner", dict]:
     """Wait for the model, send the workload and build the report (ToolError on connection errors)."""
-    _, decoupled = await_model("grpc", args.url, args.model, args.ready_timeout, PROG)
+    decoupled = await_model("grpc", args.url, args.model, args.ready_timeout, PROG).decoupled
     runner = Runner(args, schedule, prompts, decoupled)
     asyncio.run(runner.run())
     return runner, build_report(args, runner)

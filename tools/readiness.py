@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import NamedTuple
 
 from tools.cli import ToolError, stderr_is_tty
-from tools.client import decoupled_from_config, make_client, model_config, one_line
+from tools.client import decoupled_from_config, make_client, max_batch_size_from_config, model_config, one_line
 
 LOG_EVERY_S = 5.0  # when stderr is not a terminal
 
@@ -58,13 +59,20 @@ def wait_until_ready(client, model: str, url: str, timeout: float, prog: str, po
         display.close()
 
 
-def await_model(protocol: str, url: str, model: str, timeout: float, prog: str) -> tuple[float, bool]:
-    """Wait for `model` to be READY, then read whether it is decoupled: (seconds waited, decoupled)."""
+class ReadyModel(NamedTuple):
+    waited_s: float
+    decoupled: bool  # streams (gRPC only)
+    max_batch_size: int  # Triton's field: requests per batch, or sequences generated together; 0: no batching
+
+
+def await_model(protocol: str, url: str, model: str, timeout: float, prog: str) -> ReadyModel:
+    """Wait for `model` to be READY, then read what its configuration says."""
     client = make_client(protocol, url)
     try:
         waited = wait_until_ready(client, model, url, timeout, prog)
         try:
-            return waited, decoupled_from_config(model_config(client, model))
+            config = model_config(client, model)
+            return ReadyModel(waited, decoupled_from_config(config), max_batch_size_from_config(config))
         except Exception as exc:
             raise ToolError(f"cannot read the configuration of {model!r} at {url}: {one_line(exc)}") from None
     finally:

@@ -2,9 +2,10 @@
 """Warm-up and verification benchmark against a running Triton server (release checklist step 1).
 
 Steps: wait until the model is READY; send the same greedy request twice and check both give the same tokens;
-drive every batch-size bucket (1, 2, 4, 8, 16 concurrent requests of --prompt-len tokens, --warmup untimed and
---iters timed rounds each); read the server's optimized-vs-reference max_abs_diff gauge; measure the energy over
-the timed window (Triton's nv_energy_consumption, else local NVML) for tokens per joule.
+drive every batch-size bucket (by default 1, 2, 4, ... concurrent requests of --prompt-len tokens, up to the
+model's max_batch_size; --warmup untimed and --iters timed rounds each); read the server's optimized-vs-reference
+max_abs_diff gauge; measure the energy over the timed window (Triton's nv_energy_consumption, else local NVML) for
+tokens per joule.
 
 Exit status: 0 every check passed, 1 a check failed, 2 usage or connection error (server unreachable or not
 ready within --ready-timeout). Metric definitions: docs/tools.md.
@@ -34,7 +35,15 @@ from tools.readiness import await_model
 from tools.stats import summarize
 
 PROG = "warmup"
-BUCKETS = (1, 2, 4, 8, 16)
+
+
+def default_batch_sizes(max_batch_size: int) -> tuple[int, ...]:
+    """1, 2, 4, ... below max_batch_size, then max_batch_size itself (1 alone for a model that does not batch)."""
+    sizes, b = [], 1
+    while b < max_batch_size:
+        sizes.append(b)
+        b *= 2
+    return (*sizes, max(max_batch_size, 1))
 
 
 class Driver:
@@ -169,9 +178,10 @@ def judge(args, determinism: dict, failures: list, requests: int, wrong_counts: 
 
 
 def run(args) -> dict:
-    ready_s, decoupled = await_model(args.protocol, args.url, args.model, args.ready_timeout, PROG)
+    ready_s, decoupled, max_batch_size = await_model(args.protocol, args.url, args.model, args.ready_timeout, PROG)
     if decoupled and args.protocol != "grpc":
         raise ToolError(f"model {args.model!r} is decoupled (streaming): use --protocol grpc")
+    args.batch_sizes = args.batch_sizes or default_batch_sizes(max_batch_size)
     rng = np.random.default_rng(args.seed)
     driver = Driver(args, decoupled, max(args.batch_sizes))
     failures: list = []
@@ -278,8 +288,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds per batch size first")
     p.add_argument("--prompt-len", type=int, default=512, help="prompt tokens of every request")
     p.add_argument("--max-tokens", type=int, default=64, help="tokens generated per request (end id ignored)")
-    p.add_argument("--batch-sizes", default=",".join(map(str, BUCKETS)),
-                   help="comma list of concurrent request counts")
+    p.add_argument("--batch-sizes", default="auto",
+                   help="comma list of concurrent request counts; auto: 1, 2, 4, ... up to the model's "
+                        "max_batch_size, and that size (from the server's model configuration)")
     p.add_argument("--max-abs-diff-tol", type=float, default=None,
                    help="fail when the server's max_abs_diff exceeds this (default: report only)")
     p.add_argument("--seed", type=int, default=0)
@@ -287,12 +298,15 @@ def parse_args(argv=None):
     p.add_argument("--output-json", default=None)
     p.add_argument("--quiet", action="store_true", help="no summary on stdout")
     args = p.parse_args(argv)
-    try:
-        args.batch_sizes = tuple(int(x) for x in args.batch_sizes.split(",") if x.strip())
-    except ValueError:
-        p.error("--batch-sizes must be a comma list of integers")
-    if not args.batch_sizes or min(args.batch_sizes) < 1:
-        p.error("--batch-sizes must hold integers >= 1")
+    if args.batch_sizes == "auto":
+        args.batch_sizes = ()  # run() reads the model's max_batch_size
+    else:
+        try:
+            args.batch_sizes = tuple(int(x) for x in args.batch_sizes.split(",") if x.strip())
+        except ValueError:
+            p.error("--batch-sizes must be auto or a comma list of integers")
+        if not args.batch_sizes or min(args.batch_sizes) < 1:
+            p.error("--batch-sizes must hold integers >= 1")
     if args.iters < 1 or args.warmup < 0 or args.prompt_len < 1 or args.max_tokens < 1:
         p.error("need --iters >= 1, --warmup >= 0, --prompt-len >= 1, --max-tokens >= 1")
     endpoints.resolve_args(p, args, args.protocol)

@@ -246,6 +246,16 @@ def test_warmup_reports_every_batch_size_and_checks(server, tmp_path):
         assert r["tokens_per_joule"] == pytest.approx(r["total_output_tokens"] / r["energy_j"])
 
 
+def test_warmup_covers_the_stream_models_64_slots_by_default(server, tmp_path):
+    out = tmp_path / "warmup.json"
+    proc = tool("warmup", "--model", STREAM, "--iters", 1, "--warmup", 0, "--prompt-len", 8, "--max-tokens", 2,
+                "--output-json", out, env=server_env(server))
+    assert proc.returncode == 0, explain(proc)
+    r = json.loads(out.read_text())
+    assert r["config"]["batch_sizes"] == [1, 2, 4, 8, 16, 32, 64]  # the stream model's max_batch_size: 64
+    assert r["passed"] and r["total_output_tokens"] == 2 * (1 + 2 + 4 + 8 + 16 + 32 + 64)
+
+
 def test_warmup_over_http_finds_the_server_through_http_port(server, tmp_path):
     out = tmp_path / "warmup.json"
     proc = tool("warmup", "--protocol", "http", "--model", PLAIN, "--iters", 1, "--warmup", 0, "--batch-sizes", "1,2",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from tritonclient.grpc import InferResult, service_pb2
 
-from tools import endpoints, load_test, plots
+from tools import endpoints, load_test, plots, warmup
 from tools.cli import ToolError
 from tools.metrics import MetricsSnapshot, parse_metrics
 from tools.payload import is_final_response, reported_tokens, response_ids
@@ -163,3 +163,10 @@ def test_the_tools_import_neither_gptserve_nor_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 0, proc.stderr
+
+
+def test_warmup_batch_sizes_double_up_to_the_models_max_batch_size():
+    assert warmup.default_batch_sizes(16) == (1, 2, 4, 8, 16)  # gpt_large
+    assert warmup.default_batch_sizes(64) == (1, 2, 4, 8, 16, 32, 64)  # gpt_large_stream
+    assert warmup.default_batch_sizes(12) == (1, 2, 4, 8, 12)
+    assert warmup.default_batch_sizes(1) == (1,) and warmup.default_batch_sizes(0) == (1,)  # 0: no batching
