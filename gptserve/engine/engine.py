@@ -95,7 +95,6 @@ class Engine:
         # (not with Transformer Engine: its layers keep state on the host), prefill where graphs_for_prefill
         self._decode_graphs: DecodeGraphs | None = None
         self._prefill_graphs: PrefillGraphs | None = None
-        self._graph_missed = False  # logged once
         self._staging = HostStaging(self.device)
         if r.compile_mode != "none":
             self._compile(r.compile_mode, settings.compile_cache_dir)
@@ -103,8 +102,8 @@ class Engine:
         log.info(
             "engine: preset=%s params=%.0fM device=%s dtype=%s compile=%s/%s attention=%s decode_linears=%s fp8=%s "
             "kv=%s end_id=%d (%.1fs)", r.preset, r.model.num_params() / 1e6, r.device, r.dtype, r.compile_mode,
-            settings.compile_region, settings.attention_backend, settings.decode_linears, r.fp8_mode, r.kv_cache_dtype, self.end_id,
-            self.build_seconds,
+            settings.compile_region, settings.attention_backend, settings.decode_linears, r.fp8_mode,
+            r.kv_cache_dtype, self.end_id, self.build_seconds,
         )
 
     def _default_end_id(self) -> int:
@@ -213,15 +212,8 @@ class Engine:
         tokens, positions = tokens[:, None], positions[:, None]  # [B, 1]
         kv_len = self.kv_len_for(self.context - 1 if max_position is None else max_position)
         with torch.no_grad():
-            if self._decode_graphs is not None:
-                logits = self._decode_graphs.replay(tokens, positions, kv_len)
-                if logits is not None:
-                    return logits
-                if len(self._decode_graphs) and not self._graph_missed:  # warmed up, and still a shape without one
-                    log.warning("decode step of %d rows reading %d positions has no CUDA graph: running it without",
-                                tokens.shape[0], kv_len)
-                    self._graph_missed = True
-            return self._decode_step(tokens, positions, self.model.kv_len_marker[:kv_len])
+            logits = self._decode_graphs.replay(tokens, positions, kv_len) if self._decode_graphs else None
+            return self._decode_step(tokens, positions, self.model.kv_len_marker[:kv_len]) if logits is None else logits
 
     def _decode_step(self, tokens, positions, kv_len_marker):
         """The step without CUDA graphs. tokens, positions: [B, 1]; kv_len_marker: [kv_len] -> logits [B, V]."""

@@ -68,6 +68,7 @@ class DecodeGraphs:
         self._pool = torch.cuda.graph_pool_handle()
         self._inputs: dict[int, torch.Tensor] = {}  # per batch bucket: [2, B, 1] tokens and positions
         self._graphs: dict[tuple[int, int], _Graph] = {}
+        self._missed = False  # a step without a graph after warm-up: logged once
 
     def __len__(self) -> int:
         return len(self._graphs)
@@ -85,6 +86,10 @@ class DecodeGraphs:
         """Logits [B, V] of the step, or None when no graph was captured for this shape."""
         entry = self._graphs.get((tokens.shape[0], kv_len))
         if entry is None:
+            if self._graphs and not self._missed:  # captured, and still a shape without one
+                log.warning("decode step of %d rows reading %d positions has no CUDA graph: running it without",
+                            tokens.shape[0], kv_len)
+                self._missed = True
             return None
         entry.inputs[0].copy_(tokens)
         entry.inputs[1].copy_(positions)
