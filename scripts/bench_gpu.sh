@@ -16,7 +16,8 @@
 #            and py-spy of the stream stub at 16 QPS (every thread, and with --gil the lock holder alone)
 #   stream   the stream model alone: READY, a sweep, the py-spy profiles at 16 QPS
 #   scheduler  the in-flight scheduler in-process (bench.scheduler), no Triton
-#   ready    READY of both models on the compile cache an earlier stage left (a warm start), then stop
+#   ready    READY of both models on the compile cache an earlier stage left (a warm start; COLD=1: on an
+#            empty cache), then stop
 #   triton-variant  the stream model alone with STREAM_PARAMS (e.g. "stream_interval=4 delivery_threads=1")
 #   triton2  the same sweep at twice the load, for a machine with two GPUs (one instance of each model per GPU),
 #            then py-spy of both stream stubs at 32 QPS
@@ -149,9 +150,14 @@ for stage in "${STAGES[@]}"; do
         profile_stream 16
         stop_server
         ;;
-    ready)  # READY of both models on the compile cache an earlier triton stage left, then stop
+    ready)  # READY of both models on the compile cache an earlier stage left (COLD=1: on none), then stop
         export TORCHINDUCTOR_CACHE_DIR="/tmp/gptserve-compile-cache"
-        start_server "$OUT_DIR/tritonserver-ready.log" ready_warm_s
+        if [ "${COLD:-0}" = 1 ]; then
+            rm -rf "$TORCHINDUCTOR_CACHE_DIR"
+            start_server "$OUT_DIR/tritonserver-ready-cold.log" ready_cold_s
+        else
+            start_server "$OUT_DIR/tritonserver-ready.log" ready_warm_s
+        fi
         stop_server
         ;;
     triton-variant)  # the stream model alone with STREAM_PARAMS, on the compile cache of an earlier triton stage

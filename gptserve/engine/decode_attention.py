@@ -2,9 +2,10 @@
 
 At decode, SDPA gets q [B, H, 1, D] against the rows' caches sliced to kv_len: B*H programs (20 for gpt2-large at
 batch 1, on a GPU of 132 SMs), and an FP8 cache is first converted whole to bf16. Here every (row, head) is split
-into SPLITS slices of its cache; a program reads its slice in the cache's own dtype up to the row's last
-position, widens it in registers and writes a partial softmax state (running max, sum, weighted values); merge()
-combines the slices (inside the compiled step the compiler fuses it with what follows).
+into SPLITS slices of the kv_len positions read (a fixed count: the slices' length follows kv_len at run time);
+a program reads its slice in the cache's own dtype up to the row's last position, widens it in registers and
+writes a partial softmax state (running max, sum, weighted values); merge() combines the slices (inside the
+compiled step the compiler fuses it with what follows).
 
 Registered as the custom op gptserve::decode_attention_partials: on CUDA tensors one Triton kernel, on others the
 same partial states computed with torch (the reference the kernel is tested against, and the CPU path).
@@ -20,13 +21,17 @@ TARGET_PROGRAMS = 256  # rows * heads * splits at batch 1: about two waves of an
 NO_SCORE = -1e30  # the running max of a slice no visible position reached: exp() of it against any real max is 0
 
 
-def plan(heads: int, cache_len: int) -> tuple[int, int]:
-    """(SPLITS, positions per split): from the head count and cache length only, so every batch size and every
-    length of the compiled step shares one plan (no shape-dependent recompiles)."""
-    blocks = -(-cache_len // BLOCK)
-    splits = max(1, min(blocks, -(-TARGET_PROGRAMS // heads)))
-    per_split = -(-blocks // splits) * BLOCK
-    return -(-cache_len // per_split), per_split
+def plan(heads: int, cache_len: int) -> int:
+    """SPLITS, the slices of every (row, head): from the head count and the cache's capacity only, so every batch
+    size and KV length of the compiled step shares the partial states' shape (no shape-dependent recompiles)."""
+    return max(1, min(-(-cache_len // BLOCK), -(-TARGET_PROGRAMS // heads)))
+
+
+def split_len(kv_len: int, splits: int) -> int:
+    """Positions per slice when attention reads kv_len of them: the slices cover kv_len, not the whole cache, so
+    a short KV length still keeps every slice busy."""
+    blocks = -(-kv_len // BLOCK)
+    return -(-blocks // splits) * BLOCK
 
 
 @functools.cache
@@ -35,10 +40,9 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def decode_attention_kernel(q_ptr, k_ptr, v_ptr, last_ptr, m_ptr, l_ptr, acc_ptr, cache_len, scale,
+    def decode_attention_kernel(q_ptr, k_ptr, v_ptr, last_ptr, m_ptr, l_ptr, acc_ptr, kv_len, per_split, scale,
                                 stride_qb, stride_qh, stride_kb, stride_kh, stride_ks,
-                                PER_SPLIT: tl.constexpr, BLOCK: tl.constexpr, D: tl.constexpr,
-                                NO_SCORE: tl.constexpr):
+                                BLOCK: tl.constexpr, D: tl.constexpr, NO_SCORE: tl.constexpr):
         # q: [B, H, D]; k, v: [slots, H, S, D], row b = slot b; last: [B] int64; m, l: [B, H, SPLITS] fp32;
         # acc: [B, H, SPLITS, D] fp32
         b, h, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -50,9 +54,9 @@ def _kernel():
         total = 0.0
         acc = tl.zeros((D,), tl.float32)
         cache = b * stride_kb + h * stride_kh
-        for offset in range(0, PER_SPLIT, BLOCK):
-            p = s * PER_SPLIT + offset + tl.arange(0, BLOCK)
-            visible = (p <= last) & (p < cache_len)
+        for offset in range(0, per_split, BLOCK):
+            p = s * per_split + offset + tl.arange(0, BLOCK)
+            visible = (p <= last) & (p < kv_len)
             kv = cache + p[:, None] * stride_ks + d[None, :]
             k = tl.load(k_ptr + kv, mask=visible[:, None], other=0.0).to(tl.float32)  # [BLOCK, D]
             score = tl.where(visible, tl.sum(k * q[None, :], axis=1), NO_SCORE)
@@ -71,28 +75,29 @@ def _kernel():
     return decode_attention_kernel
 
 
-def launch(q, k_cache, v_cache, last):
+def launch(q, k_cache, v_cache, last, kv_len: int):
     """The kernel on any tensors Triton takes (CUDA, or CPU under TRITON_INTERPRET=1): partial states."""
     rows, heads, dim = q.shape
-    splits, per_split = plan(heads, k_cache.shape[2])
+    splits = plan(heads, k_cache.shape[2])
     m = torch.empty((rows, heads, splits), dtype=torch.float32, device=q.device)
     total = torch.empty_like(m)
     acc = torch.empty((rows, heads, splits, dim), dtype=torch.float32, device=q.device)
     assert k_cache.stride() == v_cache.stride() and k_cache.stride(3) == 1 and q.stride(2) == 1
     _kernel()[(rows, heads, splits)](
-        q, k_cache, v_cache, last, m, total, acc, k_cache.shape[2], dim ** -0.5,
+        q, k_cache, v_cache, last, m, total, acc, kv_len, split_len(kv_len, splits), dim ** -0.5,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        PER_SPLIT=per_split, BLOCK=BLOCK, D=dim, NO_SCORE=NO_SCORE)
+        BLOCK=BLOCK, D=dim, NO_SCORE=NO_SCORE)
     return m, total, acc
 
 
-def reference(q, k_cache, v_cache, last):
+def reference(q, k_cache, v_cache, last, kv_len: int):
     """The kernel's partial states computed with torch: [B, H, SPLITS] max and sum, [B, H, SPLITS, D] values."""
     rows, heads, dim = q.shape
     cache_len = k_cache.shape[2]
-    splits, per_split = plan(heads, cache_len)
+    splits = plan(heads, cache_len)
+    per_split = split_len(kv_len, splits)
     p = torch.arange(splits * per_split, device=q.device)
-    visible = (p[None, :] <= last[:, None]) & (p[None, :] < cache_len)  # [B, SPLITS * PER_SPLIT]
+    visible = (p[None, :] <= last[:, None]) & (p[None, :] < kv_len)  # [B, SPLITS * PER_SPLIT]
     k = k_cache[:rows, :, p.clamp(max=cache_len - 1)].float()  # [B, H, P, D]
     v = v_cache[:rows, :, p.clamp(max=cache_len - 1)].float()
     score = torch.einsum("bhd,bhpd->bhp", q.float() * dim ** -0.5, k)
@@ -105,17 +110,18 @@ def reference(q, k_cache, v_cache, last):
 
 @torch.library.custom_op("gptserve::decode_attention_partials", mutates_args=())
 def decode_attention_partials(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                              last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q [B, H, D] of rows (slots) 0..B-1; caches [slots, H, S, D]; last [B]: each row's last visible position."""
+                              last: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q [B, H, D] of rows (slots) 0..B-1; caches [slots, H, S, D]; last [B]: each row's last visible position,
+    below kv_len (<= S), the positions read."""
     if q.is_cuda:
-        return launch(q, k_cache, v_cache, last)
-    return reference(q, k_cache, v_cache, last)
+        return launch(q, k_cache, v_cache, last, kv_len)
+    return reference(q, k_cache, v_cache, last, kv_len)
 
 
 @decode_attention_partials.register_fake
-def _(q, k_cache, v_cache, last):
+def _(q, k_cache, v_cache, last, kv_len):
     rows, heads, dim = q.shape
-    splits, _ = plan(heads, k_cache.shape[2])
+    splits = plan(heads, k_cache.shape[2])
     m = q.new_empty((rows, heads, splits), dtype=torch.float32)
     return m, torch.empty_like(m), q.new_empty((rows, heads, splits, dim), dtype=torch.float32)
 
@@ -126,7 +132,7 @@ def merge(m: torch.Tensor, total: torch.Tensor, acc: torch.Tensor) -> torch.Tens
     return (acc * weight[..., None]).sum(2) / (total * weight).sum(-1, keepdim=True)
 
 
-def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, last: torch.Tensor):
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, last: torch.Tensor, kv_len):
     """q [B, H, D] of rows (slots) 0..B-1 -> attention output [B, H, D] in q's dtype, each row over its cache
-    positions 0..last[row]."""
-    return merge(*decode_attention_partials(q, k_cache, v_cache, last)).to(q.dtype)
+    positions 0..last[row] (all below kv_len)."""
+    return merge(*decode_attention_partials(q, k_cache, v_cache, last, kv_len)).to(q.dtype)

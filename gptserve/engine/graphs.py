@@ -23,6 +23,7 @@ import torch
 
 log = logging.getLogger("gptserve")
 
+WARM_RUNS = 2  # eager runs before each capture
 SHORTEST = 64  # padded lengths are SHORTEST, 2*SHORTEST, ... up to the longest chunk
 
 
@@ -44,14 +45,16 @@ class _Graph:
     logits: torch.Tensor  # written by every replay
 
 
-def capture(run: Callable[[], torch.Tensor], device: torch.device, pool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+def capture(run: Callable[[], torch.Tensor], device: torch.device, pool,
+            warm_runs: int = WARM_RUNS) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
     """A CUDA graph of run() in memory pool `pool`, and the output it writes on every replay."""
-    side = torch.cuda.Stream(device)  # warm up lazily initialised kernels (cuBLAS, SDPA) outside the capture
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            run()
-    torch.cuda.current_stream(device).wait_stream(side)
+    if warm_runs:  # initialise lazily set-up kernels (cuBLAS, SDPA's plan for this shape) outside the capture
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(warm_runs):
+                run()
+        torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, pool=pool):
         out = run()

@@ -91,7 +91,8 @@ class CausalSelfAttention(nn.Module):
             y = causal_reference(q, k, v)
         elif T == 1 and step.rows is None and self.attention.decodes_from_cache:  # decode, rows 0..B-1
             self.cache.write(step.slot_index, step.input_pos, k, v)
-            y = decode_attention(q[:, :, 0], self.cache.k, self.cache.v, step.input_pos[:, 0])[:, :, None]
+            y = decode_attention(q[:, :, 0], self.cache.k, self.cache.v, step.input_pos[:, 0], step.kv_len)
+            y = y[:, :, None]  # [B, H, 1, D]
         else:
             k_all, v_all = self.cache.update(step.rows, step.slot_index, step.input_pos, k, v, step.kv_len)
             y = self.attention.attend(q, k_all, v_all, step.mask)  # k_all, v_all: [B, H, kv_len, D]
