@@ -30,9 +30,10 @@ def seconds(fn) -> float:
     return time.perf_counter() - t0
 
 
-def capture_only(run, pool) -> float:
+def capture_only(run, pool, kept: list) -> float:
     """A capture without torch.cuda.graph's context (no synchronize, no cache emptying): begin, run, end."""
     graph, side = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+    kept.append(graph)
 
     def once():
         with torch.cuda.stream(side):
@@ -49,16 +50,18 @@ def bucket_costs(engine: Engine, batch: int) -> dict:
     inputs = torch.zeros(2, batch, 1, dtype=torch.int64, device="cuda")
     pool = torch.cuda.graph_pool_handle()
     rows = {"eager_step": [], "graph_context": [], "capture_only": [], "capture_warm2": [], "capture_warm1": []}
+    kept = []  # every graph captured into the pool stays alive: a pool whose graphs are all gone is released
     seconds(lambda: engine._capture_decode(inputs[0], inputs[1], engine.kv_lengths()[0]))  # compiles this batch
     for kv_len in engine.kv_lengths():
         def run():
             return engine._capture_decode(inputs[0], inputs[1], kv_len)
         rows["eager_step"].append(seconds(run))
-        rows["graph_context"].append(seconds(lambda: capture(lambda: torch.ones(1, device="cuda"), engine.device,
-                                                             pool, warm_runs=0)))
-        rows["capture_only"].append(capture_only(run, pool))
-        rows["capture_warm2"].append(seconds(lambda: capture(run, engine.device, pool, warm_runs=2)))
-        rows["capture_warm1"].append(seconds(lambda: capture(run, engine.device, pool, warm_runs=1)))
+        rows["graph_context"].append(seconds(lambda: kept.append(
+            capture(lambda: torch.ones(1, device="cuda"), engine.device, pool, warm_runs=0))))
+        rows["capture_only"].append(capture_only(run, pool, kept))
+        for warm in (2, 1):
+            rows[f"capture_warm{warm}"].append(seconds(lambda: kept.append(
+                capture(run, engine.device, pool, warm_runs=warm))))
     return {name: round(statistics.median(values) * 1e3, 2) for name, values in rows.items()}
 
 

@@ -23,7 +23,8 @@ from gptserve.engine.engine import KV_BLOCK
 from gptserve.settings import ServingConfig
 
 VARIANTS = {
-    "bf16-sdpa": dict(attention_backend="sdpa"),
+    "bf16-sdpa": dict(attention_backend="sdpa"),  # the defaults: decode_linears auto, fused at batch 1, head above
+    "bf16-torch": dict(decode_linears="torch"),  # torch's linears throughout (the default until run 21)
     "bf16-step": dict(attention_backend="sdpa", compile_region="step"),
     "bf16-flex": dict(attention_backend="flex"),
     "fp8wo-sdpa": dict(attention_backend="sdpa", fp8_mode="weight-only"),

@@ -51,10 +51,13 @@ class ServingConfig:
     attention_backend: str = setting("sdpa", "Attention kernel; splitkv: sdpa, but decode steps read the cache with "
                                      "split-KV attention (all SMs at batch 1, an FP8 cache read as it is).",
                                      choices=("sdpa", "flex", "splitkv"))
-    decode_linears: str = setting("torch", "Linear layers of a decode step; fused: each one Triton kernel with its "
-                                  "LayerNorm, bias, GELU and residual add; head: only the final LayerNorm and LM head "
-                                  "(on a GPU: bf16 or float16, fp8_mode none or weight-only; a CPU runs the same "
-                                  "arithmetic in torch).", choices=("torch", "head", "fused"))
+    decode_linears: str = setting("auto", "Linear layers of a decode step of at most 16 rows; fused: each one "
+                                  "Triton kernel with its LayerNorm, bias, GELU and residual add; head: only the "
+                                  "final LayerNorm and LM head (on a GPU: bf16 or float16, fp8_mode none or "
+                                  "weight-only; a CPU runs the same arithmetic in torch); auto: fused at batch 1, "
+                                  "head at 2-16 for a model of n_embd <= 2048 on a GPU in bfloat16 with fp8_mode "
+                                  "none, else torch.",
+                                  choices=("auto", "torch", "head", "fused"))
     fp8_mode: str = setting("none", "FP8 linear layers (GPU, compute capability >= 8.9): weight-only (FP8 weights, "
                             "bf16 decode activations), torch (FP8 activations too), transformer-engine; auto: "
                             "weight-only.", choices=("none", "weight-only", "torch", "transformer-engine", "auto"))

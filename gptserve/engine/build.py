@@ -15,6 +15,9 @@ from .model import GPT
 log = logging.getLogger("gptserve")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# decode_linears=auto fuses only models this narrow: their decode steps are bound by kernel count and latency
+# (gpt2-large, 1280); a wide model's cuBLAS GEMVs already read HBM near the floor (the 40B, 8192: 96%)
+FUSED_MAX_EMBD = 2048
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,7 @@ class Resolved:
     compile_mode: str
     fp8_mode: str
     kv_cache_dtype: torch.dtype
-    decode_linears: str  # torch, head or fused
+    decode_linears: str  # torch, head, fused, or by_batch (fused at batch 1, head at 2-16)
 
 
 def resolve(settings, device: str | None = None) -> Resolved:
@@ -59,11 +62,15 @@ def resolve(settings, device: str | None = None) -> Resolved:
         else:
             log.info("kv_cache_dtype=fp8 needs a CUDA GPU; keeping the KV cache in %s on CPU", dtype)
     fp8_mode = fp8.resolve_mode(settings.fp8_mode, dev)
-    fused = settings.decode_linears != "torch"
+    decode_linears = settings.decode_linears
+    if decode_linears == "auto":  # measured for gpt2-large on the H200: docs/configuration.md
+        small = model_cfg.n_embd <= FUSED_MAX_EMBD
+        decode_linears = "by_batch" if on_gpu and small and dtype == torch.bfloat16 and fp8_mode == "none" else "torch"
+    fused = decode_linears != "torch"
     if fused and on_gpu and (dtype not in (torch.bfloat16, torch.float16) or fp8_mode not in ("none", "weight-only")):
         raise ValueError(f"decode_linears={settings.decode_linears} on a GPU needs dtype bfloat16 or float16 "
                          f"(got {dtype}) and fp8_mode none or weight-only (got {fp8_mode})")
-    return Resolved(model_cfg, preset, dev, dtype, compile_mode, fp8_mode, kv_dtype, settings.decode_linears)
+    return Resolved(model_cfg, preset, dev, dtype, compile_mode, fp8_mode, kv_dtype, decode_linears)
 
 
 INIT_STD = 0.02  # GPT-2's initializer_range

@@ -102,7 +102,7 @@ class Engine:
         log.info(
             "engine: preset=%s params=%.0fM device=%s dtype=%s compile=%s/%s attention=%s decode_linears=%s fp8=%s "
             "kv=%s end_id=%d (%.1fs)", r.preset, r.model.num_params() / 1e6, r.device, r.dtype, r.compile_mode,
-            settings.compile_region, settings.attention_backend, settings.decode_linears, r.fp8_mode,
+            settings.compile_region, settings.attention_backend, r.decode_linears, r.fp8_mode,
             r.kv_cache_dtype, self.end_id, self.build_seconds,
         )
 
@@ -290,6 +290,8 @@ class Engine:
                         self._decode_graphs.capture(b, kv_len)
             self.synchronize()
             seconds[b] = time.perf_counter() - t0
+        if self._decode_graphs is not None:
+            self._decode_graphs.warmed_up()
         if self.graphs_for_prefill and self._prefill_graphs is None:
             with torch.no_grad():
                 self._prefill_graphs = PrefillGraphs(

@@ -23,7 +23,7 @@ import torch
 
 log = logging.getLogger("gptserve")
 
-WARM_RUNS = 2  # eager runs before each capture
+WARM_RUNS = 1  # eager runs before each capture: one sets up what the step's kernels initialise lazily
 SHORTEST = 64  # padded lengths are SHORTEST, 2*SHORTEST, ... up to the longest chunk
 
 
@@ -71,6 +71,7 @@ class DecodeGraphs:
         self._pool = torch.cuda.graph_pool_handle()
         self._inputs: dict[int, torch.Tensor] = {}  # per batch bucket: [2, B, 1] tokens and positions
         self._graphs: dict[tuple[int, int], _Graph] = {}
+        self._warmed_up = False  # set by warmed_up(): every shape warm-up will capture is captured
         self._missed = False  # a step without a graph after warm-up: logged once
 
     def __len__(self) -> int:
@@ -85,11 +86,15 @@ class DecodeGraphs:
         graph, logits = capture(lambda: self._decode(inputs[0], inputs[1], kv_len), self._device, self._pool)
         self._graphs[rows, kv_len] = _Graph(graph, inputs, logits)
 
+    def warmed_up(self):
+        """Warm-up has captured every shape: a step without a graph from now on is worth a warning."""
+        self._warmed_up = True
+
     def replay(self, tokens: torch.Tensor, positions: torch.Tensor, kv_len: int) -> torch.Tensor | None:
         """Logits [B, V] of the step, or None when no graph was captured for this shape."""
         entry = self._graphs.get((tokens.shape[0], kv_len))
         if entry is None:
-            if self._graphs and not self._missed:  # captured, and still a shape without one
+            if self._warmed_up and not self._missed:
                 log.warning("decode step of %d rows reading %d positions has no CUDA graph: running it without",
                             tokens.shape[0], kv_len)
                 self._missed = True

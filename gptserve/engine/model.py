@@ -23,7 +23,7 @@ class CachedStep:
     """What every layer of one cached forward shares, computed once: where to write (slot_index, input_pos
     [B, T]), what to read (rows, the first kv_len positions), the attention backend's mask, and whether each
     block's linear layers run as fused kernels (one-token forwards of at most MAX_ROWS rows: decode steps;
-    decode_linears=fused).
+    decode_linears=fused, or by_batch at batch 1).
 
     Sizes a compiled region must not specialise on come from tensor shapes: kv_len is kv_len_marker's length, and
     rows None (a decode step: rows 0..B-1) takes B from the activations.
@@ -154,7 +154,7 @@ class GPT(nn.Module):
     def setup_cache(self, slots: int, length: int, dtype, attention_backend: str, decode_linears: str = "torch"):
         """Static KV caches of `slots` sequences of `length` positions. decode_linears: in decode steps of at
         most MAX_ROWS rows, "fused" runs every linear layer as one fused kernel, "head" the final LayerNorm and LM
-        head alone, "torch" none."""
+        head alone, "torch" none, "by_batch" fused at batch 1 and head above."""
         device = self.wte.weight.device
         attention = get_attention(attention_backend)
         self.decode_linears = decode_linears
@@ -179,9 +179,11 @@ class GPT(nn.Module):
         kv_len = attn.cache.length if kv_len is None else kv_len
         # decode_linears first: comparing B with MAX_ROWS would make the compiler guard on it (B <= 16), and the
         # first decode step over 24 rows would compile the whole step again (62 s on the H200)
+        # (B == 1 adds no guard: a batch dimension the compiler keeps dynamic is at least 2)
         fuse = self.decode_linears != "torch" and T == 1 and B <= MAX_ROWS
+        fuse_blocks = self.decode_linears == "fused" or (self.decode_linears == "by_batch" and B == 1)
         step = CachedStep(input_pos, rows, attn.cache.slot_index(rows, B), self.kv_len_marker[:kv_len],
-                          attn.attention.prepare(input_pos, kv_len), fuse and self.decode_linears == "fused")
+                          attn.attention.prepare(input_pos, kv_len), fuse and fuse_blocks)
         if step.fused:
             x, pending = x + pending, None
         for block in self.blocks:

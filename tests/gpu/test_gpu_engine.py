@@ -28,7 +28,8 @@ def eager():
     return Engine(ServingConfig(preset="tiny", compile_mode="none"), device="cuda")
 
 
-PATHS = [dict(attention_backend="sdpa"), dict(attention_backend="flex"), dict(attention_backend="splitkv"),
+PATHS = [dict(attention_backend="sdpa"), dict(decode_linears="torch"), dict(attention_backend="flex"),
+         dict(attention_backend="splitkv"),
          dict(decode_linears="fused"), dict(attention_backend="splitkv", decode_linears="fused"),
          dict(decode_linears="head"), dict(compile_region="step"), dict(compile_mode="max-autotune")]
 
@@ -43,9 +44,12 @@ def test_cuda_graph_decode_matches_eager(eager, path):
     assert engine.probe_max_abs_diff() < 0.1
 
 
-def test_decode_graphs_replay_the_compiled_step_exactly():
+def test_decode_graphs_replay_the_compiled_step_exactly(caplog):
     engine = Engine(ServingConfig(preset="tiny", compile_mode="reduce-overhead", max_batch_size=4), device="cuda")
-    engine.warmup()
+    assert engine.resolved.decode_linears == "by_batch"  # auto, on a GPU in bf16
+    with caplog.at_level("WARNING", logger="gptserve"):
+        engine.warmup()
+    assert not any("has no CUDA graph" in m for m in caplog.messages)  # warm-up runs steps before their capture
     assert engine.decode_graph_count == 3 * len(engine.kv_lengths())  # buckets 1, 2, 4 at every KV length
     kv_len = engine.kv_len_for(37)
     for rows in (1, 4):
@@ -58,6 +62,11 @@ def test_decode_graphs_replay_the_compiled_step_exactly():
         with torch.no_grad():  # the same step again without its graph: it rewrites the same keys and values
             direct = engine._decode_step(tokens, positions, engine.model.kv_len_marker[:kv_len])
         assert torch.equal(replayed, direct)
+    three = torch.zeros(3, 1, dtype=torch.int64, device="cuda")  # 3 rows: no bucket, so no graph
+    with caplog.at_level("WARNING", logger="gptserve"):
+        for _ in range(2):
+            assert engine._decode_graphs.replay(three, three, kv_len) is None
+    assert sum("has no CUDA graph" in m for m in caplog.messages) == 1  # once
 
 
 def test_fp8_linear_close_to_bf16():

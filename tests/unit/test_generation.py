@@ -119,6 +119,36 @@ def test_other_decode_paths_match_sdpa(tiny_engine, path):
             assert (lx - ly).abs().max().item() < 1e-4
 
 
+def test_decode_linears_by_batch_fuse_batch_one_and_only_the_head_above(tiny_engine, monkeypatch):
+    """What decode_linears=auto is on a GPU (by_batch): every linear fused in batch-1 steps, the LM head alone in
+    steps of 2-16 rows; the tokens and logits of torch's linears either way. On a CPU auto is torch."""
+    from gptserve.engine import model as model_module
+
+    engine = Engine(ServingConfig(preset="tiny"), device="cpu")
+    assert engine.resolved.decode_linears == "torch"
+    engine.model.decode_linears = "by_batch"
+    fused_blocks, fused_calls = [], []
+    run_block = engine._run_block
+    engine._run_block = lambda block, x, pending, step: (fused_blocks.append((x.shape[0], x.shape[1], step.fused)),
+                                                         run_block(block, x, pending, step))[1]
+    fused_linear = model_module.fused_linear
+    monkeypatch.setattr(model_module, "fused_linear", lambda x, *a, **k: (fused_calls.append(x.shape[0]),
+                                                                          fused_linear(x, *a, **k))[1])
+    for n in (1, 3):
+        batch = [greedy(range(1, 40 + i), n=6) for i in range(n)]
+        fused_blocks.clear(), fused_calls.clear()
+        a = generate(tiny_engine, batch, record_logits=True)
+        b = generate(engine, batch, record_logits=True)
+        decode_rows = {rows for rows, tokens, _ in fused_blocks if tokens == 1}
+        assert decode_rows == {1 if n == 1 else 4}  # batch 3 runs bucket 4
+        assert all(fused == (rows == 1) for rows, tokens, fused in fused_blocks if tokens == 1)
+        assert fused_calls and set(fused_calls) == decode_rows  # the fused LM head of every decode step
+        for x, y in zip(a, b):
+            assert x.output_ids == y.output_ids
+            for lx, ly in zip(x.step_logits, y.step_logits):
+                assert (lx - ly).abs().max().item() < 1e-4
+
+
 def test_fp8_mode_resolves_to_none_on_cpu(caplog):
     with caplog.at_level("INFO", logger="gptserve"):
         engine = Engine(ServingConfig(preset="tiny", fp8_mode="auto"), device="cpu")
