@@ -2,10 +2,11 @@
 
 At decode, SDPA gets q [B, H, 1, D] against the rows' caches sliced to kv_len: B*H programs (20 for gpt2-large at
 batch 1, on a GPU of 132 SMs), and an FP8 cache is first converted whole to bf16. Here every (row, head) is split
-into SPLITS slices of the kv_len positions read (a fixed count: the slices' length follows kv_len at run time);
-a program reads its slice in the cache's own dtype up to the row's last position, widens it in registers and
-writes a partial softmax state (running max, sum, weighted values); merge() combines the slices (inside the
-compiled step the compiler fuses it with what follows).
+into SPLITS slices of that row's positions 0..last (a fixed count; the kernel sizes the slices from the row's last
+position, read on the device, so nothing in a launch depends on the positions: one CUDA graph of the step serves
+every length); a program reads its slice in the cache's own dtype, widens it in registers and writes a partial
+softmax state (running max, sum, weighted values); merge() combines the slices (inside the compiled step the
+compiler fuses it with what follows).
 
 Registered as the custom op gptserve::decode_attention_partials: on CUDA tensors one Triton kernel, on others the
 same partial states computed with torch (the reference the kernel is tested against, and the CPU path).
@@ -23,15 +24,15 @@ NO_SCORE = -1e30  # the running max of a slice no visible position reached: exp(
 
 def plan(heads: int, cache_len: int) -> int:
     """SPLITS, the slices of every (row, head): from the head count and the cache's capacity only, so every batch
-    size and KV length of the compiled step shares the partial states' shape (no shape-dependent recompiles)."""
+    size and position of the compiled step shares the partial states' shape (no shape-dependent recompiles)."""
     return max(1, min(-(-cache_len // BLOCK), -(-TARGET_PROGRAMS // heads)))
 
 
-def split_len(kv_len: int, splits: int) -> int:
-    """Positions per slice when attention reads kv_len of them: the slices cover kv_len, not the whole cache, so
-    a short KV length still keeps every slice busy."""
-    blocks = -(-kv_len // BLOCK)
-    return -(-blocks // splits) * BLOCK
+def split_len(last: torch.Tensor, splits: int) -> torch.Tensor:
+    """Positions per slice of each row (last: [B], its last visible position): the slices cover positions
+    0..last in whole blocks, so a short row keeps every slice busy and a row never reads past its own end."""
+    blocks = (last + BLOCK) // BLOCK  # blocks of last + 1 positions
+    return (blocks + splits - 1) // splits * BLOCK
 
 
 @functools.cache
@@ -40,7 +41,7 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def decode_attention_kernel(q_ptr, k_ptr, v_ptr, last_ptr, m_ptr, l_ptr, acc_ptr, kv_len, per_split, scale,
+    def decode_attention_kernel(q_ptr, k_ptr, v_ptr, last_ptr, m_ptr, l_ptr, acc_ptr, scale,
                                 stride_qb, stride_qh, stride_kb, stride_kh, stride_ks,
                                 BLOCK: tl.constexpr, D: tl.constexpr, NO_SCORE: tl.constexpr):
         # q: [B, H, D]; k, v: [slots, H, S, D], row b = slot b; last: [B] int64; m, l: [B, H, SPLITS] fp32;
@@ -48,6 +49,7 @@ def _kernel():
         b, h, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         heads, splits = tl.num_programs(1), tl.num_programs(2)
         last = tl.load(last_ptr + b)
+        per_split = ((last + BLOCK) // BLOCK + splits - 1) // splits * BLOCK  # split_len(), read on the device
         d = tl.arange(0, D)
         q = tl.load(q_ptr + b * stride_qb + h * stride_qh + d).to(tl.float32) * scale
         m = -1.0e30  # NO_SCORE; plain floats as loop-carried scalars, as flash-decoding kernels keep them
@@ -56,14 +58,14 @@ def _kernel():
         cache = b * stride_kb + h * stride_kh
         for offset in range(0, per_split, BLOCK):
             p = s * per_split + offset + tl.arange(0, BLOCK)
-            visible = (p <= last) & (p < kv_len)
+            visible = p <= last
             kv = cache + p[:, None] * stride_ks + d[None, :]
             k = tl.load(k_ptr + kv, mask=visible[:, None], other=0.0).to(tl.float32)  # [BLOCK, D]
+            v = tl.load(v_ptr + kv, mask=visible[:, None], other=0.0).to(tl.float32)  # issued beside k's load
             score = tl.where(visible, tl.sum(k * q[None, :], axis=1), NO_SCORE)
             m_new = tl.maximum(m, tl.max(score, axis=0))
             weight = tl.where(visible, tl.exp(score - m_new), 0.0)
             rescale = tl.exp(m - m_new)
-            v = tl.load(v_ptr + kv, mask=visible[:, None], other=0.0).to(tl.float32)
             acc = acc * rescale + tl.sum(weight[:, None] * v, axis=0)
             total = total * rescale + tl.sum(weight, axis=0)
             m = m_new
@@ -75,7 +77,7 @@ def _kernel():
     return decode_attention_kernel
 
 
-def launch(q, k_cache, v_cache, last, kv_len: int):
+def launch(q, k_cache, v_cache, last):
     """The kernel on any tensors Triton takes (CUDA, or CPU under TRITON_INTERPRET=1): partial states."""
     rows, heads, dim = q.shape
     splits = plan(heads, k_cache.shape[2])
@@ -84,42 +86,44 @@ def launch(q, k_cache, v_cache, last, kv_len: int):
     acc = torch.empty((rows, heads, splits, dim), dtype=torch.float32, device=q.device)
     assert k_cache.stride() == v_cache.stride() and k_cache.stride(3) == 1 and q.stride(2) == 1
     _kernel()[(rows, heads, splits)](
-        q, k_cache, v_cache, last, m, total, acc, kv_len, split_len(kv_len, splits), dim ** -0.5,
+        q, k_cache, v_cache, last, m, total, acc, dim ** -0.5,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         BLOCK=BLOCK, D=dim, NO_SCORE=NO_SCORE)
     return m, total, acc
 
 
-def reference(q, k_cache, v_cache, last, kv_len: int):
+def reference(q, k_cache, v_cache, last):
     """The kernel's partial states computed with torch: [B, H, SPLITS] max and sum, [B, H, SPLITS, D] values."""
     rows, heads, dim = q.shape
     cache_len = k_cache.shape[2]
     splits = plan(heads, cache_len)
-    per_split = split_len(kv_len, splits)
-    p = torch.arange(splits * per_split, device=q.device)
-    visible = (p[None, :] <= last[:, None]) & (p[None, :] < kv_len)  # [B, SPLITS * PER_SPLIT]
-    k = k_cache[:rows, :, p.clamp(max=cache_len - 1)].float()  # [B, H, P, D]
-    v = v_cache[:rows, :, p.clamp(max=cache_len - 1)].float()
-    score = torch.einsum("bhd,bhpd->bhp", q.float() * dim ** -0.5, k)
-    score = score.masked_fill(~visible[:, None, :], NO_SCORE).view(rows, heads, splits, per_split)
+    per_split = split_len(last, splits)  # [B]
+    j = torch.arange(int(per_split.max()), device=q.device)
+    p = torch.arange(splits, device=q.device)[None, :, None] * per_split[:, None, None] + j  # [B, SPLITS, P]
+    visible = (j < per_split[:, None, None]) & (p <= last[:, None, None])
+    b = torch.arange(rows, device=q.device)[:, None, None]
+    p = p.clamp(max=cache_len - 1)
+    k = k_cache[b, :, p].float().permute(0, 3, 1, 2, 4)  # [B, SPLITS, P, H, D] -> [B, H, SPLITS, P, D]
+    v = v_cache[b, :, p].float().permute(0, 3, 1, 2, 4)
+    score = torch.einsum("bhd,bhspd->bhsp", q.float() * dim ** -0.5, k)
+    score = score.masked_fill(~visible[:, None], NO_SCORE)
     m = score.amax(-1)  # [B, H, SPLITS]
-    weight = torch.exp(score - m[..., None]) * visible.view(rows, 1, splits, per_split)
-    acc = torch.einsum("bhsp,bhspd->bhsd", weight, v.view(rows, heads, splits, per_split, dim))
+    weight = torch.exp(score - m[..., None]) * visible[:, None]
+    acc = torch.einsum("bhsp,bhspd->bhsd", weight, v)
     return m, weight.sum(-1), acc
 
 
 @torch.library.custom_op("gptserve::decode_attention_partials", mutates_args=())
 def decode_attention_partials(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                              last: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q [B, H, D] of rows (slots) 0..B-1; caches [slots, H, S, D]; last [B]: each row's last visible position,
-    below kv_len (<= S), the positions read."""
+                              last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q [B, H, D] of rows (slots) 0..B-1; caches [slots, H, S, D]; last [B]: each row's last visible position."""
     if q.is_cuda:
-        return launch(q, k_cache, v_cache, last, kv_len)
-    return reference(q, k_cache, v_cache, last, kv_len)
+        return launch(q, k_cache, v_cache, last)
+    return reference(q, k_cache, v_cache, last)
 
 
 @decode_attention_partials.register_fake
-def _(q, k_cache, v_cache, last, kv_len):
+def _(q, k_cache, v_cache, last):
     rows, heads, dim = q.shape
     splits = plan(heads, k_cache.shape[2])
     m = q.new_empty((rows, heads, splits), dtype=torch.float32)
@@ -132,7 +136,7 @@ def merge(m: torch.Tensor, total: torch.Tensor, acc: torch.Tensor) -> torch.Tens
     return (acc * weight[..., None]).sum(2) / (total * weight).sum(-1, keepdim=True)
 
 
-def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, last: torch.Tensor, kv_len):
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, last: torch.Tensor):
     """q [B, H, D] of rows (slots) 0..B-1 -> attention output [B, H, D] in q's dtype, each row over its cache
-    positions 0..last[row] (all below kv_len)."""
-    return merge(*decode_attention_partials(q, k_cache, v_cache, last, kv_len)).to(q.dtype)
+    positions 0..last[row]."""
+    return merge(*decode_attention_partials(q, k_cache, v_cache, last)).to(q.dtype)

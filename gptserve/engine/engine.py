@@ -80,7 +80,7 @@ class Engine:
         # One spare position: reading the whole context is then still a strict part of the cache, which the
         # compiler handles with the other lengths (a full-length, contiguous view would be compiled apart).
         self.model.setup_cache(bucket_for(self.slots), self.context + 1, r.kv_cache_dtype,
-                               settings.attention_backend, r.decode_linears)
+                               r.attention_backend, r.decode_linears)
         self.tokenizer = load_tokenizer(settings.tokenizer_path, settings.model_path, r.model.vocab_size)
         self.end_id = self._default_end_id()
         if self.tokenizer.vocab_size < r.model.vocab_size:
@@ -102,7 +102,7 @@ class Engine:
         log.info(
             "engine: preset=%s params=%.0fM device=%s dtype=%s compile=%s/%s attention=%s decode_linears=%s fp8=%s "
             "kv=%s end_id=%d (%.1fs)", r.preset, r.model.num_params() / 1e6, r.device, r.dtype, r.compile_mode,
-            settings.compile_region, settings.attention_backend, r.decode_linears, r.fp8_mode,
+            settings.compile_region, r.attention_backend, r.decode_linears, r.fp8_mode,
             r.kv_cache_dtype, self.end_id, self.build_seconds,
         )
 
@@ -150,7 +150,8 @@ class Engine:
         else:
             self._decode = torch.compile(self._forward_decode, mode=inductor_mode, fullgraph=True)
         if mode in GRAPHED_MODES and self.device.type == "cuda" and self.resolved.fp8_mode != "transformer-engine":
-            self._decode_graphs = DecodeGraphs(self._capture_decode, self.device)
+            self._decode_graphs = DecodeGraphs(self._capture_decode, self.device,
+                                               per_kv_length=not self.model.decodes_from_cache)
 
     def _forward_decode(self, tokens, positions, kv_len_marker):
         # tokens, positions: [B, 1] for slots 0..B-1; kv_len_marker: [kv_len] -> logits [B, V]
@@ -164,11 +165,12 @@ class Engine:
         """Whether warmup() captures one-prompt prefill graphs: only beside a CUDA-graph decode step (the same
         conditions of capture), and with sdpa or splitkv attention (flex runs compiled with dynamic shapes)."""
         return (self.settings.prefill_graphs == "auto" and self._decode_graphs is not None
-                and self.settings.attention_backend != "flex")
+                and self.resolved.attention_backend != "flex")
 
     @property
     def decode_graph_count(self) -> int:
-        """Decode steps captured as CUDA graphs: one per (batch bucket, KV length) once warmed up, else 0."""
+        """Decode steps captured as CUDA graphs once warmed up, else 0: one per (batch bucket, KV length), or one
+        per bucket where the step reads each row up to its own position (split-KV decode attention)."""
         return len(self._decode_graphs) if self._decode_graphs is not None else 0
 
     @property
@@ -286,7 +288,7 @@ class Engine:
             self.generate([(1,) * prompt_len] * n, [GREEDY] * n, 2)  # the compiler's first call at b
             if self._decode_graphs is not None:
                 with torch.no_grad():
-                    for kv_len in self.kv_lengths():
+                    for kv_len in self.kv_lengths() if self._decode_graphs.per_kv_length else [self.context]:
                         self._decode_graphs.capture(b, kv_len)
             self.synchronize()
             seconds[b] = time.perf_counter() - t0

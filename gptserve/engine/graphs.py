@@ -5,7 +5,7 @@ one memory pool: replays never overlap (one engine thread, one stream). A graph'
 graph of the pool keeps its intermediates: it is valid until the next replay of any of them.
 
 Decode: the compiler compiles one block (or the whole step) without CUDA graphs, and the engine captures the whole
-step, one graph per (batch bucket, KV length), at warm-up.
+step, one graph per (batch bucket, KV length), at warm-up; with split-KV attention one per batch bucket.
 
 Prefill: an eager prefill of gpt2-large launches ~600 kernels from Python: ~20 ms of the engine thread per call
 under load on the H200 (docs/benchmarks.md), during which no decode step can be launched. Each graph prefills one
@@ -65,12 +65,15 @@ class DecodeGraphs:
     """decode(tokens [B, 1], positions [B, 1], kv_len) -> logits [B, V] for slots 0..B-1, replayed from the graph
     captured for (B, kv_len). The logits stay valid until the next decode step (use them, or clone them)."""
 
-    def __init__(self, decode: Callable, device: torch.device):
+    def __init__(self, decode: Callable, device: torch.device, per_kv_length: bool = True):
+        """per_kv_length False: the step's kernels do not depend on the KV length (split-KV decode attention reads
+        each row up to its own position, on the device), so one graph per batch bucket serves every length."""
         self._decode = decode
         self._device = device
+        self.per_kv_length = per_kv_length
         self._pool = torch.cuda.graph_pool_handle()
         self._inputs: dict[int, torch.Tensor] = {}  # per batch bucket: [2, B, 1] tokens and positions
-        self._graphs: dict[tuple[int, int], _Graph] = {}
+        self._graphs: dict[tuple[int, int | None], _Graph] = {}
         self._warmed_up = False  # set by warmed_up(): every shape warm-up will capture is captured
         self._missed = False  # a step without a graph after warm-up: logged once
 
@@ -84,7 +87,10 @@ class DecodeGraphs:
             self._inputs[rows] = torch.zeros(2, rows, 1, dtype=torch.int64, device=self._device)
         inputs = self._inputs[rows]
         graph, logits = capture(lambda: self._decode(inputs[0], inputs[1], kv_len), self._device, self._pool)
-        self._graphs[rows, kv_len] = _Graph(graph, inputs, logits)
+        self._graphs[self._key(rows, kv_len)] = _Graph(graph, inputs, logits)
+
+    def _key(self, rows: int, kv_len: int) -> tuple[int, int | None]:
+        return rows, (kv_len if self.per_kv_length else None)
 
     def warmed_up(self):
         """Warm-up has captured every shape: a step without a graph from now on is worth a warning."""
@@ -92,7 +98,7 @@ class DecodeGraphs:
 
     def replay(self, tokens: torch.Tensor, positions: torch.Tensor, kv_len: int) -> torch.Tensor | None:
         """Logits [B, V] of the step, or None when no graph was captured for this shape."""
-        entry = self._graphs.get((tokens.shape[0], kv_len))
+        entry = self._graphs.get(self._key(tokens.shape[0], kv_len))
         if entry is None:
             if self._warmed_up and not self._missed:
                 log.warning("decode step of %d rows reading %d positions has no CUDA graph: running it without",

@@ -91,8 +91,7 @@ class CausalSelfAttention(nn.Module):
             y = causal_reference(q, k, v)
         elif T == 1 and step.rows is None and self.attention.decodes_from_cache:  # decode, rows 0..B-1
             self.cache.write(step.slot_index, step.input_pos, k, v)
-            y = decode_attention(q[:, :, 0], self.cache.k, self.cache.v, step.input_pos[:, 0], step.kv_len)
-            y = y[:, :, None]  # [B, H, 1, D]
+            y = decode_attention(q[:, :, 0], self.cache.k, self.cache.v, step.input_pos[:, 0])[:, :, None]
         else:
             k_all, v_all = self.cache.update(step.rows, step.slot_index, step.input_pos, k, v, step.kv_len)
             y = self.attention.attend(q, k_all, v_all, step.mask)  # k_all, v_all: [B, H, kv_len, D]
@@ -164,6 +163,11 @@ class GPT(nn.Module):
         for block in self.blocks:
             block.attn.cache = KVCache(slots, self.cfg.n_head, length, self.cfg.head_dim, dtype, device)
             block.attn.attention = attention
+
+    @property
+    def decodes_from_cache(self) -> bool:
+        """Whether decode steps attend straight over the cache, each row up to its own position (split-KV)."""
+        return self.blocks[0].attn.attention.decodes_from_cache
 
     def forward(self, idx: torch.Tensor, input_pos: torch.Tensor, rows, last_index: torch.Tensor | None = None,
                 kv_len: int | None = None, run: Callable = run_block):

@@ -44,18 +44,29 @@ def test_cuda_graph_decode_matches_eager(eager, path):
     assert engine.probe_max_abs_diff() < 0.1
 
 
-def test_decode_graphs_replay_the_compiled_step_exactly(caplog):
-    engine = Engine(ServingConfig(preset="tiny", compile_mode="reduce-overhead", max_batch_size=4), device="cuda")
+def test_auto_picks_split_kv_and_fused_linears_for_a_narrow_model_only():
+    from gptserve.engine.build import resolve
+
+    narrow, wide = (resolve(ServingConfig(preset=p), "cuda") for p in ("gpt2-large", "gpt-large-40b"))
+    assert (narrow.attention_backend, narrow.decode_linears) == ("splitkv", "by_batch")
+    assert (wide.attention_backend, wide.decode_linears) == ("sdpa", "torch")
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "splitkv"])
+def test_decode_graphs_replay_the_compiled_step_exactly(caplog, backend):
+    engine = Engine(ServingConfig(preset="tiny", compile_mode="reduce-overhead", max_batch_size=4,
+                                  attention_backend=backend), device="cuda")
     assert engine.resolved.decode_linears == "by_batch"  # auto, on a GPU in bf16
     with caplog.at_level("WARNING", logger="gptserve"):
         engine.warmup()
     assert not any("has no CUDA graph" in m for m in caplog.messages)  # warm-up runs steps before their capture
-    assert engine.decode_graph_count == 3 * len(engine.kv_lengths())  # buckets 1, 2, 4 at every KV length
-    kv_len = engine.kv_len_for(37)
-    for rows in (1, 4):
-        engine.prefill([tuple(range(3, 40))] * rows, list(range(rows)))
+    per_bucket = len(engine.kv_lengths()) if backend == "sdpa" else 1  # split-KV: one graph serves every length
+    assert engine.decode_graph_count == 3 * per_bucket  # buckets 1, 2, 4
+    for rows, position in ((1, 37), (4, 37), (1, 700), (4, 700)):
+        kv_len = engine.kv_len_for(position)
+        engine.prefill([tuple(3 + i % 500 for i in range(position))] * rows, list(range(rows)))
         tokens = torch.arange(rows, device="cuda")[:, None]
-        positions = torch.full((rows, 1), 37, device="cuda")
+        positions = torch.full((rows, 1), position, device="cuda")
         replayed = engine._decode_graphs.replay(tokens, positions, kv_len)
         assert replayed is not None  # a graph was captured for this shape
         replayed = replayed.clone()
