@@ -48,10 +48,10 @@ class ServingConfig:
                                   "across blocks, a compile n_layer times larger).", choices=("block", "step"))
     compile_cache_dir: str = setting("", "Directory for inductor's compile cache, kept across restarts (mount a "
                                      "volume there); empty: inductor's default under /tmp.")
-    attention_backend: str = setting("auto", "Attention kernel; splitkv: sdpa, but decode steps read the cache with "
+    attention_backend: str = setting("sdpa", "Attention kernel; splitkv: sdpa, but decode steps read the cache with "
                                      "split-KV attention (all SMs at batch 1, an FP8 cache read as it is, one CUDA "
-                                     "graph per batch bucket for every KV length); auto: splitkv for a model of n_embd "
-                                     "<= 2048 on a GPU, else sdpa.", choices=("auto", "sdpa", "flex", "splitkv"))
+                                     "graph per batch bucket for every KV length).",
+                                     choices=("sdpa", "flex", "splitkv"))
     decode_linears: str = setting("auto", "Linear layers of a decode step of at most 16 rows; fused: each one "
                                   "Triton kernel with its LayerNorm, bias, GELU and residual add; head: only the "
                                   "final LayerNorm and LM head (on a GPU: bf16 or float16, fp8_mode none or "

@@ -15,9 +15,9 @@ from .model import GPT
 log = logging.getLogger("gptserve")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# decode_linears=auto and attention_backend=auto pick the fused linears and split-KV only for models this narrow:
-# their decode steps are bound by kernel count and latency (gpt2-large, 1280, where they were measured); a wide
-# model's decode step already reads HBM near the floor with torch's kernels (the 40B, 8192: 96%)
+# decode_linears=auto fuses only models this narrow: their decode steps are bound by kernel count and latency
+# (gpt2-large, 1280, where it was measured); a wide model's cuBLAS GEMVs already read HBM near the floor (the
+# 40B, 8192: 96%)
 NARROW_MAX_EMBD = 2048
 
 
@@ -33,7 +33,6 @@ class Resolved:
     fp8_mode: str
     kv_cache_dtype: torch.dtype
     decode_linears: str  # torch, head, fused, or by_batch (fused at batch 1, head at 2-16)
-    attention_backend: str  # sdpa, flex or splitkv
 
 
 def resolve(settings, device: str | None = None) -> Resolved:
@@ -72,11 +71,7 @@ def resolve(settings, device: str | None = None) -> Resolved:
     if fused and on_gpu and (dtype not in (torch.bfloat16, torch.float16) or fp8_mode not in ("none", "weight-only")):
         raise ValueError(f"decode_linears={settings.decode_linears} on a GPU needs dtype bfloat16 or float16 "
                          f"(got {dtype}) and fp8_mode none or weight-only (got {fp8_mode})")
-    attention_backend = settings.attention_backend
-    if attention_backend == "auto":  # measured on the H200: docs/configuration.md
-        attention_backend = "splitkv" if on_gpu and narrow else "sdpa"
-    return Resolved(model_cfg, preset, dev, dtype, compile_mode, fp8_mode, kv_dtype, decode_linears,
-                    attention_backend)
+    return Resolved(model_cfg, preset, dev, dtype, compile_mode, fp8_mode, kv_dtype, decode_linears)
 
 
 INIT_STD = 0.02  # GPT-2's initializer_range

@@ -44,12 +44,11 @@ def test_cuda_graph_decode_matches_eager(eager, path):
     assert engine.probe_max_abs_diff() < 0.1
 
 
-def test_auto_picks_split_kv_and_fused_linears_for_a_narrow_model_only():
+def test_auto_fuses_the_linears_of_a_narrow_model_only():
     from gptserve.engine.build import resolve
 
-    narrow, wide = (resolve(ServingConfig(preset=p), "cuda") for p in ("gpt2-large", "gpt-large-40b"))
-    assert (narrow.attention_backend, narrow.decode_linears) == ("splitkv", "by_batch")
-    assert (wide.attention_backend, wide.decode_linears) == ("sdpa", "torch")
+    assert resolve(ServingConfig(preset="gpt2-large"), "cuda").decode_linears == "by_batch"
+    assert resolve(ServingConfig(preset="gpt-large-40b"), "cuda").decode_linears == "torch"
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "splitkv"])
