@@ -87,6 +87,12 @@ sweep() {  # QPS list, output name[, models]
 
 REPOSITORY=model_repository
 
+# use_compile_cache: inductor's cache and Triton's (the engine's own kernels) in one directory, so removing it
+# makes a start cold, as a container without its cache volume would be
+use_compile_cache() {
+    export TORCHINDUCTOR_CACHE_DIR="/tmp/gptserve-compile-cache" TRITON_CACHE_DIR="/tmp/gptserve-compile-cache/triton"
+}
+
 # with_stream_parameters "k=v ...": REPOSITORY becomes a copy of gpt_large_stream alone, with these parameters
 with_stream_parameters() {
     REPOSITORY=/tmp/model_repository-variant
@@ -109,7 +115,7 @@ for stage in "${STAGES[@]}"; do
         "$PY" -m pytest tests/gpu -q --tb=short -p no:cacheprovider ${TESTS:+-k "$TESTS"} 2>&1 | tail -60 | tee "$OUT_DIR/gpu-tests.txt"
         ;;
     stream)  # the stream model alone: READY, a sweep, a profile under load
-        export TORCHINDUCTOR_CACHE_DIR="/tmp/gptserve-compile-cache"
+        use_compile_cache
         REPOSITORY=/tmp/model_repository-stream
         rm -rf "$REPOSITORY" && mkdir -p "$REPOSITORY" && cp -r model_repository/gpt_large_stream "$REPOSITORY/"
         start_server "$OUT_DIR/tritonserver-stream.log" ready_stream_only_s
@@ -139,7 +145,7 @@ for stage in "${STAGES[@]}"; do
             --output "$OUT_DIR"
         ;;
     triton)  # KEEP_CACHE=1: start on the compile cache a previous run left (a warm start)
-        export TORCHINDUCTOR_CACHE_DIR="/tmp/gptserve-compile-cache"
+        use_compile_cache
         if [ "${KEEP_CACHE:-0}" = 1 ]; then
             start_server "$OUT_DIR/tritonserver-warm.log" ready_warm_s
         else
@@ -151,7 +157,7 @@ for stage in "${STAGES[@]}"; do
         stop_server
         ;;
     ready)  # READY of both models on the compile cache an earlier stage left (COLD=1: on none), then stop
-        export TORCHINDUCTOR_CACHE_DIR="/tmp/gptserve-compile-cache"
+        use_compile_cache
         if [ "${COLD:-0}" = 1 ]; then
             rm -rf "$TORCHINDUCTOR_CACHE_DIR"
             start_server "$OUT_DIR/tritonserver-ready-cold.log" ready_cold_s
@@ -161,7 +167,7 @@ for stage in "${STAGES[@]}"; do
         stop_server
         ;;
     triton-variant)  # the stream model alone with STREAM_PARAMS, on the compile cache of an earlier triton stage
-        export TORCHINDUCTOR_CACHE_DIR="/tmp/gptserve-compile-cache"
+        use_compile_cache
         with_stream_parameters "${STREAM_PARAMS:?set STREAM_PARAMS, e.g. stream_interval=4}"
         start_server "$OUT_DIR/tritonserver-variant.log" ready_variant_s
         sweep "${QPS:-8,16,24,32}" compare-models-variant gpt_large_stream
@@ -169,7 +175,7 @@ for stage in "${STAGES[@]}"; do
         REPOSITORY=model_repository
         ;;
     triton2)
-        export TORCHINDUCTOR_CACHE_DIR="/tmp/gptserve-compile-cache"
+        use_compile_cache
         start_server "$OUT_DIR/tritonserver-2gpu.log" ready_2gpu_s
         sweep "${QPS:-8,16,32,48}" compare-models-2gpu
         profile_stream 32

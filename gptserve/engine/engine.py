@@ -131,6 +131,8 @@ class Engine:
         # recompile limit must cover them all.
         if cache_dir:  # inductor reads this whenever it needs its cache: kernels and graphs survive restarts
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
+            # and Triton's, for the engine's own kernels (rows_linear, split-KV), unless the environment names one
+            os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(cache_dir, "triton"))
         torch._inductor.config.fx_graph_cache = True
         # Batch-1 matrix products become reductions fused with their neighbours (bandwidth-bound GEMVs), and
         # inductor tunes each generated kernel's launch configuration (gpt-fast's setting).

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -175,11 +177,13 @@ def test_compiled_decode_does_not_recompile_across_batch_and_kv_length_buckets(r
     from torch._dynamo.utils import counters
 
     # A compile cache of its own: graphs cached by other engines (16 cache rows) carry their own guards on B.
-    # The engine sets the variable; monkeypatch puts the old value back afterwards.
+    # The engine sets the variables; monkeypatch puts the old values back afterwards.
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
     torch._dynamo.reset()
     engine = Engine(ServingConfig(preset="tiny", compile_mode="default", max_batch_size=64, compile_region=region,
                                   compile_cache_dir=str(tmp_path)), device="cpu")
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "triton")  # the engine's own kernels: same volume
     before = counters["stats"]["unique_graphs"]
     engine.warmup()
     graphs = counters["stats"]["unique_graphs"]
