@@ -26,15 +26,16 @@ LARGE_N = 16384  # output columns from which a matrix (an LM head) streams from 
 
 def plan(rows: int, n: int, k: int) -> tuple[int, int, int, int]:
     """(BLOCK_N, BLOCK_K, num_warps, num_stages) for x [rows, k] against W [n, k]: per gpt2-large layer, the
-    fastest configuration of bench.rows_linear_sweep on an H200 (docs/benchmarks.md, run 11): a large matrix
-    (the LM head) in small column blocks over short K steps, thousands of programs; the layer matrices in wide K
-    steps. Run 11 timed the layer matrices from L2, so their choice is provisional."""
+    fastest configuration of bench.rows_linear_sweep on an H200, every matrix streamed from HBM
+    (docs/benchmarks.md, run 13; the LM head's at one row from run 11, within 1% of run 13's best): a large
+    matrix (the LM head) in small column blocks over short K steps, thousands of programs; the layer matrices in
+    wide K steps."""
     if rows == 1:
         if n >= LARGE_N:
             return 16, 256, 4, 2  # LM head
         if k > 2048:
             return 4, 1024, 8, 2  # mlp proj
-        return (8 if n >= 2048 else 4), min(next_power_of_2(k), 2048), (4 if n >= 4096 else 8), 2  # qkv, attn proj, fc
+        return (8 if n >= 2048 else 4), min(next_power_of_2(k), 2048), 8, 2  # qkv, attn proj, fc
     if n >= LARGE_N:
         return 64, 64, 4, 3
     if n >= 4096:
