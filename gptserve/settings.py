@@ -47,7 +47,8 @@ class ServingConfig:
                                   "block, reused by every layer: a fast start) or step (the whole step: fusions "
                                   "across blocks, a compile n_layer times larger).", choices=("block", "step"))
     compile_cache_dir: str = setting("", "Directory for inductor's compile cache, kept across restarts (mount a "
-                                     "volume there); empty: inductor's default under /tmp.")
+                                     "volume there), and Triton's under it unless TRITON_CACHE_DIR is set; empty: "
+                                     "their defaults under /tmp and ~/.triton.")
     attention_backend: str = setting("sdpa", "Attention kernel; splitkv: sdpa, but decode steps read the cache with "
                                      "split-KV attention (all SMs at batch 1, an FP8 cache read as it is, one CUDA "
                                      "graph per batch bucket for every KV length).",
@@ -57,7 +58,7 @@ class ServingConfig:
                                   "final LayerNorm and LM head (on a GPU: bf16 or float16, fp8_mode none or "
                                   "weight-only; a CPU runs the same arithmetic in torch); auto: fused at batch 1, "
                                   "head at 2-16 for a model of n_embd <= 2048 on a GPU in bfloat16 with fp8_mode "
-                                  "none, else torch.",
+                                  "none and compile_region block, else torch.",
                                   choices=("auto", "torch", "head", "fused"))
     fp8_mode: str = setting("none", "FP8 linear layers (GPU, compute capability >= 8.9): weight-only (FP8 weights, "
                             "bf16 decode activations), torch (FP8 activations too), transformer-engine; auto: "

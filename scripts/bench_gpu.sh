@@ -56,7 +56,7 @@ start_server() {
     echo "$2 $((SECONDS - t0))" | tee -a "$OUT_DIR/ready.txt"
 }
 
-stop_server() { kill -TERM "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null || true; }
+stop_server() { kill -TERM "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; }
 
 profile_stream() {  # QPS: py-spy of every stream stub under a 20 s load at QPS: all threads, and the GIL holder alone
     local stub i=0 pids=()  # wait for these alone: a bare `wait` would wait for the server too

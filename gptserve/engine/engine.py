@@ -1,7 +1,8 @@
 """The engine: prefill, decode_step, sample and generate over a slot-addressed static KV cache.
 
 Slot i of the cache belongs to batch row i. A decode step over bucket B runs rows (slots) 0..B-1, so the
-caches it touches are views, and each (bucket, KV length) is one CUDA graph. The cache has a
+caches it touches are views, and each (bucket, KV length) is one CUDA graph (each bucket, with split-KV
+attention). The cache has a
 row for every row of the largest bucket in use (16 for 12 slots): rows past the slots are computed, never read.
 The engine knows tokens, never requests: which tokens end a sequence is the serving layer's business.
 """
@@ -131,7 +132,8 @@ class Engine:
         # recompile limit must cover them all.
         if cache_dir:  # inductor reads this whenever it needs its cache: kernels and graphs survive restarts
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
-            # and Triton's, for the engine's own kernels (rows_linear, split-KV), unless the environment names one
+            # and Triton's, for the engine's own kernels (rows_linear, split-KV): a TRITON_CACHE_DIR already set
+            # (the Docker image's, the manifests') wins
             os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(cache_dir, "triton"))
         torch._inductor.config.fx_graph_cache = True
         # Batch-1 matrix products become reductions fused with their neighbours (bandwidth-bound GEMVs), and
@@ -279,7 +281,8 @@ class Engine:
 
     # -- start-up ------------------------------------------------------------------------------------------
     def warmup(self, prompt_len: int | None = None) -> dict[int, float]:
-        """Run every batch bucket once (compiles and captures each, at every KV length); seconds per bucket."""
+        """Run every batch bucket once (compiles it, and captures its graphs: one per KV length, or one with
+        split-KV attention); seconds per bucket."""
         prompt_len = min(prompt_len or self.settings.warmup_prompt_len, self.context - 2)
         seconds = {}
         for b in BATCH_BUCKETS:

@@ -63,7 +63,8 @@ def capture(run: Callable[[], torch.Tensor], device: torch.device, pool,
 
 class DecodeGraphs:
     """decode(tokens [B, 1], positions [B, 1], kv_len) -> logits [B, V] for slots 0..B-1, replayed from the graph
-    captured for (B, kv_len). The logits stay valid until the next decode step (use them, or clone them)."""
+    captured for (B, kv_len), or for B alone when per_kv_length is False. The logits stay valid until the next
+    decode step (use them, or clone them)."""
 
     def __init__(self, decode: Callable, device: torch.device, per_kv_length: bool = True):
         """per_kv_length False: the step's kernels do not depend on the KV length (split-KV decode attention reads

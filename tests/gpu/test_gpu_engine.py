@@ -240,6 +240,18 @@ def test_prefill_graphs_equal_eager_prefill(monkeypatch):
     assert len(replays) == 2
 
 
+@pytest.mark.parametrize("cache_dtype", [torch.bfloat16, torch.float8_e4m3fn])
+def test_split_kv_kernel_equals_its_torch_states(cache_dtype):
+    """The compiled kernel against reference(), slice by slice (the unit test runs it interpreted, where it can)."""
+    from gptserve.engine import decode_attention as da
+    from tests.unit.test_decode_attention import LAST, case
+
+    q, k, v = (t.cuda() for t in case(cache_dtype))
+    q, last = q.to(torch.bfloat16), LAST.cuda()
+    for got, want in zip(da.launch(q, k, v, last), da.reference(q, k, v, last)):
+        torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
+
+
 def test_splitkv_reads_an_fp8_cache_like_sdpa_reads_it_widened():
     """The split-KV kernel on CUDA graphs reads the FP8 cache itself; SDPA reads a bf16 copy of the same cache."""
     if torch.cuda.get_device_capability() < (8, 9):

@@ -1,5 +1,6 @@
 """Split-KV decode attention: the partial states merged equal plain attention over each row's positions, and the
-Triton kernel (run by Triton's CPU interpreter where triton is installed; CI has none) equals the torch states."""
+Triton kernel equals the torch states: here under Triton's CPU interpreter, where triton is installed beside numpy
+1 (CI has no triton), and compiled on a GPU in tests/gpu."""
 import numpy as np
 import pytest
 import torch

@@ -172,23 +172,26 @@ def test_compiled_path_matches_reference(path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("region", ["block", "step"])
-def test_compiled_decode_does_not_recompile_across_batch_and_kv_length_buckets(region, tmp_path, monkeypatch):
+@pytest.mark.parametrize("region, linears", [("block", "torch"), ("step", "torch"), ("block", "by_batch")])
+def test_compiled_decode_does_not_recompile_across_batch_and_kv_length_buckets(region, linears, tmp_path,
+                                                                               monkeypatch):
     from torch._dynamo.utils import counters
 
     # A compile cache of its own: graphs cached by other engines (16 cache rows) carry their own guards on B.
     # The engine sets the variables; monkeypatch puts the old values back afterwards.
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
-    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    monkeypatch.setenv("TRITON_CACHE_DIR", "unset")  # recorded, so monkeypatch restores the value before it
+    monkeypatch.delenv("TRITON_CACHE_DIR")
     torch._dynamo.reset()
     engine = Engine(ServingConfig(preset="tiny", compile_mode="default", max_batch_size=64, compile_region=region,
                                   compile_cache_dir=str(tmp_path)), device="cpu")
     assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "triton")  # the engine's own kernels: same volume
+    engine.model.decode_linears = linears  # by_batch: what decode_linears=auto is on a GPU with region block
     before = counters["stats"]["unique_graphs"]
     engine.warmup()
     graphs = counters["stats"]["unique_graphs"]
-    # batch 1, and one graph for every bucket 2..64 (no guard on B <= 16); region block: one block's graphs serve
-    # every layer
+    # batch 1, and one graph for every bucket 2..64 (no guard on B <= 16, where by_batch's fused head stops);
+    # region block: one block's graphs serve every layer
     assert graphs - before == 2
     for rows in (1, 3, 16, 24, 64):
         for position in (5, 300, engine.context - 1):
