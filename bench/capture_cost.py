@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,13 +20,7 @@ from gptserve.engine import Engine
 from gptserve.engine.graphs import capture
 from gptserve.settings import ServingConfig
 
-
-def seconds(fn) -> float:
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    return time.perf_counter() - t0
+from .engine import cuda_time
 
 
 def capture_only(run, pool, kept: list) -> float:
@@ -43,7 +36,7 @@ def capture_only(run, pool, kept: list) -> float:
             finally:
                 graph.capture_end()
 
-    return seconds(once)
+    return cuda_time(once)
 
 
 def bucket_costs(engine: Engine, batch: int) -> dict:
@@ -51,16 +44,16 @@ def bucket_costs(engine: Engine, batch: int) -> dict:
     pool = torch.cuda.graph_pool_handle()
     rows = {"eager_step": [], "graph_context": [], "capture_only": [], "capture_warm2": [], "capture_warm1": []}
     kept = []  # every graph captured into the pool stays alive: a pool whose graphs are all gone is released
-    seconds(lambda: engine._capture_decode(inputs[0], inputs[1], engine.kv_lengths()[0]))  # compiles this batch
+    cuda_time(lambda: engine._capture_decode(inputs[0], inputs[1], engine.kv_lengths()[0]))  # compiles this batch
     for kv_len in engine.kv_lengths():
         def run():
             return engine._capture_decode(inputs[0], inputs[1], kv_len)
-        rows["eager_step"].append(seconds(run))
-        rows["graph_context"].append(seconds(lambda: kept.append(
+        rows["eager_step"].append(cuda_time(run))
+        rows["graph_context"].append(cuda_time(lambda: kept.append(
             capture(lambda: torch.ones(1, device="cuda"), engine.device, pool, warm_runs=0))))
         rows["capture_only"].append(capture_only(run, pool, kept))
         for warm in (2, 1):
-            rows[f"capture_warm{warm}"].append(seconds(lambda: kept.append(
+            rows[f"capture_warm{warm}"].append(cuda_time(lambda: kept.append(
                 capture(run, engine.device, pool, warm_runs=warm))))
     return {name: round(statistics.median(values) * 1e3, 2) for name, values in rows.items()}
 

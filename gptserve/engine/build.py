@@ -63,12 +63,11 @@ def resolve(settings, device: str | None = None) -> Resolved:
         else:
             log.info("kv_cache_dtype=fp8 needs a CUDA GPU; keeping the KV cache in %s on CPU", dtype)
     fp8_mode = fp8.resolve_mode(settings.fp8_mode, dev)
-    narrow = model_cfg.n_embd <= NARROW_MAX_EMBD
     decode_linears = settings.decode_linears
     if decode_linears == "auto":  # measured for gpt2-large on the H200 with one compiled block: configuration.md
         # (compile_region=step would also compile the whole step apart for more than 16 rows, where the fused LM
         # head stops, and fused blocks lost under it in run 10)
-        fits = on_gpu and narrow and dtype == torch.bfloat16 and fp8_mode == "none"
+        fits = on_gpu and model_cfg.n_embd <= NARROW_MAX_EMBD and dtype == torch.bfloat16 and fp8_mode == "none"
         decode_linears = "by_batch" if fits and settings.compile_region == "block" else "torch"
     fused = decode_linears != "torch"
     if fused and on_gpu and (dtype not in (torch.bfloat16, torch.float16) or fp8_mode not in ("none", "weight-only")):

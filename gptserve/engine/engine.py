@@ -2,8 +2,8 @@
 
 Slot i of the cache belongs to batch row i. A decode step over bucket B runs rows (slots) 0..B-1, so the
 caches it touches are views, and each (bucket, KV length) is one CUDA graph (each bucket, with split-KV
-attention). The cache has a
-row for every row of the largest bucket in use (16 for 12 slots): rows past the slots are computed, never read.
+attention). The cache has a row for every row of the largest bucket in use (16 for 12 slots): rows past the
+slots are computed, never read.
 The engine knows tokens, never requests: which tokens end a sequence is the serving layer's business.
 """
 from __future__ import annotations
@@ -293,8 +293,7 @@ class Engine:
             self.generate([(1,) * prompt_len] * n, [GREEDY] * n, 2)  # the compiler's first call at b
             if self._decode_graphs is not None:
                 with torch.no_grad():
-                    for kv_len in self.kv_lengths() if self._decode_graphs.per_kv_length else [self.context]:
-                        self._decode_graphs.capture(b, kv_len)
+                    self._decode_graphs.capture(b, self.kv_lengths())
             self.synchronize()
             seconds[b] = time.perf_counter() - t0
         if self._decode_graphs is not None:

@@ -73,7 +73,6 @@ class DecodeGraphs:
         self._device = device
         self.per_kv_length = per_kv_length
         self._pool = torch.cuda.graph_pool_handle()
-        self._inputs: dict[int, torch.Tensor] = {}  # per batch bucket: [2, B, 1] tokens and positions
         self._graphs: dict[tuple[int, int | None], _Graph] = {}
         self._warmed_up = False  # set by warmed_up(): every shape warm-up will capture is captured
         self._missed = False  # a step without a graph after warm-up: logged once
@@ -81,14 +80,14 @@ class DecodeGraphs:
     def __len__(self) -> int:
         return len(self._graphs)
 
-    def capture(self, rows: int, kv_len: int):
-        """The graph of a step over slots 0..rows-1 reading kv_len cache positions. Capture runs the step: it
-        writes at position 0 of those slots, which a prefill overwrites before any request reads it."""
-        if rows not in self._inputs:
-            self._inputs[rows] = torch.zeros(2, rows, 1, dtype=torch.int64, device=self._device)
-        inputs = self._inputs[rows]
-        graph, logits = capture(lambda: self._decode(inputs[0], inputs[1], kv_len), self._device, self._pool)
-        self._graphs[self._key(rows, kv_len)] = _Graph(graph, inputs, logits)
+    def capture(self, rows: int, kv_lengths: list[int]):
+        """The graphs of a step over slots 0..rows-1, one per KV length (ascending), or one reading the longest
+        when the step does not depend on it. Capture runs the step: it writes at position 0 of those slots, which
+        a prefill overwrites before any request reads it."""
+        inputs = torch.zeros(2, rows, 1, dtype=torch.int64, device=self._device)  # tokens, positions: every replay
+        for kv_len in kv_lengths if self.per_kv_length else kv_lengths[-1:]:
+            graph, logits = capture(lambda: self._decode(inputs[0], inputs[1], kv_len), self._device, self._pool)
+            self._graphs[self._key(rows, kv_len)] = _Graph(graph, inputs, logits)
 
     def _key(self, rows: int, kv_len: int) -> tuple[int, int | None]:
         return rows, (kv_len if self.per_kv_length else None)
