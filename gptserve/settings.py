@@ -56,9 +56,10 @@ class ServingConfig:
     decode_linears: str = setting("auto", "Linear layers of a decode step of at most 16 rows; fused: each one "
                                   "Triton kernel with its LayerNorm, bias, GELU and residual add; head: only the "
                                   "final LayerNorm and LM head (on a GPU: bf16 or float16, fp8_mode none or "
-                                  "weight-only; a CPU runs the same arithmetic in torch); auto: fused at batch 1, "
-                                  "head at 2-16 for a model of n_embd <= 2048 on a GPU in bfloat16 with fp8_mode "
-                                  "none and compile_region block, else torch.",
+                                  "weight-only; a CPU runs the same arithmetic in torch); auto, on a GPU in bfloat16 "
+                                  "with compile_region block: fused at batch 1 and head at 2-16 for a model of "
+                                  "n_embd <= 2048 with fp8_mode none, fused at batch 1 alone for a wider one with "
+                                  "fp8_mode weight-only, else torch.",
                                   choices=("auto", "torch", "head", "fused"))
     fp8_mode: str = setting("none", "FP8 linear layers (GPU, compute capability >= 8.9): weight-only (FP8 weights, "
                             "bf16 decode activations), torch (FP8 activations too), transformer-engine; auto: "

@@ -15,9 +15,10 @@ from .model import GPT
 log = logging.getLogger("gptserve")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# decode_linears=auto fuses only models this narrow: their decode steps are bound by kernel count and latency
-# (gpt2-large, 1280, where it was measured); a wide model's cuBLAS GEMVs already read HBM near the floor (the
-# 40B, 8192: 96%)
+# decode_linears=auto, bf16: fused linears only for models this narrow, whose decode steps are bound by kernel count
+# and latency (gpt2-large, 1280, where it was measured); a wide model's cuBLAS GEMVs already read HBM near the floor
+# (the 40B, 8192: 96%). With FP8 weight-only the wide model's one-row step fuses too: there the fused kernel reads
+# FP8 weights at 3.3-3.9 TB/s where the split-K kernel reaches 2.4-3.2 (run 25)
 NARROW_MAX_EMBD = 2048
 
 
@@ -32,7 +33,7 @@ class Resolved:
     compile_mode: str
     fp8_mode: str
     kv_cache_dtype: torch.dtype
-    decode_linears: str  # torch, head, fused, or by_batch (fused at batch 1, head at 2-16)
+    decode_linears: str  # torch, head, fused, by_batch (fused at batch 1, head at 2-16), one_row (fused at batch 1)
 
 
 def resolve(settings, device: str | None = None) -> Resolved:
@@ -64,16 +65,25 @@ def resolve(settings, device: str | None = None) -> Resolved:
             log.info("kv_cache_dtype=fp8 needs a CUDA GPU; keeping the KV cache in %s on CPU", dtype)
     fp8_mode = fp8.resolve_mode(settings.fp8_mode, dev)
     decode_linears = settings.decode_linears
-    if decode_linears == "auto":  # measured for gpt2-large on the H200 with one compiled block: configuration.md
-        # (compile_region=step would also compile the whole step apart for more than 16 rows, where the fused LM
-        # head stops, and fused blocks lost under it in run 10)
-        fits = on_gpu and model_cfg.n_embd <= NARROW_MAX_EMBD and dtype == torch.bfloat16 and fp8_mode == "none"
-        decode_linears = "by_batch" if fits and settings.compile_region == "block" else "torch"
+    if decode_linears == "auto":  # measured on the H200 with one compiled block: configuration.md
+        decode_linears = auto_decode_linears(model_cfg, dtype, fp8_mode, on_gpu, settings.compile_region)
     fused = decode_linears != "torch"
     if fused and on_gpu and (dtype not in (torch.bfloat16, torch.float16) or fp8_mode not in ("none", "weight-only")):
         raise ValueError(f"decode_linears={settings.decode_linears} on a GPU needs dtype bfloat16 or float16 "
                          f"(got {dtype}) and fp8_mode none or weight-only (got {fp8_mode})")
     return Resolved(model_cfg, preset, dev, dtype, compile_mode, fp8_mode, kv_dtype, decode_linears)
+
+
+def auto_decode_linears(model_cfg: ModelConfig, dtype: torch.dtype, fp8_mode: str, on_gpu: bool,
+                        compile_region: str) -> str:
+    """decode_linears=auto: where the fused linears were measured to win (compile_region=step would also compile
+    the whole step apart for more than 16 rows, where the fused LM head stops, and fused blocks lost under it in
+    run 10)."""
+    if not on_gpu or compile_region != "block" or dtype != torch.bfloat16:
+        return "torch"
+    if fp8_mode == "weight-only" and model_cfg.n_embd > NARROW_MAX_EMBD:
+        return "one_row"
+    return "by_batch" if fp8_mode == "none" and model_cfg.n_embd <= NARROW_MAX_EMBD else "torch"
 
 
 INIT_STD = 0.02  # GPT-2's initializer_range

@@ -24,8 +24,8 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def fp8_rows_matmul_kernel(x_ptr, w_ptr, out_ptr, M, N, K, stride_xm, stride_wn, stride_os, stride_om,
-                               K_PER_SPLIT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    def fp8_rows_matmul_kernel(x_ptr, w_ptr, out_ptr, M, N, K, K_PER_SPLIT, stride_xm, stride_wn, stride_os,
+                               stride_om, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         # x: [M, K] bf16/fp16; w: [N, K] fp8 (K contiguous); out: [SPLIT, M, N] fp32 partial sums
         pid_n = tl.program_id(0)
         split = tl.program_id(1)
@@ -46,35 +46,50 @@ def _kernel():
     return fp8_rows_matmul_kernel
 
 
-def plan(n: int, k: int, sms: int) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_K, SPLIT): enough programs for about two waves of `sms`, K slices of whole blocks."""
+def plan(n: int, k: int, sms: int) -> tuple[int, int, int, int, int]:
+    """(BLOCK_N, BLOCK_K, num_warps, num_stages, SPLIT) for x [M <= 16, k] against W [n, k]: within 8% of the
+    best of bench.rows_linear_sweep's grid for every 40B matrix at 1 and 16 rows (run 25; the grid's weight tile
+    as the MMA's left operand never won)."""
     block_n = 64 if n >= 8192 else 32
     block_k = 128 if k >= 4096 else 64
-    col_blocks = -(-n // block_n)
+    return block_n, block_k, 4, 3, splits(n, k, block_n, block_k, 2 * sms)
+
+
+def splits(n: int, k: int, block_n: int, block_k: int, programs: int) -> int:
+    """SPLIT, the K slices (of whole blocks, all equal) that give at least `programs` programs where K allows."""
     k_blocks = -(-k // block_k)
-    split = max(1, min(k_blocks, -(-2 * sms // col_blocks)))
-    split = -(-k_blocks // -(-k_blocks // split))  # even slices: every split gets the same number of K blocks
-    return block_n, block_k, split
+    split = max(1, min(k_blocks, -(-programs // -(-n // block_n))))
+    return -(-k_blocks // -(-k_blocks // split))
 
 
 @torch.library.custom_op("gptserve::fp8_rows_matmul", mutates_args=())
 def fp8_rows_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Partial sums [SPLIT, M, N] (fp32) of x [M, K] @ weight [N, K]^T, M <= 16; their sum over dim 0 is the
     unscaled product."""
+    return launch(x, weight)
+
+
+def launch(x: torch.Tensor, weight: torch.Tensor, config: tuple[int, int, int, int, int] | None = None):
+    """The kernel's partial sums; config: (BLOCK_N, BLOCK_K, num_warps, num_stages, SPLIT) in place of the plan
+    (bench.rows_linear_sweep tries several)."""
     m, k = x.shape
     n = weight.shape[0]
-    block_n, block_k, split = plan(n, k, torch.cuda.get_device_properties(x.device).multi_processor_count)
-    k_blocks = -(-k // block_k)
-    k_per_split = -(-k_blocks // split) * block_k
+    assert m <= MAX_ROWS and weight.shape[1] == k and weight.stride(1) == 1, (x.shape, weight.shape)
+    block_n, block_k, warps, stages, split = config or plan(n, k, _sms(x.device))
+    k_per_split = -(-k // block_k // split) * block_k
     out = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
     grid = (-(-n // block_n), split)
-    _kernel()[grid](x, weight, out, m, n, k, x.stride(0), weight.stride(0), out.stride(0), out.stride(1),
-                    K_PER_SPLIT=k_per_split, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4)
+    _kernel()[grid](x, weight, out, m, n, k, k_per_split, x.stride(0), weight.stride(0), out.stride(0),
+                    out.stride(1), BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
     return out
+
+
+def _sms(device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 @fp8_rows_matmul.register_fake
 def _(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     n, k = weight.shape[0], x.shape[1]
-    _, _, split = plan(n, k, torch.cuda.get_device_properties(x.device).multi_processor_count)
+    split = plan(n, k, _sms(x.device))[4]
     return x.new_empty((split, x.shape[0], n), dtype=torch.float32)

@@ -153,7 +153,7 @@ class GPT(nn.Module):
     def setup_cache(self, slots: int, length: int, dtype, attention_backend: str, decode_linears: str = "torch"):
         """Static KV caches of `slots` sequences of `length` positions. decode_linears: in decode steps of at
         most MAX_ROWS rows, "fused" runs every linear layer as one fused kernel, "head" the final LayerNorm and LM
-        head alone, "torch" none, "by_batch" fused at batch 1 and head above."""
+        head alone, "torch" none, "by_batch" fused at batch 1 and head above, "one_row" fused at batch 1 alone."""
         device = self.wte.weight.device
         attention = get_attention(attention_backend)
         self.decode_linears = decode_linears
@@ -184,10 +184,11 @@ class GPT(nn.Module):
         # decode_linears first: comparing B with MAX_ROWS would make the compiler guard on it (B <= 16), and the
         # first decode step over 24 rows would compile the whole step again (62 s on the H200)
         # (B == 1 adds no guard: a batch dimension the compiler keeps dynamic is at least 2)
-        fuse = self.decode_linears != "torch" and T == 1 and B <= MAX_ROWS
-        fuse_blocks = self.decode_linears == "fused" or (self.decode_linears == "by_batch" and B == 1)
+        one_row = self.decode_linears in ("by_batch", "one_row") and T == 1 and B == 1
+        fuse = one_row or (self.decode_linears in ("head", "fused", "by_batch") and T == 1 and B <= MAX_ROWS)
+        fuse_blocks = one_row or (self.decode_linears == "fused" and fuse)
         step = CachedStep(input_pos, rows, attn.cache.slot_index(rows, B), self.kv_len_marker[:kv_len],
-                          attn.attention.prepare(input_pos, kv_len), fuse and fuse_blocks)
+                          attn.attention.prepare(input_pos, kv_len), fuse_blocks)
         if step.fused:
             x, pending = x + pending, None
         for block in self.blocks:

@@ -22,6 +22,10 @@ import torch.nn.functional as F
 from .fp8_matmul import MAX_ROWS  # tl.dot's smallest M tile: this op's row limit too
 
 LARGE_N = 16384  # output columns from which a matrix (an LM head) streams from HBM whatever the cache holds
+# rows wider than this are normalised before the kernel (by the compiler, fused with what precedes): every program
+# normalising the rows it reads costs a wide row more than the launch it saves (the 40B's fc, d 8192: 127 us
+# with the LayerNorm inside against 77 without, bench.rows_linear_sweep on an H200, run 25)
+NORM_MAX_K = 2048
 
 
 def plan(rows: int, n: int, k: int) -> tuple[int, int, int, int]:
@@ -31,6 +35,8 @@ def plan(rows: int, n: int, k: int) -> tuple[int, int, int, int]:
     matrix (the LM head) in small column blocks over short K steps, thousands of programs; the layer matrices in
     wide K steps."""
     if rows == 1:
+        if min(n, k) >= 4096:
+            return 8, 2048, 8, 2  # a wide model's (the 40B's, FP8): every matrix within 1% of its best (run 25)
         if n >= LARGE_N:
             return 16, 256, 4, 2  # LM head
         if k > 2048:
@@ -178,6 +184,8 @@ def fused_linear(x: torch.Tensor, layer: torch.nn.Module, norm: torch.nn.LayerNo
         raise TypeError(f"fused_linear takes nn.Linear or a weight-only FP8 linear, not {type(layer).__name__}")
     if norm is not None and (norm.weight is None or norm.bias is None):
         raise ValueError("fused_linear's LayerNorm needs its weight and bias")
+    if norm is not None and x.shape[-1] > NORM_MAX_K:
+        x, norm = norm(x), None
     return rows_linear(x, weight, scale, layer.bias,
                        None if norm is None else norm.weight, None if norm is None else norm.bias, residual,
                        layer.out_features, gelu, 0.0 if norm is None else norm.eps)

@@ -49,6 +49,8 @@ def test_auto_fuses_the_linears_of_a_narrow_model_only():
 
     assert resolve(ServingConfig(preset="gpt2-large"), "cuda").decode_linears == "by_batch"
     assert resolve(ServingConfig(preset="gpt-large-40b"), "cuda").decode_linears == "torch"
+    wide_fp8 = ServingConfig(preset="gpt-large-40b", fp8_mode="weight-only")
+    assert resolve(wide_fp8, "cuda").decode_linears == "one_row"
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "splitkv"])

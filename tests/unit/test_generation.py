@@ -121,14 +121,16 @@ def test_other_decode_paths_match_sdpa(tiny_engine, path):
             assert (lx - ly).abs().max().item() < 1e-4
 
 
-def test_decode_linears_by_batch_fuse_batch_one_and_only_the_head_above(tiny_engine, monkeypatch):
-    """What decode_linears=auto is on a GPU (by_batch): every linear fused in batch-1 steps, the LM head alone in
-    steps of 2-16 rows; the tokens and logits of torch's linears either way. On a CPU auto is torch."""
+@pytest.mark.parametrize("linears", ["by_batch", "one_row"])
+def test_decode_linears_fuse_batch_one_and_at_most_the_head_above(tiny_engine, monkeypatch, linears):
+    """What decode_linears=auto is on a GPU: every linear fused in batch-1 steps, and in steps of 2-16 rows the
+    LM head alone (by_batch: a narrow bf16 model) or nothing (one_row: a wide one with FP8 weights); the tokens
+    and logits of torch's linears either way. On a CPU auto is torch."""
     from gptserve.engine import model as model_module
 
     engine = Engine(ServingConfig(preset="tiny"), device="cpu")
     assert engine.resolved.decode_linears == "torch"
-    engine.model.decode_linears = "by_batch"
+    engine.model.decode_linears = linears
     fused_blocks, fused_calls = [], []
     run_block = engine._run_block
     engine._run_block = lambda block, x, pending, step: (fused_blocks.append((x.shape[0], x.shape[1], step.fused)),
@@ -144,11 +146,26 @@ def test_decode_linears_by_batch_fuse_batch_one_and_only_the_head_above(tiny_eng
         decode_rows = {rows for rows, tokens, _ in fused_blocks if tokens == 1}
         assert decode_rows == {1 if n == 1 else 4}  # batch 3 runs bucket 4
         assert all(fused == (rows == 1) for rows, tokens, fused in fused_blocks if tokens == 1)
-        assert fused_calls and set(fused_calls) == decode_rows  # the fused LM head of every decode step
+        head_fused = n == 1 or linears == "by_batch"
+        assert set(fused_calls) == (decode_rows if head_fused else set())  # the fused LM head of decode steps
         for x, y in zip(a, b):
             assert x.output_ids == y.output_ids
             for lx, ly in zip(x.step_logits, y.step_logits):
                 assert (lx - ly).abs().max().item() < 1e-4
+
+
+def test_decode_linears_auto_fuses_where_it_was_measured_to_win():
+    from gptserve.engine.build import auto_decode_linears
+    from gptserve.engine.config import PRESETS
+
+    narrow, wide, bf16 = PRESETS["gpt2-large"], PRESETS["gpt-large-40b"], torch.bfloat16
+    assert auto_decode_linears(narrow, bf16, "none", True, "block") == "by_batch"
+    assert auto_decode_linears(wide, bf16, "weight-only", True, "block") == "one_row"
+    assert auto_decode_linears(wide, bf16, "none", True, "block") == "torch"  # cuBLAS near the floor already
+    assert auto_decode_linears(narrow, bf16, "weight-only", True, "block") == "torch"
+    assert auto_decode_linears(narrow, bf16, "none", True, "step") == "torch"
+    assert auto_decode_linears(narrow, torch.float16, "none", True, "block") == "torch"
+    assert auto_decode_linears(wide, bf16, "weight-only", False, "block") == "torch"  # a CPU
 
 
 def test_fp8_mode_resolves_to_none_on_cpu(caplog):
@@ -172,7 +189,8 @@ def test_compiled_path_matches_reference(path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("region, linears", [("block", "torch"), ("step", "torch"), ("block", "by_batch")])
+@pytest.mark.parametrize("region, linears", [("block", "torch"), ("step", "torch"), ("block", "by_batch"),
+                                             ("block", "one_row")])
 def test_compiled_decode_does_not_recompile_across_batch_and_kv_length_buckets(region, linears, tmp_path,
                                                                                monkeypatch):
     from torch._dynamo.utils import counters
@@ -186,7 +204,7 @@ def test_compiled_decode_does_not_recompile_across_batch_and_kv_length_buckets(r
     engine = Engine(ServingConfig(preset="tiny", compile_mode="default", max_batch_size=64, compile_region=region,
                                   compile_cache_dir=str(tmp_path)), device="cpu")
     assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "triton")  # the engine's own kernels: same volume
-    engine.model.decode_linears = linears  # by_batch: what decode_linears=auto is on a GPU with region block
+    engine.model.decode_linears = linears  # by_batch, one_row: what decode_linears=auto can be on a GPU
     before = counters["stats"]["unique_graphs"]
     engine.warmup()
     graphs = counters["stats"]["unique_graphs"]

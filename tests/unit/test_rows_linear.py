@@ -31,9 +31,24 @@ def test_fused_linear_equals_the_layers_it_replaces(rows):
         torch.testing.assert_close(rl.fused_linear(x, linear), linear(x), atol=1e-5, rtol=1e-5)
 
 
+def test_a_wide_row_is_normalised_before_the_kernel(monkeypatch):
+    """Rows wider than NORM_MAX_K reach the kernel normalised, with no LayerNorm of their own; the result is the
+    same either way."""
+    k = rl.NORM_MAX_K + 128
+    norm, linear = layers(k=k)
+    x = torch.randn(2, k) * 3 + 1
+    launched = []
+    rows_linear = rl.rows_linear
+    monkeypatch.setattr(rl, "rows_linear", lambda *a: (launched.append(a[4] is None), rows_linear(*a))[1])
+    with torch.no_grad():
+        torch.testing.assert_close(rl.fused_linear(x, linear, norm=norm), linear(norm(x)), atol=1e-4, rtol=1e-4)
+        rl.fused_linear(x[:, :96], layers()[1], norm=layers()[0])
+    assert launched == [True, False]  # the wide row's LayerNorm ran before; the narrow one's inside
+
+
 def test_plan_gives_power_of_two_blocks_and_fills_the_gpu():
     for rows, n, k in [(1, 1280, 1280), (1, 3840, 1280), (1, 1280, 5120), (1, 50257, 1280), (16, 1280, 5120),
-                       (16, 50257, 1280)]:
+                       (16, 50257, 1280), (1, 24576, 8192), (1, 8192, 32768)]:
         block_n, block_k, warps, stages = rl.plan(rows, n, k)
         assert block_n & (block_n - 1) == 0 and block_k & (block_k - 1) == 0
         assert block_n >= (4 if rows == 1 else 16)  # tl.dot's 16-column minimum for the tile path
