@@ -164,6 +164,7 @@ def run_variant(preset: str, name: str, batches, prompt_len: int, new_tokens: in
     ready_s = time.perf_counter() - t0
     row = {
         "preset": preset, "variant": name, "compile_mode": compile_mode, "fp8_mode": engine.resolved.fp8_mode,
+        "decode_linears": engine.resolved.decode_linears,
         "kv_cache_positions": engine.context,
         "build_s": build_s, "warmup_s": sum(warm.values()), "ready_s": ready_s,
         "weights_gib": weight_bytes(engine) / 2**30, "results": [],

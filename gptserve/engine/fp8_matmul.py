@@ -48,8 +48,8 @@ def _kernel():
 
 def plan(n: int, k: int, sms: int) -> tuple[int, int, int, int, int]:
     """(BLOCK_N, BLOCK_K, num_warps, num_stages, SPLIT) for x [M <= 16, k] against W [n, k]: within 8% of the
-    best of bench.rows_linear_sweep's grid for every 40B matrix at 1 and 16 rows (run 25; the grid's weight tile
-    as the MMA's left operand never won)."""
+    best of bench.rows_linear_sweep's grid for every 40B matrix at 1 and 16 rows (run 26; a variant with the
+    weight tile as the MMA's left operand never won there)."""
     block_n = 64 if n >= 8192 else 32
     block_k = 128 if k >= 4096 else 64
     return block_n, block_k, 4, 3, splits(n, k, block_n, block_k, 2 * sms)

@@ -24,7 +24,7 @@ from .fp8_matmul import MAX_ROWS  # tl.dot's smallest M tile: this op's row limi
 LARGE_N = 16384  # output columns from which a matrix (an LM head) streams from HBM whatever the cache holds
 # rows wider than this are normalised before the kernel (by the compiler, fused with what precedes): every program
 # normalising the rows it reads costs a wide row more than the launch it saves (the 40B's fc, d 8192: 127 us
-# with the LayerNorm inside against 77 without, bench.rows_linear_sweep on an H200, run 25)
+# with the LayerNorm inside against 77 without, bench.rows_linear_sweep on an H200, run 25 in docs/benchmarks.md)
 NORM_MAX_K = 2048
 
 
@@ -36,7 +36,7 @@ def plan(rows: int, n: int, k: int) -> tuple[int, int, int, int]:
     wide K steps."""
     if rows == 1:
         if min(n, k) >= 4096:
-            return 8, 2048, 8, 2  # a wide model's (the 40B's, FP8): every matrix within 1% of its best (run 25)
+            return 8, 2048, 8, 2  # a wide model's (the 40B's, FP8): every matrix within 1% of its best (run 26)
         if n >= LARGE_N:
             return 16, 256, 4, 2  # LM head
         if k > 2048:
