@@ -15,10 +15,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
-from datetime import datetime, timezone
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
@@ -26,6 +22,8 @@ from gptserve.engine import fp8_matmul
 from gptserve.engine import rows_linear as rl
 from gptserve.engine.config import PRESETS
 from gptserve.engine.fp8 import quantize_rows
+
+from .sweep import fastest, header, streamed_us, timed_configs, write_report
 
 
 def layers(preset: str) -> dict:
@@ -46,18 +44,6 @@ GRIDS = {  # (preset, rows path) -> (BLOCK_N, BLOCK_K, num_warps, num_stages) ca
 }
 SPLIT_K_GRID = list(itertools.product((32, 64, 128), (128, 256), (4,), (3, 5)))  # fp8_matmul, per programs target
 SPLIT_K_WAVES = (2, 8)  # programs: this many per SM, where K has the blocks to split into
-
-
-STREAMED_BYTES = 256 * 2**20  # weight copies per timing: well past the H200's 50 MB L2
-
-
-def time_us(fn, case) -> float:
-    """Microseconds of fn(case), averaged over copies of case's weight (argument 1) that pass STREAMED_BYTES."""
-    from triton.testing import do_bench_cudagraph
-    w = case[1]
-    copies = [w] + [w.clone() for _ in range(-(-STREAMED_BYTES // (w.numel() * w.element_size())) - 1)]
-    cases = [(case[0], c, *case[2:]) for c in copies]
-    return do_bench_cudagraph(lambda: [fn(c) for c in cases], rep=30) * 1e3 / len(cases)
 
 
 def layer_case(n, k, norm, gelu, residual, rows, gen, fp8: bool):
@@ -83,31 +69,13 @@ def torch_chain(args):
     return y + res if res is not None else y
 
 
-def timed_configs(run, want, case, configs) -> list:
-    """[*config, microseconds] per config whose result matches `want` ([*config, None, why] otherwise)."""
-    rows = []
-    for config in configs:
-        try:
-            got = run(case, config).float()
-        except Exception as exc:  # out of registers or shared memory: not a candidate
-            rows.append([*config, None, type(exc).__name__])
-            continue
-        if ((got - want).norm() / want.norm()).item() >= 1e-2:
-            rows.append([*config, None, "wrong result"])
-            continue
-        rows.append([*config, time_us(lambda c: run(c, config), case)])
-    return rows
-
-
-def fastest(configs: list):
-    timed = [c for c in configs if c[-1] is not None and not isinstance(c[-1], str)]
-    return min(timed, key=lambda c: c[-1]) if timed else None
+def sms() -> int:
+    return torch.cuda.get_device_properties(0).multi_processor_count
 
 
 def split_k_configs(n: int, k: int) -> list:
     """fp8_matmul launch configurations: the grid at each programs target, each with its SPLIT."""
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    return sorted({(bn, bk, w, s, fp8_matmul.splits(n, k, bn, bk, waves * sms))
+    return sorted({(bn, bk, w, s, fp8_matmul.splits(n, k, bn, bk, waves * sms()))
                    for bn, bk, w, s in SPLIT_K_GRID for waves in SPLIT_K_WAVES})
 
 
@@ -120,8 +88,7 @@ def main():
     args = p.parse_args()
     fp8 = args.weights == "fp8"
     gen = torch.Generator(device="cuda").manual_seed(0)
-    report = {"device": torch.cuda.get_device_name(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "torch": torch.__version__, "preset": args.preset, "weights": args.weights, "results": []}
+    report = {**header(), "preset": args.preset, "weights": args.weights, "results": []}
     for rows in (int(r) for r in args.rows.split(",")):
         for name, (n, k, norm, gelu, residual) in layers(args.preset).items():
             # the layer as fused_linear launches it: a wide row's LayerNorm runs before, in the compiled step
@@ -131,12 +98,12 @@ def main():
             bare = (x, w, scale, b, None, None, None, n, False, 0.0)
             want = rl.reference(*case).float()
             row = {"layer": name, "rows": rows, "n": n, "k": k, "weight_mb": w.numel() * w.element_size() / 1e6,
-                   "cublas_bf16_linear_us": time_us(lambda c: F.linear(c[0], c[1], c[3]), (x, bf16, None, b)),
+                   "cublas_bf16_linear_us": streamed_us(lambda c: F.linear(c[0], c[1], c[3]), (x, bf16, None, b)),
                    "fused_plan": list(rl.plan(rows, n, k)),
-                   "fused_us": time_us(lambda c: rl.launch(*c), case),
-                   "fused_bare_us": time_us(lambda c: rl.launch(*c), bare)}
+                   "fused_us": streamed_us(lambda c: rl.launch(*c), case),
+                   "fused_bare_us": streamed_us(lambda c: rl.launch(*c), bare)}
             if not fp8:
-                row["torch_chain_us"] = time_us(torch_chain, case)
+                row["torch_chain_us"] = streamed_us(torch_chain, case)
             grid = GRIDS[(args.preset, "one_row" if rows == 1 else "tile")]
             row["configs"] = timed_configs(lambda c, config: rl.launch(*c, config=config), want, case, grid)
             row["best_config"] = best = fastest(row["configs"])
@@ -146,19 +113,15 @@ def main():
             if fp8:  # the split-K kernel, bare: its partial sums, summed and scaled by the caller
                 bare_want = (x.float() @ w.float().t())
                 split_k = lambda c, config: fp8_matmul.launch(c[0], c[1], config).sum(0)  # noqa: E731
-                row["split_k_plan"] = list(fp8_matmul.plan(n, k, torch.cuda.get_device_properties(0).multi_processor_count))
-                row["split_k_us"] = time_us(lambda c: fp8_matmul.launch(c[0], c[1]).sum(0), case)
+                row["split_k_plan"] = list(fp8_matmul.plan(n, k, sms()))
+                row["split_k_us"] = streamed_us(lambda c: fp8_matmul.launch(c[0], c[1]).sum(0), case)
                 row["split_k_configs"] = timed_configs(split_k, bare_want, case, split_k_configs(n, k))
                 row["split_k_best"] = sk = fastest(row["split_k_configs"])
                 line += (f"; split-K plan {row['split_k_us']:7.1f}, best {sk} "
                          f"[{row['weight_mb'] / sk[-1] if sk else 0:.2f} TB/s]")
             report["results"].append(row)
             print(line, flush=True)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"rows-linear-sweep-{args.preset}-{args.weights}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.json"
-    path.write_text(json.dumps(report, indent=1))
-    print(f"wrote {path}")
+    write_report(report, args.output, f"rows-linear-sweep-{args.preset}-{args.weights}")
 
 
 if __name__ == "__main__":

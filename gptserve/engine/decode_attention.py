@@ -28,6 +28,13 @@ def plan(heads: int, cache_len: int) -> int:
     return max(1, min(-(-cache_len // BLOCK), -(-TARGET_PROGRAMS // heads)))
 
 
+def working_splits(rows: int, heads: int, splits: int, programs: int) -> int:
+    """Of the SPLITS slices of every (row, head), how many read positions: enough for `programs` programs in all,
+    at least one; the rest write empty states, which merge() weighs 0. The kernel computes the same from its
+    grid, so a batch of many rows reads each row in fewer, longer slices without changing any shape."""
+    return min(splits, max(1, -(-programs // (rows * heads))))
+
+
 def split_len(last: torch.Tensor, splits: int) -> torch.Tensor:
     """Positions per slice of each row (last: [B], its last visible position): the slices cover positions
     0..last in whole blocks, so a short row keeps every slice busy and a row never reads past its own end."""
@@ -41,22 +48,24 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def decode_attention_kernel(q_ptr, k_ptr, v_ptr, last_ptr, m_ptr, l_ptr, acc_ptr, scale,
+    def decode_attention_kernel(q_ptr, k_ptr, v_ptr, last_ptr, m_ptr, l_ptr, acc_ptr, scale, programs,
                                 stride_qb, stride_qh, stride_kb, stride_kh, stride_ks,
                                 BLOCK: tl.constexpr, D: tl.constexpr, NO_SCORE: tl.constexpr):
         # q: [B, H, D]; k, v: [slots, H, S, D], row b = slot b; last: [B] int64; m, l: [B, H, SPLITS] fp32;
         # acc: [B, H, SPLITS, D] fp32
         b, h, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        heads, splits = tl.num_programs(1), tl.num_programs(2)
+        rows, heads, splits = tl.num_programs(0), tl.num_programs(1), tl.num_programs(2)
+        working = tl.minimum(splits, tl.maximum(1, (programs + rows * heads - 1) // (rows * heads)))
         last = tl.load(last_ptr + b)
-        per_split = ((last + BLOCK) // BLOCK + splits - 1) // splits * BLOCK  # split_len(), read on the device
+        per_split = ((last + BLOCK) // BLOCK + working - 1) // working * BLOCK  # split_len(), read on the device
+        length = tl.where(s < working, per_split, 0)  # working_splits(): the others write empty states
         d = tl.arange(0, D)
         q = tl.load(q_ptr + b * stride_qb + h * stride_qh + d).to(tl.float32) * scale
         m = -1.0e30  # NO_SCORE; plain floats as loop-carried scalars, as flash-decoding kernels keep them
         total = 0.0
         acc = tl.zeros((D,), tl.float32)
         cache = b * stride_kb + h * stride_kh
-        for offset in range(0, per_split, BLOCK):
+        for offset in range(0, length, BLOCK):
             p = s * per_split + offset + tl.arange(0, BLOCK)
             visible = p <= last
             kv = cache + p[:, None] * stride_ks + d[None, :]
@@ -77,30 +86,36 @@ def _kernel():
     return decode_attention_kernel
 
 
-def launch(q, k_cache, v_cache, last):
-    """The kernel on any tensors Triton takes (CUDA, or CPU under TRITON_INTERPRET=1): partial states."""
+def launch(q, k_cache, v_cache, last, config: tuple[int, int, int, int, int | None] | None = None):
+    """The kernel on any tensors Triton takes (CUDA, or CPU under TRITON_INTERPRET=1): partial states. config:
+    (SPLITS, BLOCK, num_warps, num_stages, PROGRAMS) in place of the plan's (plan(), BLOCK, 4, 3, None), PROGRAMS
+    the working_splits() target (None: every slice works). bench.decode_attention_sweep tries several; any of
+    them merges to the same attention, while reference() reproduces the plan's states only."""
     rows, heads, dim = q.shape
-    splits = plan(heads, k_cache.shape[2])
+    splits, block, warps, stages, programs = config or (plan(heads, k_cache.shape[2]), BLOCK, 4, 3, None)
     m = torch.empty((rows, heads, splits), dtype=torch.float32, device=q.device)
     total = torch.empty_like(m)
     acc = torch.empty((rows, heads, splits, dim), dtype=torch.float32, device=q.device)
     assert k_cache.stride() == v_cache.stride() and k_cache.stride(3) == 1 and q.stride(2) == 1
     _kernel()[(rows, heads, splits)](
-        q, k_cache, v_cache, last, m, total, acc, dim ** -0.5,
+        q, k_cache, v_cache, last, m, total, acc, dim ** -0.5, programs or rows * heads * splits,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        BLOCK=BLOCK, D=dim, NO_SCORE=NO_SCORE)
+        BLOCK=block, D=dim, NO_SCORE=NO_SCORE, num_warps=warps, num_stages=stages)
     return m, total, acc
 
 
-def reference(q, k_cache, v_cache, last):
-    """The kernel's partial states computed with torch: [B, H, SPLITS] max and sum, [B, H, SPLITS, D] values."""
+def reference(q, k_cache, v_cache, last, programs: int | None = None):
+    """The kernel's partial states computed with torch: [B, H, SPLITS] max and sum, [B, H, SPLITS, D] values
+    (at the plan, PROGRAMS as given)."""
     rows, heads, dim = q.shape
     cache_len = k_cache.shape[2]
     splits = plan(heads, cache_len)
-    per_split = split_len(last, splits)  # [B]
+    working = splits if programs is None else working_splits(rows, heads, splits, programs)
+    per_split = split_len(last, working)  # [B]
     j = torch.arange(int(per_split.max()), device=q.device)
-    p = torch.arange(splits, device=q.device)[None, :, None] * per_split[:, None, None] + j  # [B, SPLITS, P]
-    visible = (j < per_split[:, None, None]) & (p <= last[:, None, None])
+    s = torch.arange(splits, device=q.device)[None, :, None]
+    p = s * per_split[:, None, None] + j  # [B, SPLITS, P]
+    visible = (j < per_split[:, None, None]) & (p <= last[:, None, None]) & (s < working)
     b = torch.arange(rows, device=q.device)[:, None, None]
     p = p.clamp(max=cache_len - 1)
     k = k_cache[b, :, p].float().permute(0, 3, 1, 2, 4)  # [B, SPLITS, P, H, D] -> [B, H, SPLITS, P, D]

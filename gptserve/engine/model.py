@@ -21,9 +21,10 @@ from .rows_linear import MAX_ROWS, fused_linear
 @dataclass
 class CachedStep:
     """What every layer of one cached forward shares, computed once: where to write (slot_index, input_pos
-    [B, T]), what to read (rows, the first kv_len positions), the attention backend's mask, and whether each
-    block's linear layers run as fused kernels (one-token forwards of at most MAX_ROWS rows: decode steps;
-    decode_linears=fused, or by_batch at batch 1).
+    [B, T]), what to read (rows, the first kv_len positions), the attention backend's mask (None when attention
+    reads straight from the cache: from_cache, split-KV's decode steps), and whether each block's linear layers
+    run as fused kernels (one-token forwards of at most MAX_ROWS rows: decode steps; decode_linears=fused, or
+    by_batch and one_row at batch 1).
 
     Sizes a compiled region must not specialise on come from tensor shapes: kv_len is kv_len_marker's length, and
     rows None (a decode step: rows 0..B-1) takes B from the activations.
@@ -35,6 +36,7 @@ class CachedStep:
     kv_len_marker: torch.Tensor  # [kv_len]; only its length is read
     mask: object
     fused: bool
+    from_cache: bool = False
 
     @property
     def kv_len(self):
@@ -89,7 +91,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = qkv.view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # 3x [B, H, T, D]
         if step is None:  # reference path: the whole sequence, no cache
             y = causal_reference(q, k, v)
-        elif T == 1 and step.rows is None and self.attention.decodes_from_cache:  # decode, rows 0..B-1
+        elif step.from_cache:  # decode, rows 0..B-1
             self.cache.write(step.slot_index, step.input_pos, k, v)
             y = decode_attention(q[:, :, 0], self.cache.k, self.cache.v, step.input_pos[:, 0])[:, :, None]
         else:
@@ -187,8 +189,10 @@ class GPT(nn.Module):
         one_row = self.decode_linears in ("by_batch", "one_row") and T == 1 and B == 1
         fuse = one_row or (self.decode_linears in ("head", "fused", "by_batch") and T == 1 and B <= MAX_ROWS)
         fuse_blocks = one_row or (self.decode_linears == "fused" and fuse)
+        from_cache = T == 1 and rows is None and attn.attention.decodes_from_cache
         step = CachedStep(input_pos, rows, attn.cache.slot_index(rows, B), self.kv_len_marker[:kv_len],
-                          attn.attention.prepare(input_pos, kv_len), fuse_blocks)
+                          None if from_cache else attn.attention.prepare(input_pos, kv_len), fuse_blocks,
+                          from_cache)
         if step.fused:
             x, pending = x + pending, None
         for block in self.blocks:

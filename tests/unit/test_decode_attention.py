@@ -35,6 +35,17 @@ def test_merged_partial_states_equal_plain_attention(cache_dtype):
     torch.testing.assert_close(da.merge(*da.reference(q, k, v, LAST)), plain(q, k, v), atol=1e-4, rtol=1e-4)
 
 
+def test_fewer_working_slices_merge_to_the_same_attention():
+    q, k, v = case(torch.float32)
+    splits = da.plan(4, 300)
+    assert [da.working_splits(5, 4, splits, p) for p in (1, 20, 21, 40, 10**6)] == [1, 1, 2, 2, splits]
+    for programs in (20, 40):
+        m, total, acc = da.reference(q, k, v, LAST, programs)
+        working = da.working_splits(5, 4, splits, programs)
+        assert (total[:, :, working:] == 0).all() and (m[:, :, working:] == da.NO_SCORE).all()  # empty states
+        torch.testing.assert_close(da.merge(m, total, acc), plain(q, k, v), atol=1e-4, rtol=1e-4)
+
+
 def test_plan_spreads_a_batch_of_one_over_the_gpu_and_each_rows_slices_cover_its_positions():
     splits = da.plan(20, 2049)  # gpt2-large: 20 heads, 2048 positions and the spare
     assert 20 * splits >= 132 and da.plan(64, 100) == 2  # never more slices than blocks
@@ -46,11 +57,17 @@ def test_plan_spreads_a_batch_of_one_over_the_gpu_and_each_rows_slices_cover_its
 
 
 def check_kernel(cache_dtype: str):
-    """The kernel's partial states against the torch ones (run_interpreted calls this under the interpreter)."""
+    """The kernel's partial states against the torch ones at the plan, with fewer working slices too, and the
+    merged attention of another launch configuration (run_interpreted calls this under the interpreter)."""
     q, k, v = case(getattr(torch, cache_dtype))
     q = q.to(torch.bfloat16)
-    for got, want in zip(da.launch(q, k, v, LAST), da.reference(q, k, v, LAST)):
-        torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
+    splits = da.plan(4, 300)
+    for programs in (None, 40, 20):  # 5 rows x 4 heads: 2 working slices, then 1
+        config = (splits, da.BLOCK, 4, 3, programs)
+        for got, want in zip(da.launch(q, k, v, LAST, config), da.reference(q, k, v, LAST, programs)):
+            torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
+    merged = da.merge(*da.launch(q, k, v, LAST, (splits + 2, 32, 2, 2, 60)))
+    torch.testing.assert_close(merged, da.merge(*da.reference(q, k, v, LAST)), atol=1e-3, rtol=1e-3)
 
 
 # The kernel's loop bound is read from memory (each row's length). Triton's interpreter turns it into a Python int

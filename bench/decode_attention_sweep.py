@@ -1,0 +1,87 @@
+"""Time split-KV decode attention (gptserve.engine.decode_attention) against what the SDPA path runs for the same
+layer, at one preset's heads and head size, each call replayed from a CUDA graph with the cache read from HBM
+(bench.hbm).
+
+    python -m bench.decode_attention_sweep [--preset gpt2-large] [--cache bf16|fp8] [--batches 1,4,16]
+                                           [--kv-len 1152] [--output DIR]
+
+Per batch (every row at position kv_len - 1, as in the engine benchmark's decode): the SDPA path (the rows' caches
+sliced to the KV-length bucket, widened when the cache is FP8, and scaled_dot_product_attention under the step's
+mask), the split-KV kernel at its plan, and every configuration of a grid (SPLITS, BLOCK, num_warps, num_stages,
+PROGRAMS: see decode_attention.launch), each checked against plain attention before it is timed. Split-KV times
+include merge(), which the compiled step fuses into what follows. Needs a CUDA GPU and triton.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import torch
+import torch.nn.functional as F
+
+from gptserve.engine import decode_attention as da
+from gptserve.engine.config import PRESETS
+from gptserve.engine.engine import KV_BLOCK
+
+from .sweep import fastest, header, streamed_us, timed_configs, write_report
+
+BLOCKS, WARPS, STAGES = (16, 32, 64, 128), (2, 4, 8), (1, 3)
+PROGRAMS = (None, 132, 264, 528, 1056)  # working_splits() targets; None: every slice works (the plan today)
+SPLITS_FACTORS = (1, 4)  # times the plan's SPLITS: more slices for a batch of one
+
+
+def sdpa_path(args):
+    """What Sdpa.attend runs per layer at decode: the caches sliced to the bucket (widened), the step's mask."""
+    q, k, v, _, mask = args
+    rows, bucket = q.shape[0], mask.shape[-1]
+    k_all, v_all = (c[:rows, :, :bucket].to(q.dtype) for c in (k, v))
+    return F.scaled_dot_product_attention(q[:, :, None], k_all, v_all, attn_mask=mask)[:, :, 0]
+
+
+def split_kv(args, config=None):
+    q, k, v, last, _ = args
+    return da.merge(*da.launch(q, k, v, last, config)).to(q.dtype)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="gpt2-large", choices=sorted(PRESETS))
+    p.add_argument("--cache", default="bf16", choices=("bf16", "fp8"))
+    p.add_argument("--batches", default="1,4,16")
+    p.add_argument("--kv-len", type=int, default=1152, help="positions each row attends over (prompt 1024 + 128)")
+    p.add_argument("--output", default="artifacts/bench")
+    args = p.parse_args()
+    cfg = PRESETS[args.preset]
+    heads, dim, capacity = cfg.n_head, cfg.head_dim, cfg.n_ctx
+    cache_dtype = torch.float8_e4m3fn if args.cache == "fp8" else torch.bfloat16
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    plan_splits = da.plan(heads, capacity)
+    report = {**header(), "preset": args.preset, "cache": args.cache, "kv_len": args.kv_len,
+              "heads": heads, "head_dim": dim, "cache_positions": capacity, "plan_splits": plan_splits,
+              "results": []}
+    for batch in (int(b) for b in args.batches.split(",")):
+        shape = (batch, heads, capacity, dim)
+        k, v = ((torch.randn(shape, device="cuda", generator=gen) * 0.5).to(cache_dtype) for _ in range(2))
+        q = torch.randn(batch, heads, dim, device="cuda", generator=gen).to(torch.bfloat16)
+        last = torch.full((batch,), args.kv_len - 1, dtype=torch.int64, device="cuda")
+        bucket = -(-args.kv_len // KV_BLOCK) * KV_BLOCK
+        mask = torch.arange(bucket, device="cuda") <= last[:, None, None, None]  # [B, 1, 1, bucket]
+        case = (q, k, v, last, mask)
+        want = sdpa_path(case).float()
+        cache_mb = 2 * batch * heads * args.kv_len * dim * k.element_size() / 1e6  # K and V the rows attend over
+        row = {"batch": batch, "cache_mb_read": cache_mb,
+               "sdpa_us": streamed_us(sdpa_path, case, streamed=(1, 2)),
+               "split_kv_plan_us": streamed_us(split_kv, case, streamed=(1, 2))}
+        configs = [(plan_splits * factor, block, warps, stages, programs) for factor, block, warps, stages, programs
+                   in itertools.product(SPLITS_FACTORS, BLOCKS, WARPS, STAGES, PROGRAMS)]
+        row["configs"] = timed_configs(split_kv, want, case, configs, streamed=(1, 2))
+        row["best_config"] = best = fastest(row["configs"])
+        report["results"].append(row)
+        print(f"batch {batch:2d}: {cache_mb:7.1f} MB of cache; SDPA path {row['sdpa_us']:7.1f} us "
+              f"[{cache_mb / row['sdpa_us']:.2f} TB/s], split-KV plan {row['split_kv_plan_us']:7.1f}, best {best} "
+              f"[{cache_mb / best[-1] if best else 0:.2f} TB/s]", flush=True)
+        del k, v
+    write_report(report, args.output, f"decode-attention-sweep-{args.preset}-{args.cache}")
+
+
+if __name__ == "__main__":
+    main()
