@@ -55,12 +55,12 @@ class ServingConfig:
                                      choices=("sdpa", "flex", "splitkv"))
     decode_linears: str = setting("auto", "Linear layers of a decode step of at most 16 rows; fused: each one "
                                   "Triton kernel with its LayerNorm, bias, GELU and residual add; head: only the "
-                                  "final LayerNorm and LM head (on a GPU: bf16 or float16, fp8_mode none or "
+                                  "final LayerNorm and LM head; by_batch: fused at batch 1, head at 2-16; one_row: "
+                                  "fused at batch 1, torch above (on a GPU: bf16 or float16, fp8_mode none or "
                                   "weight-only; a CPU runs the same arithmetic in torch); auto, on a GPU in bfloat16 "
-                                  "with compile_region block: fused at batch 1 and head at 2-16 for a model of "
-                                  "n_embd <= 2048 with fp8_mode none, fused at batch 1 alone for a wider one with "
-                                  "fp8_mode weight-only, else torch.",
-                                  choices=("auto", "torch", "head", "fused"))
+                                  "with compile_region block: by_batch for a model of n_embd <= 2048 with fp8_mode "
+                                  "none, one_row for a wider one with fp8_mode weight-only, else torch.",
+                                  choices=("auto", "torch", "head", "fused", "by_batch", "one_row"))
     fp8_mode: str = setting("none", "FP8 linear layers (GPU, compute capability >= 8.9): weight-only (FP8 weights, "
                             "bf16 decode activations), torch (FP8 activations too), transformer-engine; auto: "
                             "weight-only.", choices=("none", "weight-only", "torch", "transformer-engine", "auto"))

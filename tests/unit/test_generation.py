@@ -125,12 +125,12 @@ def test_other_decode_paths_match_sdpa(tiny_engine, path):
 def test_decode_linears_fuse_batch_one_and_at_most_the_head_above(tiny_engine, monkeypatch, linears):
     """What decode_linears=auto is on a GPU: every linear fused in batch-1 steps, and in steps of 2-16 rows the
     LM head alone (by_batch: a narrow bf16 model) or nothing (one_row: a wide one with FP8 weights); the tokens
-    and logits of torch's linears either way. On a CPU auto is torch."""
+    and logits of torch's linears either way. On a CPU auto is torch; either can be chosen by hand."""
     from gptserve.engine import model as model_module
 
-    engine = Engine(ServingConfig(preset="tiny"), device="cpu")
-    assert engine.resolved.decode_linears == "torch"
-    engine.model.decode_linears = linears
+    assert tiny_engine.resolved.decode_linears == "torch"  # auto, on a CPU
+    engine = Engine(ServingConfig(preset="tiny", decode_linears=linears), device="cpu")  # chosen by hand
+    assert engine.resolved.decode_linears == engine.model.decode_linears == linears
     fused_blocks, fused_calls = [], []
     run_block = engine._run_block
     engine._run_block = lambda block, x, pending, step: (fused_blocks.append((x.shape[0], x.shape[1], step.fused)),
