@@ -115,6 +115,9 @@ def test_chunked_prefill_equals_whole_prefill(eager):
     assert (whole.float() - chunked.float()).abs().max().item() < 0.05
 
 
+WIDE = ((8192, 4096), (4096, 8192))  # a wide model's matrices: rows_linear's wide plan at one row
+
+
 @pytest.mark.parametrize("rows", [1, 3, 16])
 def test_fp8_weight_only_kernel_matches_dequantized_weights(rows):
     """The FP8-weight kernel computes x @ (W_fp8 * scale)^T: against the same product in fp32."""
@@ -123,7 +126,7 @@ def test_fp8_weight_only_kernel_matches_dequantized_weights(rows):
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 needs compute capability >= 8.9")
     torch.manual_seed(rows)
-    for n, k in ((1280, 1280), (3840, 1280), (5120, 1280), (1280, 5120), (50257, 1280)):
+    for n, k in ((1280, 1280), (3840, 1280), (5120, 1280), (1280, 5120), (50257, 1280), *WIDE):
         linear = torch.nn.Linear(k, n, device="cuda", dtype=torch.bfloat16)
         layer = WeightOnlyFp8Linear(linear)
         x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
@@ -145,7 +148,7 @@ def test_fused_linear_kernel_equals_its_torch_arithmetic(rows, weights):
     if weights == "fp8" and torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 needs compute capability >= 8.9")
     torch.manual_seed(rows)
-    for n, k in ((1280, 1280), (3840, 1280), (5120, 1280), (1280, 5120), (50257, 1280)):
+    for n, k in ((1280, 1280), (3840, 1280), (5120, 1280), (1280, 5120), (50257, 1280), *WIDE):
         linear = torch.nn.Linear(k, n, device="cuda", dtype=torch.bfloat16)
         weight, scale = linear.weight.detach(), None
         if weights == "fp8":
@@ -162,7 +165,26 @@ def test_fused_linear_kernel_equals_its_torch_arithmetic(rows, weights):
             assert ((got - want).norm() / want.norm()).item() < 1e-2, (n, k, args[8])
 
 
-@pytest.mark.parametrize("decode_linears", ["torch", "fused"])
+def test_fused_linear_normalises_a_wide_row_before_the_kernel():
+    """fused_linear on an 8192-wide row with FP8 weights (the 40B's batch-1 qkv, one_row): the LayerNorm in torch,
+    then the kernel at the wide plan, against the layers in fp32."""
+    from gptserve.engine.fp8 import WeightOnlyFp8Linear
+    from gptserve.engine.rows_linear import fused_linear
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 needs compute capability >= 8.9")
+    torch.manual_seed(0)
+    k, n = 8192, 3 * 8192
+    norm = torch.nn.LayerNorm(k, device="cuda", dtype=torch.bfloat16)
+    layer = WeightOnlyFp8Linear(torch.nn.Linear(k, n, device="cuda", dtype=torch.bfloat16))
+    x = (torch.randn(1, k, device="cuda") * 4 + 1).bfloat16()
+    dequantized = layer.weight_fp8.float() * layer.weight_scale.t()
+    want = norm(x).float() @ dequantized[:n].t() + layer.bias.float()
+    got = fused_linear(x, layer, norm=norm).float()
+    assert ((got - want).norm() / want.norm()).item() < 1e-2
+
+
+@pytest.mark.parametrize("decode_linears", ["torch", "fused", "one_row"])
 def test_fp8_weight_only_engine_tracks_bf16(eager, decode_linears):
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 needs compute capability >= 8.9")
