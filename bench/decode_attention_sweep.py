@@ -24,9 +24,22 @@ from gptserve.engine.engine import KV_BLOCK
 
 from .sweep import fastest, header, streamed_us, timed_configs, write_report
 
-BLOCKS, WARPS, STAGES = (16, 32, 64, 128), (2, 4, 8), (1, 3)
+BLOCKS, WARPS, STAGES = (32, 64, 128), (2, 4, 8), (1, 3)
 PROGRAMS = (None, 132, 264, 528, 1056)  # working_splits() targets; None: every slice works (the plan today)
 SPLITS_FACTORS = (1, 4)  # times the plan's SPLITS: more slices for a batch of one
+
+
+def distinct(batch: int, heads: int, plan_splits: int) -> list:
+    """The grid's configurations, one per distinct launch: PROGRAMS targets that give the same working slices
+    (every slice, say) are the same launch."""
+    seen, configs = set(), []
+    for factor, block, warps, stages, programs in itertools.product(SPLITS_FACTORS, BLOCKS, WARPS, STAGES, PROGRAMS):
+        splits = plan_splits * factor
+        working = splits if programs is None else da.working_splits(batch, heads, splits, programs)
+        if (splits, working, block, warps, stages) not in seen:
+            seen.add((splits, working, block, warps, stages))
+            configs.append((splits, block, warps, stages, programs))
+    return configs
 
 
 def sdpa_path(args):
@@ -71,8 +84,7 @@ def main():
         row = {"batch": batch, "cache_mb_read": cache_mb,
                "sdpa_us": streamed_us(sdpa_path, case, streamed=(1, 2)),
                "split_kv_plan_us": streamed_us(split_kv, case, streamed=(1, 2))}
-        configs = [(plan_splits * factor, block, warps, stages, programs) for factor, block, warps, stages, programs
-                   in itertools.product(SPLITS_FACTORS, BLOCKS, WARPS, STAGES, PROGRAMS)]
+        configs = distinct(batch, heads, plan_splits)
         row["configs"] = timed_configs(split_kv, want, case, configs, streamed=(1, 2))
         row["best_config"] = best = fastest(row["configs"])
         report["results"].append(row)

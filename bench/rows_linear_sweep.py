@@ -5,11 +5,12 @@ step, not from the 50 MB L2 (run 11 in docs/benchmarks.md predates this and had 
 
     python -m bench.rows_linear_sweep [--preset gpt2-large] [--weights bf16|fp8] [--rows 1,16] [--output DIR]
 
-Per (layer, rows): cuBLAS's bf16 linear alone, torch's whole chain (LayerNorm, linear, GELU, residual add: the
-kernels the unfused step runs for that layer), the fused kernel at its plan, the fused kernel with its bias alone
-(no LayerNorm, GELU or residual: the GEMV), and every configuration of a small grid. With --weights fp8 the
-weights are FP8 with per-row scales (fp8_mode=weight-only), and the split-K FP8 kernel (fp8_matmul.py, what
-weight-only runs under torch's linears) is timed at its plan and over its own grid. Needs a CUDA GPU and triton.
+Per (layer, rows): cuBLAS's bf16 linear alone (cublas_linear_us), torch's whole chain (LayerNorm, linear, GELU,
+residual add: the kernels the unfused step runs for that layer), the fused kernel at its plan, the fused kernel
+with its bias alone (no LayerNorm, GELU or residual: the GEMV), and every configuration of a small grid. With
+--weights fp8 the weights are FP8 with per-row scales (fp8_mode=weight-only), torch's chain is left out, and the
+split-K FP8 kernel (fp8_matmul.py, what weight-only runs under torch's linears) is timed at its plan and over its
+own grid. Needs a CUDA GPU and triton.
 """
 from __future__ import annotations
 
@@ -98,7 +99,7 @@ def main():
             bare = (x, w, scale, b, None, None, None, n, False, 0.0)
             want = rl.reference(*case).float()
             row = {"layer": name, "rows": rows, "n": n, "k": k, "weight_mb": w.numel() * w.element_size() / 1e6,
-                   "cublas_bf16_linear_us": streamed_us(lambda c: F.linear(c[0], c[1], c[3]), (x, bf16, None, b)),
+                   "cublas_linear_us": streamed_us(lambda c: F.linear(c[0], c[1], c[3]), (x, bf16, None, b)),
                    "fused_plan": list(rl.plan(rows, n, k)),
                    "fused_us": streamed_us(lambda c: rl.launch(*c), case),
                    "fused_bare_us": streamed_us(lambda c: rl.launch(*c), bare)}
@@ -107,8 +108,9 @@ def main():
             grid = GRIDS[(args.preset, "one_row" if rows == 1 else "tile")]
             row["configs"] = timed_configs(lambda c, config: rl.launch(*c, config=config), want, case, grid)
             row["best_config"] = best = fastest(row["configs"])
-            line = (f"{name:10s} rows {rows:2d}: cuBLAS bf16 {row['cublas_bf16_linear_us']:7.1f} us, fused "
-                    f"{row['fused_us']:7.1f} (bare {row['fused_bare_us']:7.1f}), best {best} "
+            line = (f"{name:10s} rows {rows:2d}: cuBLAS bf16 {row['cublas_linear_us']:7.1f} us, "
+                    + (f"torch chain {row['torch_chain_us']:7.1f}, " if not fp8 else "")
+                    + f"fused {row['fused_us']:7.1f} (bare {row['fused_bare_us']:7.1f}), best {best} "
                     f"[{row['weight_mb'] / best[-1] if best else 0:.2f} TB/s]")
             if fp8:  # the split-K kernel, bare: its partial sums, summed and scaled by the caller
                 bare_want = (x.float() @ w.float().t())

@@ -30,8 +30,8 @@ def plan(heads: int, cache_len: int) -> int:
 
 def working_splits(rows: int, heads: int, splits: int, programs: int) -> int:
     """Of the SPLITS slices of every (row, head), how many read positions: enough for `programs` programs in all,
-    at least one; the rest write empty states, which merge() weighs 0. The kernel computes the same from its
-    grid, so a batch of many rows reads each row in fewer, longer slices without changing any shape."""
+    at least one; the rest write empty states, which merge() weighs 0. So a batch of many rows can read each row
+    in fewer, longer slices without changing any shape."""
     return min(splits, max(1, -(-programs // (rows * heads))))
 
 
@@ -47,18 +47,17 @@ def _kernel():
     import triton
     import triton.language as tl
 
-    @triton.jit
-    def decode_attention_kernel(q_ptr, k_ptr, v_ptr, last_ptr, m_ptr, l_ptr, acc_ptr, scale, programs,
+    @triton.jit(do_not_specialize=["working"])  # one compiled kernel whatever the count
+    def decode_attention_kernel(q_ptr, k_ptr, v_ptr, last_ptr, m_ptr, l_ptr, acc_ptr, scale, working,
                                 stride_qb, stride_qh, stride_kb, stride_kh, stride_ks,
                                 BLOCK: tl.constexpr, D: tl.constexpr, NO_SCORE: tl.constexpr):
         # q: [B, H, D]; k, v: [slots, H, S, D], row b = slot b; last: [B] int64; m, l: [B, H, SPLITS] fp32;
         # acc: [B, H, SPLITS, D] fp32
         b, h, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        rows, heads, splits = tl.num_programs(0), tl.num_programs(1), tl.num_programs(2)
-        working = tl.minimum(splits, tl.maximum(1, (programs + rows * heads - 1) // (rows * heads)))
+        heads, splits = tl.num_programs(1), tl.num_programs(2)
         last = tl.load(last_ptr + b)
         per_split = ((last + BLOCK) // BLOCK + working - 1) // working * BLOCK  # split_len(), read on the device
-        length = tl.where(s < working, per_split, 0)  # working_splits(): the others write empty states
+        length = tl.where(s < working, per_split, 0)  # slices past working_splits() write empty states
         d = tl.arange(0, D)
         q = tl.load(q_ptr + b * stride_qb + h * stride_qh + d).to(tl.float32) * scale
         m = -1.0e30  # NO_SCORE; plain floats as loop-carried scalars, as flash-decoding kernels keep them
@@ -98,7 +97,8 @@ def launch(q, k_cache, v_cache, last, config: tuple[int, int, int, int, int | No
     acc = torch.empty((rows, heads, splits, dim), dtype=torch.float32, device=q.device)
     assert k_cache.stride() == v_cache.stride() and k_cache.stride(3) == 1 and q.stride(2) == 1
     _kernel()[(rows, heads, splits)](
-        q, k_cache, v_cache, last, m, total, acc, dim ** -0.5, programs or rows * heads * splits,
+        q, k_cache, v_cache, last, m, total, acc, dim ** -0.5,
+        splits if programs is None else working_splits(rows, heads, splits, programs),
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         BLOCK=block, D=dim, NO_SCORE=NO_SCORE, num_warps=warps, num_stages=stages)
     return m, total, acc

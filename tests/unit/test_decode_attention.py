@@ -56,18 +56,19 @@ def test_plan_spreads_a_batch_of_one_over_the_gpu_and_each_rows_slices_cover_its
     assert ((splits * per_split > last) & (splits * (per_split - da.BLOCK) <= last)).all()
 
 
-def check_kernel(cache_dtype: str):
+def check_kernel(cache_dtype: str, device: str = "cpu"):
     """The kernel's partial states against the torch ones at the plan, with fewer working slices too, and the
-    merged attention of another launch configuration (run_interpreted calls this under the interpreter)."""
-    q, k, v = case(getattr(torch, cache_dtype))
-    q = q.to(torch.bfloat16)
+    merged attention of another launch configuration (run_interpreted calls this under the interpreter; tests/gpu
+    calls it with device cuda)."""
+    q, k, v = (t.to(device) for t in case(getattr(torch, cache_dtype)))
+    q, last = q.to(torch.bfloat16), LAST.to(device)
     splits = da.plan(4, 300)
     for programs in (None, 40, 20):  # 5 rows x 4 heads: 2 working slices, then 1
         config = (splits, da.BLOCK, 4, 3, programs)
-        for got, want in zip(da.launch(q, k, v, LAST, config), da.reference(q, k, v, LAST, programs)):
+        for got, want in zip(da.launch(q, k, v, last, config), da.reference(q, k, v, last, programs)):
             torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
-    merged = da.merge(*da.launch(q, k, v, LAST, (splits + 2, 32, 2, 2, 60)))
-    torch.testing.assert_close(merged, da.merge(*da.reference(q, k, v, LAST)), atol=1e-3, rtol=1e-3)
+    merged = da.merge(*da.launch(q, k, v, last, (splits + 2, 32, 2, 2, 60)))
+    torch.testing.assert_close(merged, da.merge(*da.reference(q, k, v, last)), atol=1e-3, rtol=1e-3)
 
 
 # The kernel's loop bound is read from memory (each row's length). Triton's interpreter turns it into a Python int

@@ -190,7 +190,7 @@ def test_compiled_path_matches_reference(path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("region, linears", [("block", "torch"), ("step", "torch"), ("block", "by_batch"),
-                                             ("block", "one_row")])
+                                             ("block", "one_row"), ("step", "one_row")])
 def test_compiled_decode_does_not_recompile_across_batch_and_kv_length_buckets(region, linears, tmp_path,
                                                                                monkeypatch):
     from torch._dynamo.utils import counters
