@@ -165,6 +165,17 @@ def test_fused_linear_kernel_equals_its_torch_arithmetic(rows, weights):
             assert ((got - want).norm() / want.norm()).item() < 1e-2, (n, k, args[8])
 
 
+def test_quantize_rows_on_cuda_gives_the_bytes_of_the_clamped_formula():
+    """The unit test's check (tests/unit/test_fp8.py) on CUDA, whose casts are CUDA's own kernels."""
+    from gptserve.engine.fp8 import quantize_rows
+    from tests.unit.test_fp8 import clamped
+
+    x = torch.randn(64, 8192, device="cuda").bfloat16() * 3
+    x[3] = 0
+    (q, scale), (want_q, want_scale) = quantize_rows(x), clamped(x)
+    assert torch.equal(q.view(torch.uint8), want_q.view(torch.uint8)) and torch.equal(scale, want_scale)
+
+
 def test_fused_linear_normalises_a_wide_row_before_the_kernel():
     """fused_linear on an 8192-wide row with FP8 weights (the 40B's batch-1 qkv, one_row): the LayerNorm in torch,
     then the kernel at the wide plan, against the layers in fp32."""
