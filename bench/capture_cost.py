@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ from gptserve.engine import Engine
 from gptserve.engine.graphs import capture
 from gptserve.settings import ServingConfig
 
+from . import header
 from .engine import cuda_time
 
 
@@ -67,8 +67,7 @@ def main():
     batches = [int(b) for b in args.batches.split(",")]
     engine = Engine(ServingConfig(preset=args.preset, compile_mode="reduce-overhead", max_batch_size=max(batches)),
                     device="cuda")
-    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "device": torch.cuda.get_device_name(), "torch": torch.__version__, "preset": args.preset,
+    report = {**header(), "preset": args.preset,
               "kv_lengths": engine.kv_lengths(), "ms_median_per_kv_length": {}}
     with torch.no_grad():
         for batch in batches:

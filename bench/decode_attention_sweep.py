@@ -22,7 +22,8 @@ from gptserve.engine import decode_attention as da
 from gptserve.engine.config import PRESETS
 from gptserve.engine.engine import KV_BLOCK
 
-from .sweep import fastest, header, streamed_us, timed_configs, write_report
+from . import header
+from .sweep import fastest, streamed_us, timed_configs, write_report
 
 BLOCKS, WARPS, STAGES = (32, 64, 128), (2, 4, 8), (1, 3)
 PROGRAMS = (None, 132, 264, 528, 1056)  # working_splits() targets; None: every slice works (the plan today)
@@ -91,7 +92,6 @@ def main():
         print(f"batch {batch:2d}: {cache_mb:7.1f} MB of cache; SDPA path {row['sdpa_us']:7.1f} us "
               f"[{cache_mb / row['sdpa_us']:.2f} TB/s], split-KV plan {row['split_kv_plan_us']:7.1f}, best {best} "
               f"[{cache_mb / best[-1] if best else 0:.2f} TB/s]", flush=True)
-        del k, v
     write_report(report, args.output, f"decode-attention-sweep-{args.preset}-{args.cache}")
 
 

@@ -350,8 +350,7 @@ def main(argv=None):
     peer_batches = [int(b) for b in args.peer_batches.split(",")]
     bandwidth = copy_bandwidth()
     report = {
-        "device": torch.cuda.get_device_name(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__, "command": "python -m bench.engine " + " ".join(sys.argv[1:] if argv is None else argv),
+        **header(), "command": "python -m bench.engine " + " ".join(sys.argv[1:] if argv is None else argv),
         "copy_bandwidth_tb_s": bandwidth / 1e12, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
         "rows": [], "accuracy": {},
     }

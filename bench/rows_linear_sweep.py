@@ -24,7 +24,8 @@ from gptserve.engine import rows_linear as rl
 from gptserve.engine.config import PRESETS
 from gptserve.engine.fp8 import quantize_rows
 
-from .sweep import fastest, header, streamed_us, timed_configs, write_report
+from . import header
+from .sweep import fastest, streamed_us, timed_configs, write_report
 
 
 def layers(preset: str) -> dict:

@@ -57,11 +57,3 @@ def write_report(report: dict, output: str, name: str) -> Path:
     path.write_text(json.dumps(report, indent=1))
     print(f"wrote {path}")
     return path
-
-
-def header() -> dict:
-    """The device, date and torch version every report starts with."""
-    import torch
-
-    return {"device": torch.cuda.get_device_name(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "torch": torch.__version__}
