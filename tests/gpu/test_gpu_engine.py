@@ -44,7 +44,7 @@ def test_cuda_graph_decode_matches_eager(eager, path):
     assert engine.probe_max_abs_diff() < 0.1
 
 
-def test_auto_fuses_the_linears_of_a_narrow_model_only():
+def test_auto_fuses_a_narrow_model_and_a_wide_fp8_one_at_batch_one():
     from gptserve.engine.build import resolve
 
     assert resolve(ServingConfig(preset="gpt2-large"), "cuda").decode_linears == "by_batch"

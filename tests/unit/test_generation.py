@@ -202,9 +202,8 @@ def test_compiled_decode_does_not_recompile_across_batch_and_kv_length_buckets(r
     monkeypatch.delenv("TRITON_CACHE_DIR")
     torch._dynamo.reset()
     engine = Engine(ServingConfig(preset="tiny", compile_mode="default", max_batch_size=64, compile_region=region,
-                                  compile_cache_dir=str(tmp_path)), device="cpu")
+                                  compile_cache_dir=str(tmp_path), decode_linears=linears), device="cpu")
     assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "triton")  # the engine's own kernels: same volume
-    engine.model.decode_linears = linears  # by_batch, one_row: what decode_linears=auto can be on a GPU
     before = counters["stats"]["unique_graphs"]
     engine.warmup()
     graphs = counters["stats"]["unique_graphs"]
