@@ -1,13 +1,15 @@
-"""Where a decode step's GPU time goes, and a trace of the running configuration's decode steps.
+"""Where a decode step's (or a prefill's) GPU time goes, and a trace of the running configuration's decode steps.
 
     python -m bench.profile_decode --preset gpt2-large --variant bf16-sdpa --batches 1,16
     python -m bench.profile_decode --config model_repository/gpt_large_stream/config.pbtxt --trace
+    python -m bench.profile_decode --preset gpt-large-40b --variant fp8wo-sdpa --batches 16 --prefill --max-seq-len 1280
 
 Prints, per batch, the kernels per step and the time per kernel class (GEMM, attention, norm, elementwise, ...)
 and the top kernels, and writes them as JSON under --output. --config builds the engine exactly as that model's
 config.pbtxt parameters say (the running configuration); --trace also writes the torch profiler's Chrome trace
 of the profiled steps (open it in chrome://tracing or Perfetto; under `nsys profile` the same command gives an
-Nsight Systems timeline). Needs a CUDA GPU.
+Nsight Systems timeline). --prefill profiles one prefill of each batch's prompts instead (no warm-up: prefill
+runs eager), per call. Needs a CUDA GPU.
 """
 from __future__ import annotations
 
@@ -52,7 +54,8 @@ def settings_from(args) -> ServingConfig:
         params = dict(re.findall(r'key:\s*"([^"]+)"\s*value:\s*\{\s*string_value:\s*"([^"]*)"', text))
         batch = int(re.search(r"max_batch_size:\s*(\d+)", text).group(1))
         return ServingConfig.from_parameters(params, max_batch_size=batch)
-    return ServingConfig(preset=args.preset, compile_mode="reduce-overhead", **VARIANTS[args.variant])
+    return ServingConfig(preset=args.preset, compile_mode="reduce-overhead", max_seq_len=args.max_seq_len,
+                         **VARIANTS[args.variant])
 
 
 def decode_kernels(engine: Engine, batch: int, prompt_len: int, steps: int, trace: Path | None) -> dict:
@@ -61,10 +64,23 @@ def decode_kernels(engine: Engine, batch: int, prompt_len: int, steps: int, trac
     tokens = torch.zeros(batch, dtype=torch.int64, device="cuda")
     positions = torch.full((batch,), prompt_len, dtype=torch.int64, device="cuda")
     engine.decode_step(tokens, positions, prompt_len)  # warmup() captured every bucket: a replay
+    return {"batch": batch, **kernel_time(
+        lambda step: engine.decode_step(tokens, positions + step, prompt_len + step), steps, trace)}
+
+
+def prefill_kernels(engine: Engine, batch: int, prompt_len: int, steps: int, trace: Path | None) -> dict:
+    """Kernel time per prefill of `batch` prompts of `prompt_len` tokens (one call, as bench.engine times it)."""
+    batch_prompts, slots = prompts(batch, prompt_len, engine.cfg.vocab_size), list(range(batch))
+    engine.prefill(batch_prompts, slots)  # first call outside the profile (allocator, cuBLAS handles)
+    return {"batch": batch, **kernel_time(lambda _: engine.prefill(batch_prompts, slots), steps, trace)}
+
+
+def kernel_time(run, steps: int, trace: Path | None) -> dict:
+    """Kernels per call of run(step) for step in range(steps), and their time: in all, per class, per kernel."""
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for step in range(steps):
-            engine.decode_step(tokens, positions + step, prompt_len + step)
+            run(step)
         torch.cuda.synchronize()
     if trace is not None:
         prof.export_chrome_trace(str(trace))
@@ -82,7 +98,6 @@ def decode_kernels(engine: Engine, batch: int, prompt_len: int, steps: int, trac
         entry[1] += us / steps
     rows = sorted(per_kernel.items(), key=lambda kv: -kv[1][1])
     return {
-        "batch": batch,
         "kernel_us_per_step": total_us,
         "kernels_per_step": sum(n for n, _ in per_kernel.values()) / steps,
         "classes": {cls: {"kernels_per_step": n, "us_per_step": us} for cls, (n, us) in
@@ -101,6 +116,8 @@ def main(argv=None):
     p.add_argument("--prompt-len", type=int, default=1024)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--top", type=int, default=12)
+    p.add_argument("--max-seq-len", type=int, default=0, help="KV-cache positions per slot (0: the model's)")
+    p.add_argument("--prefill", action="store_true", help="profile prefills of each batch, not decode steps")
     p.add_argument("--trace", action="store_true", help="also write the Chrome trace of the profiled steps")
     p.add_argument("--output", default="artifacts/profile")
     args = p.parse_args(argv)
@@ -108,8 +125,11 @@ def main(argv=None):
         raise SystemExit("bench.profile_decode needs a CUDA GPU (CI has none; run it on the GPU machine)")
     settings = settings_from(args)
     engine = Engine(settings, device="cuda")
-    engine.warmup()  # compiles, and captures every bucket's CUDA graphs, outside the profile
+    if not args.prefill:
+        engine.warmup()  # compiles, and captures every bucket's CUDA graphs, outside the profile
     name = Path(args.config).parent.name if args.config else f"{args.preset}-{args.variant}"
+    name += "-prefill" if args.prefill else ""
+    profiled = prefill_kernels if args.prefill else decode_kernels
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
@@ -117,9 +137,10 @@ def main(argv=None):
               "device": torch.cuda.get_device_name(), "prompt_len": args.prompt_len, "batches": []}
     for batch in (int(b) for b in args.batches.split(",")):
         trace = out / f"trace-{name}-b{batch}-{stamp}.json" if args.trace else None
-        result = decode_kernels(engine, batch, args.prompt_len, args.steps, trace)
+        result = profiled(engine, batch, args.prompt_len, args.steps, trace)
         report["batches"].append(result)
-        print(f"\nbatch {batch}: {result['kernel_us_per_step']:.0f} us of kernels per step, "
+        unit = "prefill" if args.prefill else "step"
+        print(f"\nbatch {batch}: {result['kernel_us_per_step']:.0f} us of kernels per {unit}, "
               f"{result['kernels_per_step']:.0f} kernels")
         print("| class | kernels/step | us/step |\n|---|---|---|")
         for cls, c in result["classes"].items():

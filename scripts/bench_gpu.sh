@@ -9,6 +9,8 @@
 #            empty: none), with the same-run peer (PEERS, default Hugging Face static-cache generate; PEERS= for
 #            none) and the accuracy check (ACCURACY=0 skips it)
 #   profile  bench.profile_decode of each VARIANTS entry (gpt2-large, batch 1 and 16): kernels per step, time per class
+#   prefill  gpt-large-40b's prefill of 16 x 1024 tokens: its linears' FP8 parts against bf16
+#            (bench.prefill_linear_sweep), then bench.profile_decode --prefill of each VARIANTS entry
 #   attention  bench.decode_attention_sweep: split-KV's launch configurations against the SDPA path, gpt2-large
 #            with a bf16 cache and gpt-large-40b with an FP8 one, batches 1, 4, 16
 #   40b      gpt-large-40b, bf16 and FP8 weight-only (VARIANTS), batch 1 and 16 (BATCHES; empty: none)
@@ -31,7 +33,7 @@ STAGES=()
 while [ $# -gt 0 ]; do
     case "$1" in --) OUT_DIR="$2"; shift 2 ;; *) STAGES+=("$1"); shift ;; esac
 done
-STAGE_NAMES="setup|tests|engine|profile|attention|40b|triton|stream|ready|triton-variant|triton2|scheduler"
+STAGE_NAMES="setup|tests|engine|profile|prefill|attention|40b|triton|stream|ready|triton-variant|triton2|scheduler"
 [ ${#STAGES[@]} -gt 0 ] || { echo "usage: scripts/bench_gpu.sh $STAGE_NAMES ... [-- OUT_DIR]" >&2; exit 2; }
 PY="${PYTHON:-python3}"
 mkdir -p "$OUT_DIR"
@@ -139,6 +141,14 @@ for stage in "${STAGES[@]}"; do
         for variant in $(echo "${VARIANTS:?set VARIANTS, e.g. bf16-sdpa,bf16-fused}" | tr , " "); do
             PYTHONPATH="$PWD" "$PY" -m bench.profile_decode --preset gpt2-large --variant "$variant" --batches 1,16 \
                 --output "$OUT_DIR" | tee "$OUT_DIR/profile-$variant.txt"
+        done
+        ;;
+    prefill)
+        PYTHONPATH="$PWD" "$PY" -m bench.prefill_linear_sweep --preset gpt-large-40b --output "$OUT_DIR" 2>&1 \
+            | grep -v Warning | tee "$OUT_DIR/prefill-linear-sweep.txt"
+        for variant in $(echo "${VARIANTS:-bf16-sdpa,fp8wo-sdpa}" | tr , " "); do
+            PYTHONPATH="$PWD" "$PY" -m bench.profile_decode --preset gpt-large-40b --variant "$variant" --prefill \
+                --batches 16 --steps 3 --max-seq-len 1280 --output "$OUT_DIR" | tee "$OUT_DIR/profile-prefill-$variant.txt"
         done
         ;;
     attention)

@@ -2,7 +2,7 @@
 with the reason and never timed, and the fastest timed entry is picked from the rest."""
 import torch
 
-from bench import decode_attention_sweep, rows_linear_sweep  # noqa: F401  (both import without a GPU)
+from bench import decode_attention_sweep, prefill_linear_sweep, rows_linear_sweep  # noqa: F401  (import without a GPU)
 from bench.sweep import fastest, timed_configs
 
 

@@ -1,0 +1,90 @@
+"""Where an FP8 prefill's linear time goes: one preset's four block matrices at prefill's row count (16 prompts of
+1024 tokens: 16,384 rows), bf16 cuBLAS against the FP8 path and each of its parts.
+
+    python -m bench.prefill_linear_sweep [--preset gpt-large-40b] [--rows 16384] [--output DIR]
+
+Per matrix: cuBLAS's bf16 linear with its bias; the FP8 linear as the engine runs it for prefill
+(TorchFp8Linear: row-wise activation quantisation, then _scaled_mm, then the bias add); the quantisation alone,
+eager and compiled; _scaled_mm alone, with and without the bias inside and fast accumulation. Each FP8 result
+carries its error against the bf16 linear's. Needs a CUDA GPU of compute capability >= 8.9.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from gptserve.engine.fp8 import TorchFp8Linear, quantize_rows
+
+from . import header
+from .rows_linear_sweep import layers
+from .sweep import write_report
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.float() - want.float()).norm() / want.float().norm()).item()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="gpt-large-40b")
+    p.add_argument("--rows", type=int, default=16 * 1024)
+    p.add_argument("--output", default="artifacts/bench")
+    args = p.parse_args()
+    from triton.testing import do_bench
+
+    torch.manual_seed(0)
+    compiled_quantize = torch.compile(quantize_rows, dynamic=False)
+    report = {**header(), "preset": args.preset, "rows": args.rows, "results": []}
+    for name, (n, k, *_rest) in layers(args.preset).items():
+        if name == "lm_head":  # prefill reads the last position's logits only
+            continue
+        linear = nn.Linear(k, n, device="cuda", dtype=torch.bfloat16)
+        fp8 = TorchFp8Linear(linear)
+        x = torch.randn(args.rows, k, device="cuda", dtype=torch.bfloat16)
+        xq, x_scale = quantize_rows(x)
+        w_t, w_scale, bias = fp8.weight_fp8.t(), fp8.weight_scale, fp8.bias
+
+        def scaled_mm(with_bias: bool, fast: bool):
+            return torch._scaled_mm(xq, w_t, scale_a=x_scale, scale_b=w_scale, bias=bias if with_bias else None,
+                                    out_dtype=torch.bfloat16, use_fast_accum=fast)
+
+        want = F.linear(x, linear.weight, linear.bias)
+        candidates = {
+            "bf16_linear": lambda: F.linear(x, linear.weight, linear.bias),
+            "fp8_linear": lambda: fp8(x),
+            "quantize_eager": lambda: quantize_rows(x),
+            "quantize_compiled": lambda: compiled_quantize(x),
+            "scaled_mm": lambda: scaled_mm(False, False),
+            "scaled_mm_fast": lambda: scaled_mm(False, True),
+            "scaled_mm_bias": lambda: scaled_mm(True, False),
+            "scaled_mm_bias_fast": lambda: scaled_mm(True, True),
+        }
+        row = {"layer": name, "n": n, "k": k, "tflop": 2 * args.rows * n * k / 1e12, "us": {}, "error": {}}
+        for label, fn in candidates.items():
+            try:
+                out = fn()
+                row["us"][label] = do_bench(fn, warmup=50, rep=200) * 1e3
+            except Exception as exc:  # e.g. a bias _scaled_mm does not take with these scales
+                row["us"][label] = f"{type(exc).__name__}: {str(exc)[:160]}"
+                continue
+            if label.startswith(("fp8", "scaled_mm")):
+                got = out if label != "scaled_mm" and label != "scaled_mm_fast" else out + bias
+                row["error"][label] = relative_error(got, want)
+        q_eager, s_eager = quantize_rows(x)
+        q_comp, s_comp = compiled_quantize(x)
+        row["compiled_quantize_equal"] = bool(torch.equal(q_eager.view(torch.uint8), q_comp.view(torch.uint8))
+                                              and torch.equal(s_eager, s_comp))
+        report["results"].append(row)
+        us = row["us"]
+        print(f"{name:10s} [{args.rows} x {k}] x [{k} x {n}]: "
+              + ", ".join(f"{label} {v:.0f} us" if isinstance(v, float) else f"{label} {v}"
+                          for label, v in us.items())
+              + f"; errors {', '.join(f'{label} {e:.4f}' for label, e in row['error'].items())}; "
+              f"compiled quantisation equal: {row['compiled_quantize_equal']}", flush=True)
+    write_report(report, args.output, f"prefill-linear-sweep-{args.preset}")
+
+
+if __name__ == "__main__":
+    main()
