@@ -148,7 +148,8 @@ for stage in "${STAGES[@]}"; do
             | grep -v Warning | tee "$OUT_DIR/prefill-linear-sweep.txt"
         for variant in $(echo "${VARIANTS:-bf16-sdpa,fp8wo-sdpa}" | tr , " "); do
             PYTHONPATH="$PWD" "$PY" -m bench.profile_decode --preset gpt-large-40b --variant "$variant" --prefill \
-                --batches 16 --steps 3 --max-seq-len 1280 --output "$OUT_DIR" | tee "$OUT_DIR/profile-prefill-$variant.txt"
+                --batches 16 --steps 3 --max-seq-len 1280 --output "$OUT_DIR" \
+                | tee "$OUT_DIR/profile-prefill-$variant.txt"
         done
         ;;
     attention)

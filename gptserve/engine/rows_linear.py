@@ -148,7 +148,7 @@ def reference(x, weight, scale, bias, norm_weight, norm_bias, residual, out_feat
     if scale is not None:
         y = y * scale[:out_features].float()
     if bias is not None:
-        y = y + bias.float()
+        y = y + bias[:out_features].float()
     if gelu:
         y = F.gelu(y, approximate="tanh")
     if residual is not None:

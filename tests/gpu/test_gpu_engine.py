@@ -81,17 +81,37 @@ def test_decode_graphs_replay_the_compiled_step_exactly(caplog, backend):
     assert sum("has no CUDA graph" in m for m in caplog.messages) == 1  # once
 
 
-def test_fp8_linear_close_to_bf16():
+@pytest.mark.parametrize("rows, out_features", [(7, 5120), (300, 5000)])
+def test_fp8_linear_close_to_bf16(rows, out_features):
+    """The torch FP8 linear (activations quantised by the compiled kernel, _scaled_mm with the bias inside and
+    fast accumulation), at an output width that pads the weight and bias to 16 too."""
     from gptserve.engine.fp8 import TorchFp8Linear
 
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 needs compute capability >= 8.9")
-    linear = torch.nn.Linear(1280, 5120, device="cuda", dtype=torch.bfloat16)
-    x = torch.randn(7, 1280, device="cuda", dtype=torch.bfloat16)
+    linear = torch.nn.Linear(1280, out_features, device="cuda", dtype=torch.bfloat16)
+    torch.nn.init.normal_(linear.bias, std=1.0)  # a bias the check can see
+    x = torch.randn(rows, 1280, device="cuda", dtype=torch.bfloat16)
     want = linear(x).float()
     got = TorchFp8Linear(linear)(x).float()
     assert got.shape == want.shape
     assert ((got - want).norm() / want.norm()).item() < 0.08
+
+
+def test_compiled_activation_quantisation_matches_eager():
+    """quantize_activations (compiled, any shape) against quantize_rows eager: the same scales, and FP8 values at
+    most one FP8 step apart (the compiled division may round differently) in under 1% of the elements."""
+    from gptserve.engine.fp8 import quantize_activations, quantize_rows
+
+    for shape in [(64, 8192), (1000, 32768), (17, 1280)]:
+        x = torch.randn(shape, device="cuda").bfloat16() * 3
+        x[3] = 0
+        (q, scale), (want_q, want_scale) = quantize_activations(x), quantize_rows(x)
+        torch.testing.assert_close(scale, want_scale, rtol=1e-6, atol=0)
+        got, want = q.float(), want_q.float()
+        step = want.abs() / 8 + 2.0 ** -9  # e4m3: 3 mantissa bits; the smallest subnormal step
+        assert ((got - want).abs() <= step).all(), shape
+        assert (got != want).float().mean().item() < 0.01, shape
 
 
 def test_fp8_engine_generates(eager):

@@ -64,7 +64,7 @@ def check_kernel(cache_dtype: str, device: str = "cpu"):
     q, last = q.to(torch.bfloat16), LAST.to(device)
     splits = da.plan(4, 300)
     for programs in (None, 40, 20):  # 5 rows x 4 heads: 2 working slices, then 1
-        config = (splits, da.BLOCK, 4, 3, programs)
+        config = (splits, da.BLOCK, da.WARPS, da.STAGES, programs)
         for got, want in zip(da.launch(q, k, v, last, config), da.reference(q, k, v, last, programs)):
             torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
     merged = da.merge(*da.launch(q, k, v, last, (splits + 2, 32, 2, 2, 60)))
