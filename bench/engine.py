@@ -22,6 +22,8 @@ from gptserve.engine.attention import FLEX_BLOCK
 from gptserve.engine.engine import KV_BLOCK
 from gptserve.settings import ServingConfig
 
+from . import header
+
 VARIANTS = {
     "bf16-sdpa": dict(attention_backend="sdpa"),  # the defaults: decode_linears auto, fused at batch 1, head above
     "bf16-torch": dict(decode_linears="torch"),  # torch's linears throughout (the default until run 21)
