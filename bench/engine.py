@@ -25,12 +25,12 @@ from gptserve.settings import ServingConfig
 from . import header
 
 VARIANTS = {
-    "bf16-sdpa": dict(attention_backend="sdpa"),  # the defaults: decode_linears auto, fused at batch 1, head above
+    "bf16-sdpa": dict(attention_backend="sdpa"),  # decode_linears auto: fused at batch 1, head above
     "bf16-torch": dict(decode_linears="torch"),  # torch's linears throughout (the default until run 21)
     "bf16-step": dict(attention_backend="sdpa", compile_region="step"),
     "bf16-flex": dict(attention_backend="flex"),
     "fp8wo-sdpa": dict(attention_backend="sdpa", fp8_mode="weight-only"),
-    "bf16-splitkv": dict(attention_backend="splitkv"),
+    "bf16-splitkv": dict(attention_backend="splitkv"),  # the defaults on a GPU (attention_backend auto)
     "fp8wo-splitkv": dict(attention_backend="splitkv", fp8_mode="weight-only"),
     "fp8wo-splitkv-kvfp8": dict(attention_backend="splitkv", fp8_mode="weight-only", kv_cache_dtype="fp8"),
     "bf16-fused": dict(decode_linears="fused"),
@@ -127,7 +127,7 @@ def measure_engine(engine: Engine, batch: int, prompt_len: int, new_tokens: int,
     after = compiled_graphs()
     weights = weight_bytes(engine)
     # SDPA reads the cache in KV_BLOCK buckets (Engine.kv_len_for), flex in FLEX_BLOCK blocks
-    block = KV_BLOCK if engine.settings.attention_backend == "sdpa" else FLEX_BLOCK
+    block = KV_BLOCK if engine.resolved.attention_backend == "sdpa" else FLEX_BLOCK
     read = weights + kv_bytes(engine, batch, prompt_len, new_tokens, block)
     useful = weights + kv_bytes(engine, batch, prompt_len, new_tokens, 1)
     return {

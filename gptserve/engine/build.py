@@ -15,9 +15,10 @@ from .model import GPT
 log = logging.getLogger("gptserve")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# decode_linears=auto, bf16: fused linears only for models this narrow, whose decode steps are bound by kernel count
-# and latency (gpt2-large, 1280, where it was measured); a wide model's cuBLAS GEMVs already read HBM near the floor
-# (the 40B, 8192: 96%). With FP8 weight-only the wide model's one-row step fuses too: there the fused kernel reads
+# attention_backend=auto: split-KV for models this narrow (gpt2-large: 2-5% faster than SDPA at batches 1, 4 and 16
+# in run 31, and one decode graph per bucket instead of one per KV length). decode_linears=auto, bf16: fused linears
+# only for models this narrow, whose decode steps are bound by kernel count and latency (gpt2-large, 1280, where
+# it was measured); a wide model's cuBLAS GEMVs already read HBM near the floor (the 40B, 8192: 96%). With FP8 weight-only the wide model's one-row step fuses too: there the fused kernel reads
 # FP8 weights at 3.3-3.9 TB/s where the split-K kernel reaches 2.4-3.2 (run 26), and the step is 1.72x bf16 (run 27)
 NARROW_MAX_EMBD = 2048
 
@@ -34,6 +35,7 @@ class Resolved:
     fp8_mode: str
     kv_cache_dtype: torch.dtype
     decode_linears: str  # torch, head, fused, by_batch (fused at batch 1, head at 2-16), one_row (fused at batch 1)
+    attention_backend: str  # sdpa, flex or splitkv
 
 
 def resolve(settings, device: str | None = None) -> Resolved:
@@ -71,7 +73,16 @@ def resolve(settings, device: str | None = None) -> Resolved:
     if fused and on_gpu and (dtype not in (torch.bfloat16, torch.float16) or fp8_mode not in ("none", "weight-only")):
         raise ValueError(f"decode_linears={settings.decode_linears} on a GPU needs dtype bfloat16 or float16 "
                          f"(got {dtype}) and fp8_mode none or weight-only (got {fp8_mode})")
-    return Resolved(model_cfg, preset, dev, dtype, compile_mode, fp8_mode, kv_dtype, decode_linears)
+    attention_backend = settings.attention_backend
+    if attention_backend == "auto":  # measured on the H200: docs/configuration.md
+        attention_backend = auto_attention_backend(model_cfg, on_gpu)
+    return Resolved(model_cfg, preset, dev, dtype, compile_mode, fp8_mode, kv_dtype, decode_linears,
+                    attention_backend)
+
+
+def auto_attention_backend(model_cfg: ModelConfig, on_gpu: bool) -> str:
+    """attention_backend=auto: split-KV where it was measured to win (a narrow model on a GPU), else SDPA."""
+    return "splitkv" if on_gpu and model_cfg.n_embd <= NARROW_MAX_EMBD else "sdpa"
 
 
 def auto_decode_linears(model_cfg: ModelConfig, dtype: torch.dtype, fp8_mode: str, on_gpu: bool,

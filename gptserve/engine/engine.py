@@ -81,7 +81,7 @@ class Engine:
         # One spare position: reading the whole context is then still a strict part of the cache, which the
         # compiler handles with the other lengths (a full-length, contiguous view would be compiled apart).
         self.model.setup_cache(bucket_for(self.slots), self.context + 1, r.kv_cache_dtype,
-                               settings.attention_backend, r.decode_linears)
+                               r.attention_backend, r.decode_linears)
         self.tokenizer = load_tokenizer(settings.tokenizer_path, settings.model_path, r.model.vocab_size)
         self.end_id = self._default_end_id()
         if self.tokenizer.vocab_size < r.model.vocab_size:
@@ -103,7 +103,7 @@ class Engine:
         log.info(
             "engine: preset=%s params=%.0fM device=%s dtype=%s compile=%s/%s attention=%s decode_linears=%s fp8=%s "
             "kv=%s end_id=%d (%.1fs)", r.preset, r.model.num_params() / 1e6, r.device, r.dtype, r.compile_mode,
-            settings.compile_region, settings.attention_backend, r.decode_linears, r.fp8_mode,
+            settings.compile_region, r.attention_backend, r.decode_linears, r.fp8_mode,
             r.kv_cache_dtype, self.end_id, self.build_seconds,
         )
 
@@ -169,7 +169,7 @@ class Engine:
         """Whether warmup() captures one-prompt prefill graphs: only beside a CUDA-graph decode step (the same
         conditions of capture), and with sdpa or splitkv attention (flex runs compiled with dynamic shapes)."""
         return (self.settings.prefill_graphs == "auto" and self._decode_graphs is not None
-                and self.settings.attention_backend != "flex")
+                and self.resolved.attention_backend != "flex")
 
     @property
     def decode_graph_count(self) -> int:

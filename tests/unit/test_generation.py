@@ -168,6 +168,16 @@ def test_decode_linears_auto_fuses_where_it_was_measured_to_win():
     assert auto_decode_linears(wide, bf16, "weight-only", False, "block") == "torch"  # a CPU
 
 
+def test_attention_backend_auto_takes_split_kv_where_it_was_measured_to_win():
+    from gptserve.engine.build import auto_attention_backend, resolve
+    from gptserve.engine.config import PRESETS
+
+    assert auto_attention_backend(PRESETS["gpt2-large"], True) == "splitkv"
+    assert auto_attention_backend(PRESETS["gpt-large-40b"], True) == "sdpa"  # not measured against SDPA there
+    assert auto_attention_backend(PRESETS["gpt2-large"], False) == "sdpa"  # a CPU
+    assert resolve(ServingConfig(preset="tiny"), "cpu").attention_backend == "sdpa"
+
+
 def test_fp8_mode_resolves_to_none_on_cpu(caplog):
     with caplog.at_level("INFO", logger="gptserve"):
         engine = Engine(ServingConfig(preset="tiny", fp8_mode="auto"), device="cpu")
