@@ -99,19 +99,10 @@ def test_fp8_linear_close_to_bf16(rows, out_features):
 
 
 def test_compiled_activation_quantisation_matches_eager():
-    """quantize_activations (compiled, any shape) against quantize_rows eager: the same scales, and FP8 values at
-    most one FP8 step apart (the compiled division may round differently) in under 1% of the elements."""
-    from gptserve.engine.fp8 import quantize_activations, quantize_rows
+    """The unit test's check (tests/unit/test_fp8.py) on CUDA, at the 40B's widths."""
+    from tests.unit.test_fp8 import check_compiled_quantisation
 
-    for shape in [(64, 8192), (1000, 32768), (17, 1280)]:
-        x = torch.randn(shape, device="cuda").bfloat16() * 3
-        x[3] = 0
-        (q, scale), (want_q, want_scale) = quantize_activations(x), quantize_rows(x)
-        torch.testing.assert_close(scale, want_scale, rtol=1e-6, atol=0)
-        got, want = q.float(), want_q.float()
-        step = want.abs() / 8 + 2.0 ** -9  # e4m3: 3 mantissa bits; the smallest subnormal step
-        assert ((got - want).abs() <= step).all(), shape
-        assert (got != want).float().mean().item() < 0.01, shape
+    check_compiled_quantisation("cuda", shapes=((64, 8192), (1000, 32768), (17, 1280)))
 
 
 def test_fp8_engine_generates(eager):
