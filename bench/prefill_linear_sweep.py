@@ -1,12 +1,14 @@
-"""Where an FP8 prefill's linear time goes: one preset's four block matrices at prefill's row count (16 prompts of
-1024 tokens: 16,384 rows), bf16 cuBLAS against the FP8 path and each of its parts.
+"""Where an FP8 prefill's linear time goes, part by part, against bf16 cuBLAS.
+
+One preset's four block matrices at prefill's row count (16 prompts of 1024 tokens: 16,384 rows).
 
     python -m bench.prefill_linear_sweep [--preset gpt-large-40b] [--rows 16384] [--output DIR]
 
 Per matrix: cuBLAS's bf16 linear with its bias; the FP8 linear as the engine runs it for prefill
-(TorchFp8Linear: row-wise activation quantisation, then _scaled_mm, then the bias add); the quantisation alone,
-eager and compiled; _scaled_mm alone, with and without the bias inside and fast accumulation. Each FP8 result
-carries its error against the bf16 linear's. Needs a CUDA GPU of compute capability >= 8.9.
+(TorchFp8Linear); the row-wise activation quantisation alone, eager (quantize_rows), compiled for any shape
+(quantize_activations, what the engine runs) and compiled for this shape alone; _scaled_mm alone, with and
+without the bias inside and fast accumulation. Each FP8 result carries its error against the bf16 linear's
+(without the bias where it has none). Needs a CUDA GPU of compute capability >= 8.9.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import argparse
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from gptserve.engine.fp8 import TorchFp8Linear, quantize_rows
+from gptserve.engine.fp8 import TorchFp8Linear, quantize_activations, quantize_rows
 
 from . import header
 from .rows_linear_sweep import layers
@@ -35,7 +37,7 @@ def main():
     from triton.testing import do_bench
 
     torch.manual_seed(0)
-    compiled_quantize = torch.compile(quantize_rows, dynamic=False)
+    quantize_static = torch.compile(quantize_rows, dynamic=False)  # one graph per shape: the bound for one kernel
     report = {**header(), "preset": args.preset, "rows": args.rows, "results": []}
     for name, (n, k, *_rest) in layers(args.preset).items():
         if name == "lm_head":  # prefill reads the last position's logits only
@@ -50,30 +52,30 @@ def main():
             return torch._scaled_mm(xq, w_t, scale_a=x_scale, scale_b=w_scale, bias=bias if with_bias else None,
                                     out_dtype=torch.bfloat16, use_fast_accum=fast)
 
-        want = F.linear(x, linear.weight, linear.bias)
-        candidates = {
-            "bf16_linear": lambda: F.linear(x, linear.weight, linear.bias),
-            "fp8_linear": lambda: fp8(x),
-            "quantize_eager": lambda: quantize_rows(x),
-            "quantize_compiled": lambda: compiled_quantize(x),
-            "scaled_mm": lambda: scaled_mm(False, False),
-            "scaled_mm_fast": lambda: scaled_mm(False, True),
-            "scaled_mm_bias": lambda: scaled_mm(True, False),
-            "scaled_mm_bias_fast": lambda: scaled_mm(True, True),
+        biased, bare = F.linear(x, linear.weight, linear.bias), F.linear(x, linear.weight)
+        candidates = {  # label: (call, the bf16 result an FP8 one is compared with)
+            "bf16_linear": (lambda: F.linear(x, linear.weight, linear.bias), None),
+            "fp8_linear": (lambda: fp8(x), biased),
+            "quantize_eager": (lambda: quantize_rows(x), None),
+            "quantize_compiled": (lambda: quantize_activations(x), None),
+            "quantize_compiled_static": (lambda: quantize_static(x), None),
+            "scaled_mm": (lambda: scaled_mm(False, False), bare),
+            "scaled_mm_fast": (lambda: scaled_mm(False, True), bare),
+            "scaled_mm_bias": (lambda: scaled_mm(True, False), biased),
+            "scaled_mm_bias_fast": (lambda: scaled_mm(True, True), biased),
         }
         row = {"layer": name, "n": n, "k": k, "tflop": 2 * args.rows * n * k / 1e12, "us": {}, "error": {}}
-        for label, fn in candidates.items():
+        for label, (fn, want) in candidates.items():
             try:
                 out = fn()
                 row["us"][label] = do_bench(fn, warmup=50, rep=200) * 1e3
             except Exception as exc:  # e.g. a bias _scaled_mm does not take with these scales
                 row["us"][label] = f"{type(exc).__name__}: {str(exc)[:160]}"
                 continue
-            if label.startswith(("fp8", "scaled_mm")):
-                got = out if label != "scaled_mm" and label != "scaled_mm_fast" else out + bias
-                row["error"][label] = relative_error(got, want)
+            if want is not None:
+                row["error"][label] = relative_error(out, want)
         q_eager, s_eager = quantize_rows(x)
-        q_comp, s_comp = compiled_quantize(x)
+        q_comp, s_comp = quantize_activations(x)
         row["compiled_quantize_equal"] = bool(torch.equal(q_eager.view(torch.uint8), q_comp.view(torch.uint8))
                                               and torch.equal(s_eager, s_comp))
         report["results"].append(row)

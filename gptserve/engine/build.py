@@ -15,11 +15,13 @@ from .model import GPT
 log = logging.getLogger("gptserve")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# attention_backend=auto: split-KV for models this narrow (gpt2-large: 2-5% faster than SDPA at batches 1, 4 and 16
-# in run 32, and one decode graph per bucket instead of one per KV length). decode_linears=auto, bf16: fused linears
-# only for models this narrow, whose decode steps are bound by kernel count and latency (gpt2-large, 1280, where
-# it was measured); a wide model's cuBLAS GEMVs already read HBM near the floor (the 40B, 8192: 96%). With FP8 weight-only the wide model's one-row step fuses too: there the fused kernel reads
-# FP8 weights at 3.3-3.9 TB/s where the split-K kernel reaches 2.4-3.2 (run 26), and the step is 1.72x bf16 (run 27)
+# attention_backend=auto: split-KV for models this narrow (gpt2-large: 1-5% faster than SDPA at batches 1, 2, 4 and
+# 16, 5% slower at 8, runs 32-33; one decode graph per bucket instead of one per KV length: READY 18-23 s warm).
+# decode_linears=auto, bf16: fused linears only for models this narrow, whose decode steps are bound by kernel
+# count and latency (gpt2-large, 1280, where it was measured); a wide model's cuBLAS GEMVs already read HBM near
+# the floor (the 40B, 8192: 96%). With FP8 weight-only the wide model's one-row step fuses too: there the fused
+# kernel reads FP8 weights at 3.3-3.9 TB/s where the split-K kernel reaches 2.4-3.2 (run 26), and the step is
+# 1.72x bf16 (runs 27, 31)
 NARROW_MAX_EMBD = 2048
 
 
