@@ -65,7 +65,8 @@ def _compiled_quantize():
 
 def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """quantize_rows for a linear's input: one compiled kernel for any shape where it would run eager (prefill;
-    8x faster there on the 40B's rows, run 29); traced with the rest where a compiled region calls it."""
+    91 ms of kernels in the 40B's FP8 prefill against 332 eager, runs 29-30); traced with the rest where a
+    compiled region calls it."""
     if torch.compiler.is_compiling():
         return quantize_rows(x)
     return _compiled_quantize()(x)
