@@ -1,6 +1,6 @@
 """Time split-KV decode attention (gptserve.engine.decode_attention) against what the SDPA path runs for the same
 layer, at one preset's heads and head size, each call replayed from a CUDA graph with the cache read from HBM
-(bench.hbm).
+(bench/sweep.py).
 
     python -m bench.decode_attention_sweep [--preset gpt2-large] [--cache bf16|fp8] [--batches 1,4,16]
                                            [--kv-len 1152] [--output DIR]

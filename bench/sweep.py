@@ -26,6 +26,11 @@ def streamed_us(fn, args: tuple, streamed: tuple[int, ...] = (1,)) -> float:
     return do_bench_cudagraph(lambda: [fn(c) for c in copies], rep=30) * 1e3 / len(copies)
 
 
+def relative_error(got, want) -> float:
+    """|got - want| / |want| (Frobenius norms, in fp32)."""
+    return ((got.float() - want.float()).norm() / want.float().norm()).item()
+
+
 def timed_configs(run, want, case: tuple, configs, streamed: tuple[int, ...] = (1,)) -> list:
     """[*config, microseconds] for each config whose run(case, config) matches `want` within 1% (relative
     norm), [*config, None, why] for the others."""
@@ -36,7 +41,7 @@ def timed_configs(run, want, case: tuple, configs, streamed: tuple[int, ...] = (
         except Exception as exc:  # out of registers or shared memory: not a candidate
             rows.append([*config, None, type(exc).__name__])
             continue
-        if ((got - want).norm() / want.norm()).item() >= 1e-2:
+        if relative_error(got, want) >= 1e-2:
             rows.append([*config, None, "wrong result"])
             continue
         rows.append([*config, streamed_us(lambda c: run(c, config), case, streamed)])
