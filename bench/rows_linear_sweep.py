@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from gptserve.engine import fp8_matmul
 from gptserve.engine import rows_linear as rl
 from gptserve.engine.config import PRESETS
-from gptserve.engine.fp8 import quantize_rows
+from gptserve.engine.fp8 import quantize_rows, split_rows
 
 from . import header
 from .sweep import fastest, streamed_us, timed_configs, write_report
@@ -44,8 +44,8 @@ GRIDS = {  # (preset, rows path) -> (BLOCK_N, BLOCK_K, num_warps, num_stages) ca
     ("gpt-large-40b", "one_row"): list(itertools.product((8, 16, 32), (1024, 2048), (8,), (2, 3))),
     ("gpt-large-40b", "tile"): [(32, 256, 4, 3), (64, 256, 4, 3)],  # the split-K kernel serves these rows
 }
-SPLIT_K_GRID = list(itertools.product((32, 64, 128), (128, 256), (4,), (3, 5)))  # fp8_matmul, per programs target
-SPLIT_K_WAVES = (2, 8)  # programs: this many per SM, where K has the blocks to split into
+SPLIT_K_GRID = list(itertools.product((64, 128), (128, 256), (4,), (3, 4, 5)))  # fp8_matmul, per programs target
+SPLIT_K_WAVES = (1, 2)  # programs: this many per SM, where K has the blocks to split into
 
 
 def layer_case(n, k, norm, gelu, residual, rows, gen, fp8: bool):
@@ -114,10 +114,11 @@ def main():
                     + f"fused {row['fused_us']:7.1f} (bare {row['fused_bare_us']:7.1f}), best {best} "
                     f"[{row['weight_mb'] / best[-1] if best else 0:.2f} TB/s]")
             if fp8:  # the split-K kernel, bare: its partial sums, summed and scaled by the caller
-                bare_want = (x.float() @ w.float().t())
-                split_k = lambda c, config: fp8_matmul.launch(c[0], c[1], config).sum(0)  # noqa: E731
+                hi, lo, scales = split_rows(x)
+                bare_want = (hi.float() * scales[:, :1] + lo.float() * scales[:, 1:]) @ w.float().t()
+                split_k = lambda c, config: fp8_matmul.launch(hi, lo, scales, c[1], config).sum(0)  # noqa: E731
                 row["split_k_plan"] = list(fp8_matmul.plan(n, k, sms()))
-                row["split_k_us"] = streamed_us(lambda c: fp8_matmul.launch(c[0], c[1]).sum(0), case)
+                row["split_k_us"] = streamed_us(lambda c: fp8_matmul.launch(hi, lo, scales, c[1]).sum(0), case)
                 row["split_k_configs"] = timed_configs(split_k, bare_want, case, split_k_configs(n, k))
                 row["split_k_best"] = sk = fastest(row["split_k_configs"])
                 line += (f"; split-K plan {row['split_k_us']:7.1f}, best {sk} "

@@ -1,9 +1,9 @@
 """FP8 linear layers, three ways (fp8_mode):
 
-  weight-only         FP8 weights; a decode step's few rows stay bf16 and meet the weights in one Triton kernel
-                      that widens them in registers (fp8_matmul.py, split-K): half the bytes of bf16 where bytes
-                      are the cost. Prefill (many rows) quantises its activations (one compiled kernel) and runs
-                      FP8 tensor-core GEMMs with the bias inside.
+  weight-only         FP8 weights; a decode step's few rows meet them in FP8 MMAs as two FP8 terms that together
+                      keep bf16's precision (split_rows; fp8_matmul.py, split-K): half the bytes of bf16 where
+                      bytes are the cost. Prefill (many rows) quantises its activations (one compiled kernel) and
+                      runs FP8 tensor-core GEMMs with the bias inside.
                       With decode_linears=fused the decode rows go through rows_linear.py instead (no split-K;
                       through it FP8 was no faster than bf16 at batch 1 in run 10, where this kernel gave 1.08x
                       bf16 in run 7: docs/benchmarks.md).
@@ -58,6 +58,16 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (x / scale).to(FP8), scale
 
 
+def split_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (hi, lo: fp8 [M, K], scales: fp32 [M, 2]) with x ~= hi * scales[:, 0] + lo * scales[:, 1].
+
+    hi is x quantised per row (4 significant bits); lo is hi's rounding error quantised per row again, so the sum
+    keeps about 8 significant bits of each element, as bf16 does (fp8_matmul.py multiplies both by FP8 weights)."""
+    hi, hi_scale = quantize_rows(x)
+    lo, lo_scale = quantize_rows(x.float() - hi.float() * hi_scale)
+    return hi, lo, torch.cat([hi_scale, lo_scale], dim=1)
+
+
 @functools.cache
 def _compiled_quantize():
     return torch.compile(quantize_rows, dynamic=True, fullgraph=True)
@@ -93,7 +103,7 @@ class TorchFp8Linear(nn.Module):
         shape = x.shape
         rows = x.reshape(-1, self.in_features)  # [M, K]
         if self.weight_only and rows.shape[0] <= MAX_ROWS:
-            y = fp8_rows_matmul(rows, self.weight_fp8).sum(0) * self.weight_scale  # [M, N] fp32
+            y = fp8_rows_matmul(*split_rows(rows), self.weight_fp8).sum(0) * self.weight_scale  # [M, N] fp32
             if self.bias is not None:
                 y = y + self.bias
         else:
@@ -106,7 +116,8 @@ class TorchFp8Linear(nn.Module):
 
 
 class WeightOnlyFp8Linear(TorchFp8Linear):
-    """FP8 weights; up to MAX_ROWS bf16 rows through the FP8-weight kernel, more rows through _scaled_mm."""
+    """FP8 weights; up to MAX_ROWS rows as two FP8 terms through the FP8 rows kernel, more rows through
+    _scaled_mm."""
 
     weight_only = True
 

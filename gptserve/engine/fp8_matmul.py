@@ -1,10 +1,16 @@
 """y = x @ (W_fp8 * scale)^T for few rows of x: the decode step's GEMM with FP8 weights, one Triton kernel.
 
-A decode step of 1 to 16 rows multiplies them by every weight matrix once: it is bound by reading the weights, so FP8
-weights (1 byte each) can halve its time, but only if nothing reads them at a wider type. The kernel loads FP8
-tiles, widens them in registers and accumulates in fp32; each program covers BLOCK_N output columns over one
+A decode step of 2 to 16 rows multiplies them by every weight matrix once: it is bound by reading the weights, so FP8
+weights (1 byte each) halve its time only if they are read at HBM speed. Widening FP8 tiles to bf16 for a bf16 MMA
+held every kernel tried to 2.2-2.9 TB/s on the 40B's matrices, while an FP8 x FP8 MMA read them at 3.1-4.1 TB/s
+(bench.fp8_rows_variants on an H200, run 36 in docs/benchmarks.md). So the rows come as two FP8 terms,
+x ~= hi * s_hi + lo * s_lo (fp8.split_rows: lo is hi's rounding error, quantised again), which keep about as many
+bits of each element as bf16 does, and each weight tile meets both terms in FP8 MMAs.
+
+Each program takes BLOCK_N rows of W (brought in by the tensor-memory accelerator) as the MMA's left operand and
+the 16-row tiles of the two terms as its right ones (the MMA's M is W's rows: Hopper's FP8 MMA needs 64), over one
 slice of K (split-K, so a small matrix still spreads over every SM); the slices' partial sums are added by the
-caller, where the compiler fuses that sum with the scale, the bias and the next operation.
+caller, where the compiler fuses that sum with the weight scale, the bias and the next operation.
 
 Registered as the custom op gptserve::fp8_rows_matmul, so torch.compile and CUDA graphs take it as it is.
 Imports triton only when first used (GPU machines); CPUs never call it.
@@ -15,7 +21,7 @@ import functools
 
 import torch
 
-MAX_ROWS = 16  # tl.dot's smallest M tile: the op serves up to this many rows (larger decode steps: _scaled_mm)
+MAX_ROWS = 16  # the MMA's N tile: the op serves up to this many rows (larger decode steps: _scaled_mm)
 
 
 @functools.cache
@@ -24,35 +30,42 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def fp8_rows_matmul_kernel(x_ptr, w_ptr, out_ptr, M, N, K, K_PER_SPLIT, stride_xm, stride_wn, stride_os,
-                               stride_om, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        # x: [M, K] bf16/fp16; w: [N, K] fp8 (K contiguous); out: [SPLIT, M, N] fp32 partial sums
-        pid_n = tl.program_id(0)
-        split = tl.program_id(1)
+    def fp8_rows_matmul_kernel(hi_ptr, lo_ptr, scale_ptr, w_desc, out_ptr, M, N, K, K_PER_SPLIT, stride_xm,
+                               stride_os, stride_om, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # hi, lo: [M, K] fp8, the rows' two terms; scale: [M, 2] fp32, their scales; w: [N, K] fp8, tiles
+        # [BLOCK_N, BLOCK_K] (zeros past N and K); out: [SPLIT, M, N] fp32 partial sums
+        pid_n, split = tl.program_id(0), tl.program_id(1)
         rows = tl.arange(0, 16)
-        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        acc = tl.zeros((16, BLOCK_N), dtype=tl.float32)
-        k_start = split * K_PER_SPLIT
+        n0 = pid_n * BLOCK_N
+        acc_hi = tl.zeros((BLOCK_N, 16), dtype=tl.float32)
+        acc_lo = tl.zeros((BLOCK_N, 16), dtype=tl.float32)
         for k in range(0, K_PER_SPLIT, BLOCK_K):
-            ks = k_start + k + tl.arange(0, BLOCK_K)
-            x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :],
-                        mask=(rows[:, None] < M) & (ks[None, :] < K), other=0.0)  # [16, BLOCK_K]
-            w = tl.load(w_ptr + cols[None, :] * stride_wn + ks[:, None],
-                        mask=(cols[None, :] < N) & (ks[:, None] < K), other=0.0)  # [BLOCK_K, BLOCK_N]
-            acc = tl.dot(x, w.to(x.dtype), acc)
-        out = out_ptr + split * stride_os + rows[:, None] * stride_om + cols[None, :]
-        tl.store(out, acc, mask=(rows[:, None] < M) & (cols[None, :] < N))
+            k0 = split * K_PER_SPLIT + k
+            ks = k0 + tl.arange(0, BLOCK_K)
+            inside = (rows[:, None] < M) & (ks[None, :] < K)
+            at = rows[:, None] * stride_xm + ks[None, :]
+            hi = tl.load(hi_ptr + at, mask=inside, other=0.0)  # [16, BLOCK_K]
+            lo = tl.load(lo_ptr + at, mask=inside, other=0.0)
+            w = w_desc.load([n0, k0])  # [BLOCK_N, BLOCK_K]
+            acc_hi = tl.dot(w, tl.trans(hi), acc_hi)  # [BLOCK_N, 16]
+            acc_lo = tl.dot(w, tl.trans(lo), acc_lo)
+        row_ok = rows < M
+        s_hi = tl.load(scale_ptr + rows * 2, mask=row_ok, other=0.0)
+        s_lo = tl.load(scale_ptr + rows * 2 + 1, mask=row_ok, other=0.0)
+        acc = acc_hi * s_hi[None, :] + acc_lo * s_lo[None, :]
+        cols = n0 + tl.arange(0, BLOCK_N)
+        tl.store(out_ptr + split * stride_os + rows[None, :] * stride_om + cols[:, None], acc,
+                 mask=row_ok[None, :] & (cols[:, None] < N))
 
     return fp8_rows_matmul_kernel
 
 
 def plan(n: int, k: int, sms: int) -> tuple[int, int, int, int, int]:
-    """(BLOCK_N, BLOCK_K, num_warps, num_stages, SPLIT) for x [M <= 16, k] against W [n, k]: within 8% of the
-    best of bench.rows_linear_sweep's grid for every 40B matrix at 1 and 16 rows (run 26; a variant with the
-    weight tile as the MMA's left operand never won there)."""
-    block_n = 64 if n >= 8192 else 32
-    block_k = 128 if k >= 4096 else 64
-    return block_n, block_k, 4, 3, splits(n, k, block_n, block_k, 2 * sms)
+    """(BLOCK_N, BLOCK_K, num_warps, num_stages, SPLIT) for rows [M <= 16, k] against W [n, k]: 64 of W's rows
+    (one warpgroup's MMA), K in steps of 256, SPLIT for one program per SM where K allows (the one-term FP8 design's
+    best on every 40B matrix at 16 rows, run 36)."""
+    block_k = min(256, max(32, 1 << (k - 1).bit_length()))
+    return 64, block_k, 4, 4, splits(n, k, 64, block_k, sms)
 
 
 def splits(n: int, k: int, block_n: int, block_k: int, programs: int) -> int:
@@ -63,24 +76,29 @@ def splits(n: int, k: int, block_n: int, block_k: int, programs: int) -> int:
 
 
 @torch.library.custom_op("gptserve::fp8_rows_matmul", mutates_args=())
-def fp8_rows_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Partial sums [SPLIT, M, N] (fp32) of x [M, K] @ weight [N, K]^T, M <= 16; their sum over dim 0 is the
-    unscaled product."""
-    return launch(x, weight)
+def fp8_rows_matmul(hi: torch.Tensor, lo: torch.Tensor, scales: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Partial sums [SPLIT, M, N] (fp32) of x [M, K] @ weight [N, K]^T, M <= 16, x given as two FP8 terms
+    (fp8.split_rows); their sum over dim 0 is the product with weight's FP8 values (unscaled)."""
+    return launch(hi, lo, scales, weight)
 
 
-def launch(x: torch.Tensor, weight: torch.Tensor, config: tuple[int, int, int, int, int] | None = None):
+def launch(hi, lo, scales, weight, config: tuple[int, int, int, int, int] | None = None):
     """The kernel's partial sums; config: (BLOCK_N, BLOCK_K, num_warps, num_stages, SPLIT) in place of the plan
     (bench.rows_linear_sweep tries several)."""
-    m, k = x.shape
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    m, k = hi.shape
     n = weight.shape[0]
-    assert m <= MAX_ROWS and weight.shape[1] == k and weight.stride(1) == 1, (x.shape, weight.shape)
-    block_n, block_k, warps, stages, split = config or plan(n, k, _sms(x.device))
+    assert m <= MAX_ROWS and lo.shape == hi.shape and hi.stride() == lo.stride() and hi.stride(1) == 1, \
+        (hi.shape, lo.shape)
+    assert scales.shape == (m, 2) and scales.is_contiguous() and weight.shape[1] == k and weight.is_contiguous()
+    block_n, block_k, warps, stages, split = config or plan(n, k, _sms(hi.device))
     k_per_split = -(-k // block_k // split) * block_k
-    out = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
+    out = torch.empty((split, m, n), dtype=torch.float32, device=hi.device)
     grid = (-(-n // block_n), split)
-    _kernel()[grid](x, weight, out, m, n, k, k_per_split, x.stride(0), weight.stride(0), out.stride(0),
-                    out.stride(1), BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+    _kernel()[grid](hi, lo, scales, TensorDescriptor.from_tensor(weight, [block_n, block_k]), out, m, n, k,
+                    k_per_split, hi.stride(0), out.stride(0), out.stride(1), BLOCK_N=block_n, BLOCK_K=block_k,
+                    num_warps=warps, num_stages=stages)
     return out
 
 
@@ -89,7 +107,7 @@ def _sms(device) -> int:
 
 
 @fp8_rows_matmul.register_fake
-def _(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    n, k = weight.shape[0], x.shape[1]
-    split = plan(n, k, _sms(x.device))[4]
-    return x.new_empty((split, x.shape[0], n), dtype=torch.float32)
+def _(hi: torch.Tensor, lo: torch.Tensor, scales: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    n, k = weight.shape[0], hi.shape[1]
+    split = plan(n, k, _sms(hi.device))[4]
+    return hi.new_empty((split, hi.shape[0], n), dtype=torch.float32)

@@ -131,7 +131,8 @@ WIDE = ((8192, 4096), (4096, 8192))  # a wide model's matrices: rows_linear's wi
 
 @pytest.mark.parametrize("rows", [1, 3, 16])
 def test_fp8_weight_only_kernel_matches_dequantized_weights(rows):
-    """The FP8-weight kernel computes x @ (W_fp8 * scale)^T: against the same product in fp32."""
+    """The FP8-weight kernel computes x @ (W_fp8 * scale)^T: against the same product in fp32, within bf16's
+    rounding (the rows go in as two FP8 terms, the output comes out in bf16)."""
     from gptserve.engine.fp8 import WeightOnlyFp8Linear
 
     if torch.cuda.get_device_capability() < (8, 9):
@@ -145,7 +146,9 @@ def test_fp8_weight_only_kernel_matches_dequantized_weights(rows):
         want = x.float() @ dequantized[:n].t() + linear.bias.float()
         got = layer(x).float()
         assert got.shape == (rows, n)
-        assert ((got - want).norm() / want.norm()).item() < 1e-2, (n, k)
+        error = ((got - want).norm() / want.norm()).item()
+        print(f"rows {rows} n {n} k {k}: relative error {error:.2e}")
+        assert error < 4e-3, (n, k, error)
 
 
 @pytest.mark.parametrize("rows", [1, 3, 16])

@@ -1,0 +1,62 @@
+"""The FP8 rows kernel (fp8_matmul) and its two-term rows (fp8.split_rows): the two terms keep more of each row
+than bf16 rounding does, the plan covers the matrix in whole blocks, and the kernel (run by Triton's CPU
+interpreter where triton is installed; CI has none) equals the two terms' product with the FP8 weights, also where
+N and K end inside a block and K's last slice runs past K."""
+import pytest
+import torch
+
+from gptserve.engine import fp8_matmul
+from gptserve.engine.fp8 import quantize_rows, split_rows
+from tests.unit.triton_interpreter import needs_triton, run_interpreted
+
+
+def joined(hi, lo, scales):
+    return hi.double() * scales[:, :1] + lo.double() * scales[:, 1:]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("magnitude", [1e-6, 1.0, 1e4])
+def test_split_rows_keeps_more_than_bf16_rounding(dtype, magnitude):
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(33, 4096, generator=gen) * magnitude).to(dtype)
+    x[3] = 0  # an all-zero row: both scales at their floor, both terms zero
+    x[5, 7] = -3 * x[5].abs().max()  # an outlier sets its row's scales
+    hi, lo, scales = split_rows(x)
+    assert hi.dtype == lo.dtype == torch.float8_e4m3fn and scales.shape == (33, 2)
+    want = x.double()
+    error = (joined(hi, lo, scales) - want).norm() / want.norm()
+    bf16_rounding = (want.bfloat16().double() - want).norm() / want.norm() if dtype == torch.float32 else 2.0 ** -9
+    assert error < bf16_rounding, (error, bf16_rounding)
+    assert not joined(hi, lo, scales)[3].any()
+
+
+def test_plan_covers_the_matrix_in_whole_blocks():
+    for n, k in [(3840, 1280), (1280, 5120), (24576, 8192), (8192, 32768), (192, 64)]:
+        block_n, block_k, warps, stages, split = fp8_matmul.plan(n, k, 132)
+        assert block_n == 64 and block_k & (block_k - 1) == 0 and 32 <= block_k <= 256 and warps == 4
+        k_per_split = -(-k // block_k // split) * block_k
+        assert k_per_split * split >= k > k_per_split * (split - 1)  # every slice reads some of K
+    assert fp8_matmul.plan(8192, 8192, 132)[4] == 2  # 128 column blocks: two slices fill 132 SMs
+
+
+def check_kernel(rows: str):
+    """The kernel's partial sums against the two terms' product in float64 (run_interpreted calls this)."""
+    rows = int(rows)
+    gen = torch.Generator().manual_seed(rows)
+    # N past a 64-row block; K 320 in blocks of 64 over 3 slices of 128: the last slice runs past K
+    for n, k, config in [(200, 320, (64, 64, 4, 1, 3)), (128, 256, (64, 128, 4, 2, 1))]:
+        w, _ = quantize_rows(torch.randn(n, k, generator=gen))
+        x = torch.randn(rows, k, generator=gen).bfloat16()
+        hi, lo, scales = split_rows(x)
+        partial = fp8_matmul.launch(hi, lo, scales, w, config)
+        assert partial.shape == (config[4], rows, n)
+        got, want = partial.double().sum(0), joined(hi, lo, scales) @ w.double().t()
+        assert ((got - want).norm() / want.norm()).item() < 1e-5, (n, k)
+        exact = x.double() @ w.double().t()
+        assert ((got - exact).norm() / exact.norm()).item() < 2.0 ** -9, (n, k)
+
+
+@needs_triton
+@pytest.mark.parametrize("rows", [1, 5, 16])
+def test_kernel_equals_the_two_terms_product(rows):
+    run_interpreted("tests.unit.test_fp8_matmul", "check_kernel", rows)
