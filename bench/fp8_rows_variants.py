@@ -13,6 +13,8 @@ by the tensor-memory accelerator):
   two-term      the engine's kernel (gptserve.engine.fp8_matmul): x as two FP8 terms, two FP8 MMAs per tile
   split-inside  two-term with the terms made in the kernel, per tile of x (scales per row and K block), from the
                 bf16 rows: no quantisation kernels before it, and the MMAs' sums scaled into fp32 every tile
+  terms-inside  two-term with the terms made in the kernel from the bf16 rows and split_rows' row scales (the
+                compiled step would take only the row maxima before it)
   scaled_mm     cuBLAS's FP8 GEMM (torch._scaled_mm, x quantised per row, fast accumulation)
 Needs a CUDA GPU of compute capability 9.0 and triton >= 3.3.
 """
@@ -26,7 +28,7 @@ import torch
 
 from gptserve.engine import fp8_matmul
 from gptserve.engine.config import PRESETS
-from gptserve.engine.fp8 import quantize_rows, split_rows
+from gptserve.engine.fp8 import join_rows, quantize_rows, split_rows
 
 from . import header
 from .sweep import fastest, relative_error, timed_configs, write_report
@@ -78,25 +80,38 @@ def _kernels():
 
     @triton.jit
     def split_inside_kernel(x_ptr, w_desc, out_ptr, M, K, K_PER_SPLIT, stride_xm, stride_os, stride_om, N,
-                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        # two-term, with the terms made here per tile of x (scales per row and K block) from the bf16 rows, and the
-        # MMAs' sums scaled into an fp32 accumulator every tile
+                            row_scale_ptr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ROW_SCALE: tl.constexpr):
+        # two-term, with the terms made here from the bf16 rows, each tile of x: ROW_SCALE, at the rows' given
+        # scales (as split_rows, lo in units 16 times finer), the MMAs chained; else at scales per row and K block
+        # (two maxima a tile), the MMAs' sums scaled into an fp32 accumulator every tile
         pid_n, split = tl.program_id(0), tl.program_id(1)
         rows = tl.arange(0, 16)
         n0 = pid_n * BLOCK_N
         acc = tl.zeros((BLOCK_N, 16), dtype=tl.float32)
+        acc_lo = tl.zeros((BLOCK_N, 16), dtype=tl.float32)
+        if ROW_SCALE:
+            row_scale = tl.load(row_scale_ptr + rows, mask=rows < M, other=1.0)
         for k in range(0, K_PER_SPLIT, BLOCK_K):
             k0 = split * K_PER_SPLIT + k
             ks = k0 + tl.arange(0, BLOCK_K)
             x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=(rows[:, None] < M) & (ks[None, :] < K),
                         other=0.0).to(tl.float32)  # [16, BLOCK_K]
-            hi_scale = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-30) / 448.0
-            hi = tl.clamp(x / hi_scale[:, None], -448.0, 448.0).to(tl.float8e4nv)
-            rest = x - hi.to(tl.float32) * hi_scale[:, None]
-            lo_scale = tl.maximum(tl.max(tl.abs(rest), axis=1), 1e-30) / 448.0
-            lo = tl.clamp(rest / lo_scale[:, None], -448.0, 448.0).to(tl.float8e4nv)
             w = w_desc.load([n0, k0])  # [BLOCK_N, BLOCK_K] fp8
-            acc += tl.dot(w, tl.trans(hi)) * hi_scale[None, :] + tl.dot(w, tl.trans(lo)) * lo_scale[None, :]
+            if ROW_SCALE:
+                hi = tl.clamp(x / row_scale[:, None], -448.0, 448.0).to(tl.float8e4nv)
+                rest = x - hi.to(tl.float32) * row_scale[:, None]
+                lo = tl.clamp(rest * (16.0 / row_scale[:, None]), -448.0, 448.0).to(tl.float8e4nv)
+                acc = tl.dot(w, tl.trans(hi), acc)
+                acc_lo = tl.dot(w, tl.trans(lo), acc_lo)
+            else:
+                hi_scale = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-30) / 448.0
+                hi = tl.clamp(x / hi_scale[:, None], -448.0, 448.0).to(tl.float8e4nv)
+                rest = x - hi.to(tl.float32) * hi_scale[:, None]
+                lo_scale = tl.maximum(tl.max(tl.abs(rest), axis=1), 1e-30) / 448.0
+                lo = tl.clamp(rest / lo_scale[:, None], -448.0, 448.0).to(tl.float8e4nv)
+                acc += tl.dot(w, tl.trans(hi)) * hi_scale[None, :] + tl.dot(w, tl.trans(lo)) * lo_scale[None, :]
+        if ROW_SCALE:
+            acc = (acc + acc_lo * (1.0 / 16.0)) * row_scale[None, :]
         cols = n0 + tl.arange(0, BLOCK_N)
         tl.store(out_ptr + split * stride_os + rows[None, :] * stride_om + cols[:, None], acc,
                  mask=(rows[None, :] < M) & (cols[:, None] < N))
@@ -104,7 +119,7 @@ def _kernels():
     return tma_kernel, swap_kernel, split_inside_kernel
 
 
-def launch(design: str, x, w, config):
+def launch(design: str, x, w, config, row_scale=None):
     """Partial sums [SPLIT, M, N] fp32 of x @ w^T by one of this sweep's own designs (widened, widened-swap,
     one-term: x already FP8); config (BLOCK_N, BLOCK_K, warps, stages, SPLIT)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -121,8 +136,8 @@ def launch(design: str, x, w, config):
     args = (x, desc, out, m, k, k_per_split, x.stride(0), out.stride(0), out.stride(1), n)
     if design == "widened":
         tma_kernel[grid](*args, **common)
-    elif design == "split-inside":
-        split_inside_kernel[grid](*args, **common)
+    elif design in ("split-inside", "terms-inside"):
+        split_inside_kernel[grid](*args, row_scale, ROW_SCALE=row_scale is not None, **common)
     else:
         swap_kernel[grid](*args, FP8_X=design == "one-term", **common)
     return out
@@ -144,7 +159,7 @@ def designs(x, w, w_scale, n: int, k: int, sms: int) -> dict:
     each config), the result the bf16 rows give (to measure its error)), every result unscaled by W's scales
     except scaled_mm's."""
     xq, x_scale = quantize_rows(x)
-    hi, lo, scales = split_rows(x)
+    hi, lo, scale = split_rows(x)
     exact = x.float() @ w.float().t()
     grid = configs(n, k, sms)
     return {
@@ -152,9 +167,10 @@ def designs(x, w, w_scale, n: int, k: int, sms: int) -> dict:
         "widened-swap": (lambda c, cfg: launch("widened-swap", c[1], c[0], cfg).sum(0), (w, x), grid, exact, exact),
         "one-term": (lambda c, cfg: launch("one-term", c[1], c[0], cfg).sum(0) * x_scale, (w, xq), grid,
                      (xq.float() * x_scale) @ w.float().t(), exact),
-        "two-term": (lambda c, cfg: fp8_matmul.launch(hi, lo, scales, c[0], cfg).sum(0), (w,), grid,
-                     (hi.float() * scales[:, :1] + lo.float() * scales[:, 1:]) @ w.float().t(), exact),
+        "two-term": (lambda c, cfg: fp8_matmul.launch(hi, lo, scale, c[0], cfg).sum(0), (w,), grid,
+                     join_rows(hi, lo, scale) @ w.float().t(), exact),
         "split-inside": (lambda c, cfg: launch("split-inside", x, c[0], cfg).sum(0), (w,), grid, exact, exact),
+        "terms-inside": (lambda c, cfg: launch("terms-inside", x, c[0], cfg, scale).sum(0), (w,), grid, exact, exact),
         "scaled_mm": (lambda c, _: torch._scaled_mm(xq, c[0].t(), scale_a=x_scale, scale_b=w_scale.t().contiguous(),
                                                     out_dtype=torch.bfloat16, use_fast_accum=True),
                       (w,), [("cublas",)], (xq.float() * x_scale) @ (w.float() * w_scale).t(), exact * w_scale.t()),
@@ -165,7 +181,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="gpt-large-40b")
     p.add_argument("--rows", default="16")
-    p.add_argument("--designs", default="widened,widened-swap,one-term,two-term,split-inside,scaled_mm")
+    p.add_argument("--designs", default="widened,widened-swap,one-term,two-term,split-inside,terms-inside,scaled_mm")
     p.add_argument("--output", default="artifacts/bench")
     args = p.parse_args()
     sms = torch.cuda.get_device_properties(0).multi_processor_count

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .fp8_matmul import MAX_ROWS, fp8_rows_matmul
+from .fp8_matmul import LO_RATIO, MAX_ROWS, fp8_rows_matmul
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max  # 448
@@ -59,13 +59,19 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def split_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x [M, K] -> (hi, lo: fp8 [M, K], scales: fp32 [M, 2]) with x ~= hi * scales[:, 0] + lo * scales[:, 1].
+    """x [M, K] -> (hi, lo: fp8 [M, K], scale: fp32 [M]) with x ~= (hi + lo / LO_RATIO) * scale.
 
-    hi is x quantised per row (4 significant bits); lo is hi's rounding error quantised per row again, so the sum
-    keeps about 8 significant bits of each element, as bf16 does (fp8_matmul.py multiplies both by FP8 weights)."""
-    hi, hi_scale = quantize_rows(x)
-    lo, lo_scale = quantize_rows(x.float() - hi.float() * hi_scale)
-    return hi, lo, torch.cat([hi_scale, lo_scale], dim=1)
+    hi is x quantised per row (4 significant bits); lo is hi's rounding error in units LO_RATIO times finer, so the
+    sum keeps about 8 significant bits of each element, as bf16 does (fp8_matmul.py multiplies both by FP8
+    weights). One row maximum, no clamp (as quantize_rows)."""
+    hi, scale = quantize_rows(x)
+    lo = ((x.float() - hi.float() * scale) * (LO_RATIO / scale)).to(FP8)
+    return hi, lo, scale.view(-1)
+
+
+def join_rows(hi: torch.Tensor, lo: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The rows split_rows' terms stand for, in fp32 (exact: each term has 4 significant bits)."""
+    return (hi.float() + lo.float() / LO_RATIO) * scale[:, None]
 
 
 @functools.cache

@@ -3,9 +3,9 @@
 A decode step of 2 to 16 rows multiplies them by every weight matrix once: it is bound by reading the weights, so FP8
 weights (1 byte each) halve its time only if they are read at HBM speed. Widening FP8 tiles to bf16 for a bf16 MMA
 held every kernel tried to 2.2-2.9 TB/s on the 40B's matrices, while an FP8 x FP8 MMA read them at 3.1-4.1 TB/s
-(bench.fp8_rows_variants on an H200, run 36 in docs/benchmarks.md). So the rows come as two FP8 terms,
-x ~= hi * s_hi + lo * s_lo (fp8.split_rows: lo is hi's rounding error, quantised again), which keep about as many
-bits of each element as bf16 does, and each weight tile meets both terms in FP8 MMAs.
+(bench.fp8_rows_variants on an H200, runs 36-38 in docs/benchmarks.md). So the rows come as two FP8 terms,
+x ~= (hi + lo / LO_RATIO) * scale (fp8.split_rows: lo is hi's rounding error, quantised again), which keep about as
+many bits of each element as bf16 does, and each weight tile meets both terms in FP8 MMAs.
 
 Each program takes BLOCK_N rows of W (brought in by the tensor-memory accelerator) as the MMA's left operand and
 the 16-row tiles of the two terms as its right ones (the MMA's M is W's rows: Hopper's FP8 MMA needs 64), over one
@@ -22,6 +22,9 @@ import functools
 import torch
 
 MAX_ROWS = 16  # the MMA's N tile: the op serves up to this many rows (larger decode steps: _scaled_mm)
+# lo's unit is hi's / LO_RATIO: hi's rounding error is at most 16 of its units (e4m3 steps by 32 from 256 to 448),
+# so lo stays within 256 of its own, inside e4m3's 448, with no second row maximum to take
+LO_RATIO = 16
 
 
 @functools.cache
@@ -31,8 +34,9 @@ def _kernel():
 
     @triton.jit
     def fp8_rows_matmul_kernel(hi_ptr, lo_ptr, scale_ptr, w_desc, out_ptr, M, N, K, K_PER_SPLIT, stride_xm,
-                               stride_os, stride_om, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        # hi, lo: [M, K] fp8, the rows' two terms; scale: [M, 2] fp32, their scales; w: [N, K] fp8, tiles
+                               stride_os, stride_om, LO_RATIO: tl.constexpr, BLOCK_N: tl.constexpr,
+                               BLOCK_K: tl.constexpr):
+        # hi, lo: [M, K] fp8, the rows' two terms; scale: [M] fp32, hi's unit; w: [N, K] fp8, tiles
         # [BLOCK_N, BLOCK_K] (zeros past N and K); out: [SPLIT, M, N] fp32 partial sums
         pid_n, split = tl.program_id(0), tl.program_id(1)
         rows = tl.arange(0, 16)
@@ -50,9 +54,7 @@ def _kernel():
             acc_hi = tl.dot(w, tl.trans(hi), acc_hi)  # [BLOCK_N, 16]
             acc_lo = tl.dot(w, tl.trans(lo), acc_lo)
         row_ok = rows < M
-        s_hi = tl.load(scale_ptr + rows * 2, mask=row_ok, other=0.0)
-        s_lo = tl.load(scale_ptr + rows * 2 + 1, mask=row_ok, other=0.0)
-        acc = acc_hi * s_hi[None, :] + acc_lo * s_lo[None, :]
+        acc = (acc_hi + acc_lo * (1.0 / LO_RATIO)) * tl.load(scale_ptr + rows, mask=row_ok, other=0.0)[None, :]
         cols = n0 + tl.arange(0, BLOCK_N)
         tl.store(out_ptr + split * stride_os + rows[None, :] * stride_om + cols[:, None], acc,
                  mask=row_ok[None, :] & (cols[:, None] < N))
@@ -91,14 +93,14 @@ def launch(hi, lo, scales, weight, config: tuple[int, int, int, int, int] | None
     n = weight.shape[0]
     assert m <= MAX_ROWS and lo.shape == hi.shape and hi.stride() == lo.stride() and hi.stride(1) == 1, \
         (hi.shape, lo.shape)
-    assert scales.shape == (m, 2) and scales.is_contiguous() and weight.shape[1] == k and weight.is_contiguous()
+    assert scales.shape == (m,) and scales.is_contiguous() and weight.shape[1] == k and weight.is_contiguous()
     block_n, block_k, warps, stages, split = config or plan(n, k, _sms(hi.device))
     k_per_split = -(-k // block_k // split) * block_k
     out = torch.empty((split, m, n), dtype=torch.float32, device=hi.device)
     grid = (-(-n // block_n), split)
     _kernel()[grid](hi, lo, scales, TensorDescriptor.from_tensor(weight, [block_n, block_k]), out, m, n, k,
-                    k_per_split, hi.stride(0), out.stride(0), out.stride(1), BLOCK_N=block_n, BLOCK_K=block_k,
-                    num_warps=warps, num_stages=stages)
+                    k_per_split, hi.stride(0), out.stride(0), out.stride(1), LO_RATIO=LO_RATIO, BLOCK_N=block_n,
+                    BLOCK_K=block_k, num_warps=warps, num_stages=stages)
     return out
 
 

@@ -6,12 +6,8 @@ import pytest
 import torch
 
 from gptserve.engine import fp8_matmul
-from gptserve.engine.fp8 import quantize_rows, split_rows
+from gptserve.engine.fp8 import FP8_MAX, join_rows, quantize_rows, split_rows
 from tests.unit.triton_interpreter import needs_triton, run_interpreted
-
-
-def joined(hi, lo, scales):
-    return hi.double() * scales[:, :1] + lo.double() * scales[:, 1:]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -19,15 +15,17 @@ def joined(hi, lo, scales):
 def test_split_rows_keeps_more_than_bf16_rounding(dtype, magnitude):
     gen = torch.Generator().manual_seed(0)
     x = (torch.randn(33, 4096, generator=gen) * magnitude).to(dtype)
-    x[3] = 0  # an all-zero row: both scales at their floor, both terms zero
-    x[5, 7] = -3 * x[5].abs().max()  # an outlier sets its row's scales
-    hi, lo, scales = split_rows(x)
-    assert hi.dtype == lo.dtype == torch.float8_e4m3fn and scales.shape == (33, 2)
+    x[3] = 0  # an all-zero row: the scale at its floor, both terms zero
+    x[5, 7] = -3 * x[5].abs().max()  # an outlier sets its row's scale
+    x[6] = torch.linspace(-1, 1, 4096) * magnitude  # every rounding error hi can leave, up to the largest (16 units)
+    hi, lo, scale = split_rows(x)
+    assert hi.dtype == lo.dtype == torch.float8_e4m3fn and scale.shape == (33,)
+    assert not lo.float().isnan().any() and lo.float().abs().max() <= FP8_MAX / 1.75  # within 256 of lo's units
     want = x.double()
-    error = (joined(hi, lo, scales) - want).norm() / want.norm()
+    error = (join_rows(hi, lo, scale).double() - want).norm() / want.norm()
     bf16_rounding = (want.bfloat16().double() - want).norm() / want.norm() if dtype == torch.float32 else 2.0 ** -9
     assert error < bf16_rounding, (error, bf16_rounding)
-    assert not joined(hi, lo, scales)[3].any()
+    assert not join_rows(hi, lo, scale)[3].any()
 
 
 def test_plan_covers_the_matrix_in_whole_blocks():
@@ -47,10 +45,10 @@ def check_kernel(rows: str):
     for n, k, config in [(200, 320, (64, 64, 4, 1, 3)), (128, 256, (64, 128, 4, 2, 1))]:
         w, _ = quantize_rows(torch.randn(n, k, generator=gen))
         x = torch.randn(rows, k, generator=gen).bfloat16()
-        hi, lo, scales = split_rows(x)
-        partial = fp8_matmul.launch(hi, lo, scales, w, config)
+        hi, lo, scale = split_rows(x)
+        partial = fp8_matmul.launch(hi, lo, scale, w, config)
         assert partial.shape == (config[4], rows, n)
-        got, want = partial.double().sum(0), joined(hi, lo, scales) @ w.double().t()
+        got, want = partial.double().sum(0), join_rows(hi, lo, scale).double() @ w.double().t()
         assert ((got - want).norm() / want.norm()).item() < 1e-5, (n, k)
         exact = x.double() @ w.double().t()
         assert ((got - exact).norm() / exact.norm()).item() < 2.0 ** -9, (n, k)
