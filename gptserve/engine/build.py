@@ -20,8 +20,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 # decode_linears=auto, bf16: fused linears only for models this narrow, whose decode steps are bound by kernel
 # count and latency (gpt2-large, 1280, where it was measured); a wide model's cuBLAS GEMVs already read HBM near
 # the floor (the 40B, 8192: 96%). With FP8 weight-only the wide model's one-row step fuses too: there the fused
-# kernel reads FP8 weights at 3.3-3.9 TB/s where the split-K kernel reaches 2.4-3.2 (run 26), and the step is
-# 1.72x bf16 (runs 27, 31)
+# kernel reads FP8 weights at 3.3-3.9 TB/s (run 26), as fast as the two-term split-K kernel that serves 2-16 rows
+# (run 39), without the kernels that make the two terms; the step is 1.72-1.74x bf16 (runs 31, 40)
 NARROW_MAX_EMBD = 2048
 
 

@@ -4,9 +4,9 @@
                       keep bf16's precision (split_rows; fp8_matmul.py, split-K): half the bytes of bf16 where
                       bytes are the cost. Prefill (many rows) quantises its activations (one compiled kernel) and
                       runs FP8 tensor-core GEMMs with the bias inside.
-                      With decode_linears=fused the decode rows go through rows_linear.py instead (no split-K;
-                      through it FP8 was no faster than bf16 at batch 1 in run 10, where this kernel gave 1.08x
-                      bf16 in run 7: docs/benchmarks.md).
+                      With decode_linears fused or one_row, one-row steps go through rows_linear.py instead
+                      (bf16 rows, FP8 weights widened in registers: at one row that reads them at 3.3-3.9 TB/s,
+                      run 26 in docs/benchmarks.md, with no quantisation kernels before it).
   torch               FP8 weights and activations everywhere (dynamic row-wise activation scales, _scaled_mm).
   transformer-engine  te.Linear under FP8 autocast (optional package).
 
