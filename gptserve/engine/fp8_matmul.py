@@ -3,7 +3,7 @@
 A decode step of 2 to 16 rows multiplies them by every weight matrix once: it is bound by reading the weights, so FP8
 weights (1 byte each) halve its time only if they are read at HBM speed. Widening FP8 tiles to bf16 for a bf16 MMA
 held every kernel tried to 2.2-2.9 TB/s on the 40B's matrices, while an FP8 x FP8 MMA read them at 3.1-4.1 TB/s
-(bench.fp8_rows_variants on an H200, runs 36-38 in docs/benchmarks.md). So the rows come as two FP8 terms,
+(bench.fp8_rows_variants on an H200, runs 36-40 in docs/benchmarks.md). So the rows come as two FP8 terms,
 x ~= (hi + lo / LO_RATIO) * scale (fp8.split_rows: lo is hi's rounding error, quantised again), which keep about as
 many bits of each element as bf16 does, and each weight tile meets both terms in FP8 MMAs.
 
