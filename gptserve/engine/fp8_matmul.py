@@ -64,8 +64,9 @@ def _kernel():
 
 def plan(n: int, k: int, sms: int) -> tuple[int, int, int, int, int]:
     """(BLOCK_N, BLOCK_K, num_warps, num_stages, SPLIT) for rows [M <= 16, k] against W [n, k]: 64 of W's rows
-    (one warpgroup's MMA), K in steps of 256, SPLIT for one program per SM where K allows (the one-term FP8 design's
-    best on every 40B matrix at 16 rows, run 36)."""
+    (one warpgroup's MMA), K in steps of 256, SPLIT for one program per SM where K allows: the shape of the FP8
+    designs' best on the 40B's matrices (runs 36-37). In the engine it took ~198 us a 40B block at 16 rows (run
+    38's profile), where the sweeps' best of each matrix add up to 212-216."""
     block_k = min(256, max(32, 1 << (k - 1).bit_length()))
     return 64, block_k, 4, 4, splits(n, k, 64, block_k, sms)
 
@@ -78,13 +79,13 @@ def splits(n: int, k: int, block_n: int, block_k: int, programs: int) -> int:
 
 
 @torch.library.custom_op("gptserve::fp8_rows_matmul", mutates_args=())
-def fp8_rows_matmul(hi: torch.Tensor, lo: torch.Tensor, scales: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def fp8_rows_matmul(hi: torch.Tensor, lo: torch.Tensor, scale: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Partial sums [SPLIT, M, N] (fp32) of x [M, K] @ weight [N, K]^T, M <= 16, x given as two FP8 terms
     (fp8.split_rows); their sum over dim 0 is the product with weight's FP8 values (unscaled)."""
-    return launch(hi, lo, scales, weight)
+    return launch(hi, lo, scale, weight)
 
 
-def launch(hi, lo, scales, weight, config: tuple[int, int, int, int, int] | None = None):
+def launch(hi, lo, scale, weight, config: tuple[int, int, int, int, int] | None = None):
     """The kernel's partial sums; config: (BLOCK_N, BLOCK_K, num_warps, num_stages, SPLIT) in place of the plan
     (bench.rows_linear_sweep tries several)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -93,12 +94,12 @@ def launch(hi, lo, scales, weight, config: tuple[int, int, int, int, int] | None
     n = weight.shape[0]
     assert m <= MAX_ROWS and lo.shape == hi.shape and hi.stride() == lo.stride() and hi.stride(1) == 1, \
         (hi.shape, lo.shape)
-    assert scales.shape == (m,) and scales.is_contiguous() and weight.shape[1] == k and weight.is_contiguous()
+    assert scale.shape == (m,) and scale.is_contiguous() and weight.shape[1] == k and weight.is_contiguous()
     block_n, block_k, warps, stages, split = config or plan(n, k, _sms(hi.device))
     k_per_split = -(-k // block_k // split) * block_k
     out = torch.empty((split, m, n), dtype=torch.float32, device=hi.device)
     grid = (-(-n // block_n), split)
-    _kernel()[grid](hi, lo, scales, TensorDescriptor.from_tensor(weight, [block_n, block_k]), out, m, n, k,
+    _kernel()[grid](hi, lo, scale, TensorDescriptor.from_tensor(weight, [block_n, block_k]), out, m, n, k,
                     k_per_split, hi.stride(0), out.stride(0), out.stride(1), LO_RATIO=LO_RATIO, BLOCK_N=block_n,
                     BLOCK_K=block_k, num_warps=warps, num_stages=stages)
     return out
@@ -109,7 +110,7 @@ def _sms(device) -> int:
 
 
 @fp8_rows_matmul.register_fake
-def _(hi: torch.Tensor, lo: torch.Tensor, scales: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _(hi: torch.Tensor, lo: torch.Tensor, scale: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     n, k = weight.shape[0], hi.shape[1]
     split = plan(n, k, _sms(hi.device))[4]
     return hi.new_empty((split, hi.shape[0], n), dtype=torch.float32)
