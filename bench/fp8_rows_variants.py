@@ -80,9 +80,10 @@ def _kernels():
 
     @triton.jit
     def split_inside_kernel(x_ptr, w_desc, out_ptr, M, K, K_PER_SPLIT, stride_xm, stride_os, stride_om, N,
-                            row_scale_ptr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ROW_SCALE: tl.constexpr):
+                            row_scale_ptr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ROW_SCALE: tl.constexpr,
+                            LO_RATIO: tl.constexpr):
         # two-term, with the terms made here from the bf16 rows, each tile of x: ROW_SCALE, at the rows' given
-        # scales (as split_rows, lo in units 16 times finer), the MMAs chained; else at scales per row and K block
+        # scales (as split_rows, lo in units LO_RATIO times finer), the MMAs chained; else at scales per row and K block
         # (two maxima a tile), the MMAs' sums scaled into an fp32 accumulator every tile
         pid_n, split = tl.program_id(0), tl.program_id(1)
         rows = tl.arange(0, 16)
@@ -100,7 +101,7 @@ def _kernels():
             if ROW_SCALE:
                 hi = tl.clamp(x / row_scale[:, None], -448.0, 448.0).to(tl.float8e4nv)
                 rest = x - hi.to(tl.float32) * row_scale[:, None]
-                lo = tl.clamp(rest * (16.0 / row_scale[:, None]), -448.0, 448.0).to(tl.float8e4nv)
+                lo = tl.clamp(rest * (LO_RATIO / row_scale[:, None]), -448.0, 448.0).to(tl.float8e4nv)
                 acc = tl.dot(w, tl.trans(hi), acc)
                 acc_lo = tl.dot(w, tl.trans(lo), acc_lo)
             else:
@@ -111,7 +112,7 @@ def _kernels():
                 lo = tl.clamp(rest / lo_scale[:, None], -448.0, 448.0).to(tl.float8e4nv)
                 acc += tl.dot(w, tl.trans(hi)) * hi_scale[None, :] + tl.dot(w, tl.trans(lo)) * lo_scale[None, :]
         if ROW_SCALE:
-            acc = (acc + acc_lo * (1.0 / 16.0)) * row_scale[None, :]
+            acc = (acc + acc_lo * (1.0 / LO_RATIO)) * row_scale[None, :]
         cols = n0 + tl.arange(0, BLOCK_N)
         tl.store(out_ptr + split * stride_os + rows[None, :] * stride_om + cols[:, None], acc,
                  mask=(rows[None, :] < M) & (cols[:, None] < N))
@@ -120,8 +121,9 @@ def _kernels():
 
 
 def launch(design: str, x, w, config, row_scale=None):
-    """Partial sums [SPLIT, M, N] fp32 of x @ w^T by one of this sweep's own designs (widened, widened-swap,
-    one-term: x already FP8); config (BLOCK_N, BLOCK_K, warps, stages, SPLIT)."""
+    """Partial sums [SPLIT, M, N] fp32 of x @ w^T by one of this sweep's own designs: widened, widened-swap,
+    one-term (x already FP8, the sums unscaled by its scale), split-inside, terms-inside (row_scale: split_rows'
+    scale); config (BLOCK_N, BLOCK_K, warps, stages, SPLIT)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     m, k = x.shape
@@ -137,7 +139,8 @@ def launch(design: str, x, w, config, row_scale=None):
     if design == "widened":
         tma_kernel[grid](*args, **common)
     elif design in ("split-inside", "terms-inside"):
-        split_inside_kernel[grid](*args, row_scale, ROW_SCALE=row_scale is not None, **common)
+        split_inside_kernel[grid](*args, row_scale, ROW_SCALE=row_scale is not None, LO_RATIO=fp8_matmul.LO_RATIO,
+                                  **common)
     else:
         swap_kernel[grid](*args, FP8_X=design == "one-term", **common)
     return out
