@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import itertools
 
 import torch
 
@@ -31,6 +30,7 @@ from gptserve.engine.config import PRESETS
 from gptserve.engine.fp8 import join_rows, quantize_rows, split_rows
 
 from . import header
+from .rows_linear_sweep import layers, split_k_configs
 from .sweep import fastest, relative_error, timed_configs, write_report
 
 
@@ -40,40 +40,30 @@ def _kernels():
     import triton.language as tl
 
     @triton.jit
-    def tma_kernel(x_ptr, w_desc, out_ptr, M, K, K_PER_SPLIT, stride_xm, stride_os, stride_om, N,
-                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    def tile_kernel(x_ptr, w_desc, out_ptr, M, K, K_PER_SPLIT, stride_xm, stride_os, stride_om, N,
+                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, W_LEFT: tl.constexpr, FP8_X: tl.constexpr):
+        # W's tile widened to x's dtype unless FP8_X (x already FP8), the MMA's left operand if W_LEFT
         pid_n, split = tl.program_id(0), tl.program_id(1)
         rows = tl.arange(0, 16)
         n0 = pid_n * BLOCK_N
-        acc = tl.zeros((16, BLOCK_N), dtype=tl.float32)
+        if W_LEFT:
+            acc = tl.zeros((BLOCK_N, 16), dtype=tl.float32)
+        else:
+            acc = tl.zeros((16, BLOCK_N), dtype=tl.float32)
         for k in range(0, K_PER_SPLIT, BLOCK_K):
             k0 = split * K_PER_SPLIT + k
             ks = k0 + tl.arange(0, BLOCK_K)
             x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=(rows[:, None] < M) & (ks[None, :] < K),
                         other=0.0)  # [16, BLOCK_K]
             w = w_desc.load([n0, k0])  # [BLOCK_N, BLOCK_K] fp8
-            acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc)
-        cols = n0 + tl.arange(0, BLOCK_N)
-        tl.store(out_ptr + split * stride_os + rows[:, None] * stride_om + cols[None, :], acc,
-                 mask=(rows[:, None] < M) & (cols[None, :] < N))
-
-    @triton.jit
-    def swap_kernel(x_ptr, w_desc, out_ptr, M, K, K_PER_SPLIT, stride_xm, stride_os, stride_om, N,
-                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP8_X: tl.constexpr):
-        pid_n, split = tl.program_id(0), tl.program_id(1)
-        rows = tl.arange(0, 16)
-        n0 = pid_n * BLOCK_N
-        acc = tl.zeros((BLOCK_N, 16), dtype=tl.float32)
-        for k in range(0, K_PER_SPLIT, BLOCK_K):
-            k0 = split * K_PER_SPLIT + k
-            ks = k0 + tl.arange(0, BLOCK_K)
-            x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=(rows[:, None] < M) & (ks[None, :] < K),
-                        other=0.0)  # [16, BLOCK_K]
-            w = w_desc.load([n0, k0])  # [BLOCK_N, BLOCK_K] fp8
-            if FP8_X:
+            if not FP8_X:
+                w = w.to(x.dtype)
+            if W_LEFT:
                 acc = tl.dot(w, tl.trans(x), acc)
             else:
-                acc = tl.dot(w.to(x.dtype), tl.trans(x), acc)
+                acc = tl.dot(x, tl.trans(w), acc)
+        if not W_LEFT:
+            acc = tl.trans(acc)  # [BLOCK_N, 16]
         cols = n0 + tl.arange(0, BLOCK_N)
         tl.store(out_ptr + split * stride_os + rows[None, :] * stride_om + cols[:, None], acc,
                  mask=(rows[None, :] < M) & (cols[:, None] < N))
@@ -117,7 +107,7 @@ def _kernels():
         tl.store(out_ptr + split * stride_os + rows[None, :] * stride_om + cols[:, None], acc,
                  mask=(rows[None, :] < M) & (cols[:, None] < N))
 
-    return tma_kernel, swap_kernel, split_inside_kernel
+    return tile_kernel, split_inside_kernel
 
 
 def launch(design: str, x, w, config, row_scale=None):
@@ -132,39 +122,26 @@ def launch(design: str, x, w, config, row_scale=None):
     k_per_split = -(-k // block_k // split) * block_k
     out = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
     desc = TensorDescriptor.from_tensor(w, [block_n, block_k])
-    tma_kernel, swap_kernel, split_inside_kernel = _kernels()
+    tile_kernel, split_inside_kernel = _kernels()
     grid = (-(-n // block_n), split)
     common = dict(BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
     args = (x, desc, out, m, k, k_per_split, x.stride(0), out.stride(0), out.stride(1), n)
-    if design == "widened":
-        tma_kernel[grid](*args, **common)
-    elif design in ("split-inside", "terms-inside"):
+    if design in ("split-inside", "terms-inside"):
         split_inside_kernel[grid](*args, row_scale, ROW_SCALE=row_scale is not None, LO_RATIO=fp8_matmul.LO_RATIO,
                                   **common)
     else:
-        swap_kernel[grid](*args, FP8_X=design == "one-term", **common)
+        tile_kernel[grid](*args, W_LEFT=design != "widened", FP8_X=design == "one-term", **common)
     return out
 
 
-def matrices(preset: str) -> dict:
-    c, f = PRESETS[preset].n_embd, PRESETS[preset].d_ff
-    return {"qkv": (3 * c, c), "attn_proj": (c, c), "fc": (f, c), "mlp_proj": (c, f)}
-
-
-def configs(n: int, k: int, sms: int) -> list:
-    """(BLOCK_N, BLOCK_K, warps, stages, SPLIT) candidates, SPLIT for one or two programs per SM."""
-    return sorted({(bn, bk, 4, stages, fp8_matmul.splits(n, k, bn, bk, waves * sms))
-                   for bn, bk, stages in itertools.product((64, 128), (128, 256), (3, 5)) for waves in (1, 2)})
-
-
-def designs(x, w, w_scale, n: int, k: int, sms: int) -> dict:
+def designs(x, w, w_scale, n: int, k: int) -> dict:
     """name: (run(case, config), case with the weights first, configs, the design's own result in fp32 (to check
     each config), the result the bf16 rows give (to measure its error)), every result unscaled by W's scales
     except scaled_mm's."""
     xq, x_scale = quantize_rows(x)
     hi, lo, scale = split_rows(x)
     exact = x.float() @ w.float().t()
-    grid = configs(n, k, sms)
+    grid = split_k_configs(n, k)
     return {
         "widened": (lambda c, cfg: launch("widened", c[1], c[0], cfg).sum(0), (w, x), grid, exact, exact),
         "widened-swap": (lambda c, cfg: launch("widened-swap", c[1], c[0], cfg).sum(0), (w, x), grid, exact, exact),
@@ -187,16 +164,17 @@ def main():
     p.add_argument("--designs", default="widened,widened-swap,one-term,two-term,split-inside,terms-inside,scaled_mm")
     p.add_argument("--output", default="artifacts/bench")
     args = p.parse_args()
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
     gen = torch.Generator(device="cuda").manual_seed(0)
     report = {**header(), "preset": args.preset, "results": []}
     for rows in (int(r) for r in args.rows.split(",")):
-        for name, (n, k) in matrices(args.preset).items():
+        for name, (n, k, *_rest) in layers(args.preset).items():
+            if name == "lm_head":  # the block's four matrices
+                continue
             w, w_scale = quantize_rows((torch.randn(n, k, device="cuda", generator=gen) / k ** 0.5).to(torch.bfloat16))
             x = torch.randn(rows, k, device="cuda", generator=gen).to(torch.bfloat16)
             row = {"matrix": name, "rows": rows, "n": n, "k": k, "weight_mb": n * k / 1e6, "designs": {}}
             line = f"{name:10s} rows {rows:2d}:"
-            for design, (run, case, grid, own, exact) in designs(x, w, w_scale, n, k, sms).items():
+            for design, (run, case, grid, own, exact) in designs(x, w, w_scale, n, k).items():
                 if design not in args.designs.split(","):
                     continue
                 results = timed_configs(run, own, case, grid, streamed=(0,))
