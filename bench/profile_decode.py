@@ -27,6 +27,7 @@ from torch.profiler import ProfilerActivity, profile
 from gptserve.engine import Engine
 from gptserve.settings import ServingConfig
 
+from . import header
 from .engine import VARIANTS, prompts
 
 # kernel name patterns -> class, first match wins
@@ -133,8 +134,8 @@ def main(argv=None):
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    report = {"name": name, "settings": dataclasses.asdict(settings),
-              "device": torch.cuda.get_device_name(), "prompt_len": args.prompt_len, "batches": []}
+    report = {**header(), "name": name, "settings": dataclasses.asdict(settings), "prompt_len": args.prompt_len,
+              "batches": []}
     for batch in (int(b) for b in args.batches.split(",")):
         trace = out / f"trace-{name}-b{batch}-{stamp}.json" if args.trace else None
         result = profiled(engine, batch, args.prompt_len, args.steps, trace)
