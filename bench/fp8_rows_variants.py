@@ -11,6 +11,9 @@ by the tensor-memory accelerator):
   widened-swap  W's tile widened to bf16, the MMA's left operand (M = BLOCK_N rows of W, N = the 16 rows)
   one-term      x quantised to FP8 per row, FP8 x FP8 MMAs, W the left operand: nothing widened, x's error added
   two-term      the engine's kernel (gptserve.engine.fp8_matmul): x as two FP8 terms, two FP8 MMAs per tile
+  two-term-unpromoted  two-term with the MMAs accumulating across the whole K slice (the engine's kernel until
+                2026-12-01: Hopper's FP8 MMAs accumulate in fewer bits than fp32), not into fp32 once a tile
+  two-term-promote-32  two-term with the MMAs' sums added into fp32 every 32 products (each MMA instruction)
   split-inside  two-term with the terms made in the kernel, per tile of x (scales per row and K block), from the
                 bf16 rows: no quantisation kernels before it, and the MMAs' sums scaled into fp32 every tile
   terms-inside  two-term with the terms made in the kernel from the bf16 rows and split_rows' row scales (the
@@ -142,13 +145,17 @@ def designs(x, w, w_scale, n: int, k: int) -> dict:
     hi, lo, scale = split_rows(x)
     exact = x.float() @ w.float().t()
     grid = split_k_configs(n, k)
+    two_terms = join_rows(hi, lo, scale) @ w.float().t()
+    promoted = {name: (
+        lambda c, cfg, every=every: fp8_matmul.launch(hi, lo, scale, c[0], cfg, promote_every=every).sum(0),
+        (w,), grid, two_terms, exact) for name, every in (("two-term-unpromoted", 0), ("two-term-promote-32", 32))}
     return {
         "widened": (lambda c, cfg: launch("widened", c[1], c[0], cfg).sum(0), (w, x), grid, exact, exact),
         "widened-swap": (lambda c, cfg: launch("widened-swap", c[1], c[0], cfg).sum(0), (w, x), grid, exact, exact),
         "one-term": (lambda c, cfg: launch("one-term", c[1], c[0], cfg).sum(0) * x_scale, (w, xq), grid,
                      (xq.float() * x_scale) @ w.float().t(), exact),
-        "two-term": (lambda c, cfg: fp8_matmul.launch(hi, lo, scale, c[0], cfg).sum(0), (w,), grid,
-                     join_rows(hi, lo, scale) @ w.float().t(), exact),
+        "two-term": (lambda c, cfg: fp8_matmul.launch(hi, lo, scale, c[0], cfg).sum(0), (w,), grid, two_terms, exact),
+        **promoted,
         "split-inside": (lambda c, cfg: launch("split-inside", x, c[0], cfg).sum(0), (w,), grid, exact, exact),
         "terms-inside": (lambda c, cfg: launch("terms-inside", x, c[0], cfg, scale).sum(0), (w,), grid, exact, exact),
         "scaled_mm": (lambda c, _: torch._scaled_mm(xq, c[0].t(), scale_a=x_scale, scale_b=w_scale.t().contiguous(),

@@ -19,6 +19,11 @@ import torch
 
 BLOCK = 64  # cache positions per inner step of a program
 TARGET_PROGRAMS = 256  # rows * heads * splits at batch 1: about two waves of an H100/H200's 132 SMs
+# working_splits()'s target: past batch 1 the rows read their caches in fewer, longer slices, about 8 waves of 132
+# SMs in all (bench.decode_attention_sweep on the H200, 2026-12-01: gpt2-large's bf16 cache 6-12% faster at
+# batches 8-64, the 40B's FP8 cache 2 slices a row at batch 16, its decode step 16.42 against 16.78 ms; 5% slower
+# at its batch 8)
+WORKING_PROGRAMS = 1056
 WARPS, STAGES = 2, 3  # 40B, FP8 cache: 1.06x / 1.29x / 1.48x faster than 4 warps at batch 1 / 4 / 16 (run 29)
 NO_SCORE = -1e30  # the running max of a slice no visible position reached: exp() of it against any real max is 0
 
@@ -92,7 +97,8 @@ def launch(q, k_cache, v_cache, last, config: tuple[int, int, int, int, int | No
     PROGRAMS the working_splits() target (None: every slice works). bench.decode_attention_sweep tries several;
     any of them merges to the same attention, while reference() reproduces the plan's states only."""
     rows, heads, dim = q.shape
-    splits, block, warps, stages, programs = config or (plan(heads, k_cache.shape[2]), BLOCK, WARPS, STAGES, None)
+    splits, block, warps, stages, programs = config or (plan(heads, k_cache.shape[2]), BLOCK, WARPS, STAGES,
+                                                        WORKING_PROGRAMS)
     m = torch.empty((rows, heads, splits), dtype=torch.float32, device=q.device)
     total = torch.empty_like(m)
     acc = torch.empty((rows, heads, splits, dim), dtype=torch.float32, device=q.device)
@@ -105,9 +111,9 @@ def launch(q, k_cache, v_cache, last, config: tuple[int, int, int, int, int | No
     return m, total, acc
 
 
-def reference(q, k_cache, v_cache, last, programs: int | None = None):
+def reference(q, k_cache, v_cache, last, programs: int | None = WORKING_PROGRAMS):
     """The kernel's partial states computed with torch: [B, H, SPLITS] max and sum, [B, H, SPLITS, D] values
-    (at the plan, PROGRAMS as given)."""
+    (at the plan, PROGRAMS as given; None: every slice works)."""
     rows, heads, dim = q.shape
     cache_len = k_cache.shape[2]
     splits = plan(heads, cache_len)

@@ -8,8 +8,8 @@ x ~= (hi + lo / LO_RATIO) * scale (fp8.split_rows: lo is hi's rounding error, qu
 many bits of each element as bf16 does, and each weight tile meets both terms in FP8 MMAs.
 
 Each program takes BLOCK_N rows of W (brought in by the tensor-memory accelerator) as the MMA's left operand and
-the 16-row tiles of the two terms as its right ones (the MMA's M is W's rows: Hopper's FP8 MMA needs 64), over one
-slice of K (split-K, so a small matrix still spreads over every SM); the slices' partial sums are added by the
+the 16-row tiles of the two terms as its right ones (the MMA's M is W's rows: Hopper's FP8 MMA needs 64), their
+sums added into fp32 accumulators once a tile, over one slice of K (split-K, so a small matrix still spreads over every SM); the slices' partial sums are added by the
 caller, where the compiler fuses that sum with the weight scale, the bias and the next operation.
 
 Registered as the custom op gptserve::fp8_rows_matmul, so torch.compile and CUDA graphs take it as it is.
@@ -25,6 +25,11 @@ MAX_ROWS = 16  # the MMA's N tile: the op serves up to this many rows (larger de
 # lo's unit is hi's / LO_RATIO: hi's rounding error is at most 16 of its units (e4m3 steps by 32 from 256 to 448),
 # so lo stays within 256 of its own, inside e4m3's 448, with no second row maximum to take
 LO_RATIO = 16
+# Products of K an FP8 MMA sums in its own accumulator before the kernel adds them into fp32 (at most BLOCK_K: once
+# a tile). Hopper's FP8 MMAs accumulate in fewer bits than fp32: chained across a whole K slice (0) they put the
+# 40B's matrices at 1.5-3.2e-3 from the bf16 rows' product, once a tile at 6.3-6.6e-4 (the two terms' own error)
+# at the same speed, every 32 products 1-3% slower (bench.fp8_rows_variants, H200, 2026-12-01)
+PROMOTE_EVERY = 256
 
 
 @functools.cache
@@ -35,7 +40,7 @@ def _kernel():
     @triton.jit
     def fp8_rows_matmul_kernel(hi_ptr, lo_ptr, scale_ptr, w_desc, out_ptr, M, N, K, K_PER_SPLIT, stride_xm,
                                stride_os, stride_om, LO_RATIO: tl.constexpr, BLOCK_N: tl.constexpr,
-                               BLOCK_K: tl.constexpr):
+                               BLOCK_K: tl.constexpr, PROMOTE_EVERY: tl.constexpr):
         # hi, lo: [M, K] fp8, the rows' two terms; scale: [M] fp32, hi's unit; w: [N, K] fp8, tiles
         # [BLOCK_N, BLOCK_K] (zeros past N and K); out: [SPLIT, M, N] fp32 partial sums
         pid_n, split = tl.program_id(0), tl.program_id(1)
@@ -51,8 +56,12 @@ def _kernel():
             hi = tl.load(hi_ptr + at, mask=inside, other=0.0)  # [16, BLOCK_K]
             lo = tl.load(lo_ptr + at, mask=inside, other=0.0)
             w = w_desc.load([n0, k0])  # [BLOCK_N, BLOCK_K]
-            acc_hi = tl.dot(w, tl.trans(hi), acc_hi)  # [BLOCK_N, 16]
-            acc_lo = tl.dot(w, tl.trans(lo), acc_lo)
+            if PROMOTE_EVERY:
+                acc_hi = tl.dot(w, tl.trans(hi), acc_hi, max_num_imprecise_acc=PROMOTE_EVERY)  # [BLOCK_N, 16]
+                acc_lo = tl.dot(w, tl.trans(lo), acc_lo, max_num_imprecise_acc=PROMOTE_EVERY)
+            else:
+                acc_hi = tl.dot(w, tl.trans(hi), acc_hi)  # [BLOCK_N, 16]
+                acc_lo = tl.dot(w, tl.trans(lo), acc_lo)
         row_ok = rows < M
         acc = (acc_hi + acc_lo * (1.0 / LO_RATIO)) * tl.load(scale_ptr + rows, mask=row_ok, other=0.0)[None, :]
         cols = n0 + tl.arange(0, BLOCK_N)
@@ -85,9 +94,11 @@ def fp8_rows_matmul(hi: torch.Tensor, lo: torch.Tensor, scale: torch.Tensor, wei
     return launch(hi, lo, scale, weight)
 
 
-def launch(hi, lo, scale, weight, config: tuple[int, int, int, int, int] | None = None):
+def launch(hi, lo, scale, weight, config: tuple[int, int, int, int, int] | None = None,
+           promote_every: int = PROMOTE_EVERY):
     """The kernel's partial sums; config: (BLOCK_N, BLOCK_K, num_warps, num_stages, SPLIT) in place of the plan
-    (bench.rows_linear_sweep tries several)."""
+    (bench.rows_linear_sweep tries several), promote_every in place of PROMOTE_EVERY (at most BLOCK_K;
+    bench.fp8_rows_variants tries several)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     m, k = hi.shape
@@ -101,7 +112,7 @@ def launch(hi, lo, scale, weight, config: tuple[int, int, int, int, int] | None 
     grid = (-(-n // block_n), split)
     _kernel()[grid](hi, lo, scale, TensorDescriptor.from_tensor(weight, [block_n, block_k]), out, m, n, k,
                     k_per_split, hi.stride(0), out.stride(0), out.stride(1), LO_RATIO=LO_RATIO, BLOCK_N=block_n,
-                    BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+                    BLOCK_K=block_k, PROMOTE_EVERY=min(promote_every, block_k), num_warps=warps, num_stages=stages)
     return out
 
 
