@@ -9,8 +9,9 @@ many bits of each element as bf16 does, and each weight tile meets both terms in
 
 Each program takes BLOCK_N rows of W (brought in by the tensor-memory accelerator) as the MMA's left operand and
 the 16-row tiles of the two terms as its right ones (the MMA's M is W's rows: Hopper's FP8 MMA needs 64), their
-sums added into fp32 accumulators once a tile, over one slice of K (split-K, so a small matrix still spreads over every SM); the slices' partial sums are added by the
-caller, where the compiler fuses that sum with the weight scale, the bias and the next operation.
+sums added into fp32 accumulators once a tile, over one slice of K (split-K, so a small matrix still spreads over
+every SM); the slices' partial sums are added by the caller, where the compiler fuses that sum with the weight
+scale, the bias and the next operation.
 
 Registered as the custom op gptserve::fp8_rows_matmul, so torch.compile and CUDA graphs take it as it is.
 Imports triton only when first used (GPU machines); CPUs never call it.

@@ -148,7 +148,7 @@ def test_fp8_weight_only_kernel_matches_dequantized_weights(rows):
         assert got.shape == (rows, n)
         error = ((got - want).norm() / want.norm()).item()
         print(f"rows {rows} n {n} k {k}: relative error {error:.2e}")
-        assert error < 4e-3, (n, k, error)
+        assert error < 2.5e-3, (n, k, error)  # 1.75e-3 - 1.82e-3 on the H200 (run 44), bf16's output rounding
 
 
 @pytest.mark.parametrize("rows", [1, 3, 16])
