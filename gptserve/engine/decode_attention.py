@@ -6,7 +6,8 @@ into SPLITS slices of that row's positions 0..last (a fixed count; the kernel si
 position, read on the device, so nothing in a launch depends on the positions: one CUDA graph of the step serves
 every length); a program reads its slice in the cache's own dtype, widens it in registers and writes a partial
 softmax state (running max, sum, weighted values); merge() combines the slices (inside the compiled step the
-compiler fuses it with what follows).
+compiler fuses it with what follows). A batch of many rows reads each row in fewer, longer slices (only as many
+work as keep about WORKING_PROGRAMS programs busy; the rest write empty states), with the same shapes.
 
 Registered as the custom op gptserve::decode_attention_partials: on CUDA tensors one Triton kernel, on others the
 same partial states computed with torch (the reference the kernel is tested against, and the CPU path).
