@@ -62,8 +62,8 @@ class ServingConfig:
                                   "none, one_row for a wider one with fp8_mode weight-only, else torch.",
                                   choices=("auto", "torch", "head", "fused", "by_batch", "one_row"))
     fp8_mode: str = setting("none", "FP8 linear layers (GPU, compute capability >= 8.9): weight-only (FP8 weights, "
-                            "activations kept to bf16's precision), torch (FP8 activations too), transformer-engine; auto: "
-                            "weight-only.", choices=("none", "weight-only", "torch", "transformer-engine", "auto"))
+                            "activations kept to bf16's precision), torch (FP8 activations too), "
+                            "transformer-engine; auto: weight-only.", choices=("none", "weight-only", "torch", "transformer-engine", "auto"))
     prefill_graphs: str = setting("auto", "CUDA graphs for one-prompt prefill chunks (one replay instead of "
                                   "hundreds of eager kernel launches); auto: on when the decode step runs on CUDA "
                                   "graphs (reduce-overhead or max-autotune on a GPU), attention is not flex and FP8 "
