@@ -8,7 +8,7 @@ layer, at one preset's heads and head size, each call replayed from a CUDA graph
 Per batch (every row at position kv_len - 1, as in the engine benchmark's decode): the SDPA path (the rows' caches
 sliced to the KV-length bucket, widened when the cache is FP8, and scaled_dot_product_attention under the step's
 mask), the split-KV kernel at its plan, and every configuration of a grid (SPLITS, BLOCK, num_warps, num_stages,
-PROGRAMS, TMA: see decode_attention.launch), each checked against plain attention before it is timed. Split-KV times
+PROGRAMS: see decode_attention.launch), each checked against plain attention before it is timed. Split-KV times
 include merge(), which the compiled step fuses into what follows. Needs a CUDA GPU and triton.
 """
 from __future__ import annotations
@@ -28,20 +28,18 @@ from .sweep import fastest, streamed_us, timed_configs, write_report
 BLOCKS, WARPS, STAGES = (32, 64, 128), (2, 4, 8), (1, 3)
 PROGRAMS = (None, 132, 264, 528, 1056)  # working_splits() targets; None: every slice works (the engine: 1056)
 SPLITS_FACTORS = (1, 4)  # times the plan's SPLITS: more slices for a batch of one
-LOADS = (False, True)  # K and V tiles by per-element pointers, or by TMA (decode_attention.LOAD_BY_TMA)
 
 
 def distinct(batch: int, heads: int, plan_splits: int) -> list:
-    """The grid's configurations (SPLITS, BLOCK, warps, stages, PROGRAMS, TMA), one per distinct launch: PROGRAMS
-    targets that give the same working slices (every slice, say) are the same launch."""
+    """The grid's configurations, one per distinct launch: PROGRAMS targets that give the same working slices
+    (every slice, say) are the same launch."""
     seen, configs = set(), []
-    for factor, block, warps, stages, programs, tma in itertools.product(SPLITS_FACTORS, BLOCKS, WARPS, STAGES,
-                                                                         PROGRAMS, LOADS):
+    for factor, block, warps, stages, programs in itertools.product(SPLITS_FACTORS, BLOCKS, WARPS, STAGES, PROGRAMS):
         splits = plan_splits * factor
         working = splits if programs is None else da.working_splits(batch, heads, splits, programs)
-        if (splits, working, block, warps, stages, tma) not in seen:
-            seen.add((splits, working, block, warps, stages, tma))
-            configs.append((splits, block, warps, stages, programs, tma))
+        if (splits, working, block, warps, stages) not in seen:
+            seen.add((splits, working, block, warps, stages))
+            configs.append((splits, block, warps, stages, programs))
     return configs
 
 
@@ -54,11 +52,8 @@ def sdpa_path(args):
 
 
 def split_kv(args, config=None):
-    """config: (SPLITS, BLOCK, warps, stages, PROGRAMS, TMA), or None for the engine's plan."""
     q, k, v, last, _ = args
-    if config is None:
-        return da.merge(*da.launch(q, k, v, last)).to(q.dtype)
-    return da.merge(*da.launch(q, k, v, last, config[:5], tma=config[5])).to(q.dtype)
+    return da.merge(*da.launch(q, k, v, last, config)).to(q.dtype)
 
 
 def main():

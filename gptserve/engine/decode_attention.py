@@ -26,11 +26,6 @@ TARGET_PROGRAMS = 256  # rows * heads * splits at batch 1: about two waves of an
 # at its batch 8)
 WORKING_PROGRAMS = 1056
 WARPS, STAGES = 2, 3  # 40B, FP8 cache: 1.06x / 1.29x / 1.48x faster than 4 warps at batch 1 / 4 / 16 (run 29)
-# Load each [BLOCK, D] tile of K and V by the tensor-memory accelerator (a descriptor over the cache as rows of D)
-# instead of per-element pointers. Not timed yet: at batch 16 the pointer loads left the 40B's split-KV at 3.1 TB/s
-# with 111 registers a thread, 25% occupancy and no loads in flight across iterations (run 36, Nsight Compute);
-# bench.decode_attention_sweep times both
-LOAD_BY_TMA = False
 NO_SCORE = -1e30  # the running max of a slice no visible position reached: exp() of it against any real max is 0
 
 
@@ -62,9 +57,9 @@ def _kernel():
     @triton.jit(do_not_specialize=["working"])  # one compiled kernel whatever the count
     def decode_attention_kernel(q_ptr, k_ptr, v_ptr, last_ptr, m_ptr, l_ptr, acc_ptr, scale, working,
                                 stride_qb, stride_qh, stride_kb, stride_kh, stride_ks,
-                                BLOCK: tl.constexpr, D: tl.constexpr, NO_SCORE: tl.constexpr, TMA: tl.constexpr):
-        # q: [B, H, D]; k, v: [slots, H, S, D], row b = slot b (with TMA: descriptors of them as [slots*H*S, D],
-        # tiles [BLOCK, D]); last: [B] int64; m, l: [B, H, SPLITS] fp32; acc: [B, H, SPLITS, D] fp32
+                                BLOCK: tl.constexpr, D: tl.constexpr, NO_SCORE: tl.constexpr):
+        # q: [B, H, D]; k, v: [slots, H, S, D], row b = slot b; last: [B] int64; m, l: [B, H, SPLITS] fp32;
+        # acc: [B, H, SPLITS, D] fp32
         b, h, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         heads, splits = tl.num_programs(1), tl.num_programs(2)
         last = tl.load(last_ptr + b)
@@ -77,17 +72,11 @@ def _kernel():
         acc = tl.zeros((D,), tl.float32)
         cache = b * stride_kb + h * stride_kh
         for offset in range(0, length, BLOCK):
-            p0 = s * per_split + offset
-            p = p0 + tl.arange(0, BLOCK)
+            p = s * per_split + offset + tl.arange(0, BLOCK)
             visible = p <= last
-            if TMA:  # whole tiles: past `last` they hold other positions (or zeros past the cache), masked here
-                row = (cache // stride_ks + p0).to(tl.int32)  # p0 is int64, from `last`; descriptors take int32
-                k = k_ptr.load([row, 0]).to(tl.float32)  # [BLOCK, D]
-                v = tl.where(visible[:, None], v_ptr.load([row, 0]).to(tl.float32), 0.0)
-            else:
-                kv = cache + p[:, None] * stride_ks + d[None, :]
-                k = tl.load(k_ptr + kv, mask=visible[:, None], other=0.0).to(tl.float32)  # [BLOCK, D]
-                v = tl.load(v_ptr + kv, mask=visible[:, None], other=0.0).to(tl.float32)  # issued beside k's
+            kv = cache + p[:, None] * stride_ks + d[None, :]
+            k = tl.load(k_ptr + kv, mask=visible[:, None], other=0.0).to(tl.float32)  # [BLOCK, D]
+            v = tl.load(v_ptr + kv, mask=visible[:, None], other=0.0).to(tl.float32)  # issued beside k's load
             score = tl.where(visible, tl.sum(k * q[None, :], axis=1), NO_SCORE)
             m_new = tl.maximum(m, tl.max(score, axis=0))
             weight = tl.where(visible, tl.exp(score - m_new), 0.0)
@@ -103,13 +92,12 @@ def _kernel():
     return decode_attention_kernel
 
 
-def launch(q, k_cache, v_cache, last, config: tuple[int, int, int, int, int | None] | None = None,
-           tma: bool = LOAD_BY_TMA):
+def launch(q, k_cache, v_cache, last, config: tuple[int, int, int, int, int | None] | None = None):
     """The kernel on any tensors Triton takes (CUDA, or CPU under TRITON_INTERPRET=1): partial states. config:
     (SPLITS, BLOCK, num_warps, num_stages, PROGRAMS) in place of the plan's (plan(), BLOCK, WARPS, STAGES,
-    WORKING_PROGRAMS), PROGRAMS the working_splits() target (None: every slice works); tma in place of
-    LOAD_BY_TMA. bench.decode_attention_sweep tries several; any of them merges to the same attention, while
-    reference() reproduces the plan's states only."""
+    WORKING_PROGRAMS), PROGRAMS the working_splits() target (None: every slice works).
+    bench.decode_attention_sweep tries several; any of them merges to the same attention, while reference()
+    reproduces the plan's states only."""
     rows, heads, dim = q.shape
     splits, block, warps, stages, programs = config or (plan(heads, k_cache.shape[2]), BLOCK, WARPS, STAGES,
                                                         WORKING_PROGRAMS)
@@ -117,17 +105,11 @@ def launch(q, k_cache, v_cache, last, config: tuple[int, int, int, int, int | No
     total = torch.empty_like(m)
     acc = torch.empty((rows, heads, splits, dim), dtype=torch.float32, device=q.device)
     assert k_cache.stride() == v_cache.stride() and k_cache.stride(3) == 1 and q.stride(2) == 1
-    k_in, v_in = k_cache, v_cache
-    if tma:
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
-        assert k_cache.is_contiguous(), "TMA reads the cache as rows of D"
-        k_in, v_in = (TensorDescriptor.from_tensor(c.view(-1, dim), [block, dim]) for c in (k_cache, v_cache))
     _kernel()[(rows, heads, splits)](
-        q, k_in, v_in, last, m, total, acc, dim ** -0.5,
+        q, k_cache, v_cache, last, m, total, acc, dim ** -0.5,
         splits if programs is None else working_splits(rows, heads, splits, programs),
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        BLOCK=block, D=dim, NO_SCORE=NO_SCORE, TMA=tma, num_warps=warps, num_stages=stages)
+        BLOCK=block, D=dim, NO_SCORE=NO_SCORE, num_warps=warps, num_stages=stages)
     return m, total, acc
 
 
