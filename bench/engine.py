@@ -31,6 +31,7 @@ VARIANTS = {
     "bf16-flex": dict(attention_backend="flex"),
     "fp8wo-sdpa": dict(attention_backend="sdpa", fp8_mode="weight-only"),
     "bf16-splitkv": dict(attention_backend="splitkv"),  # the defaults on a GPU (attention_backend auto)
+    "bf16-splitkv-tuned": dict(attention_backend="splitkv", kernel_tuning="coordinate-descent"),  # before run 50
     "fp8wo-splitkv": dict(attention_backend="splitkv", fp8_mode="weight-only"),
     "fp8wo-splitkv-kvfp8": dict(attention_backend="splitkv", fp8_mode="weight-only", kv_cache_dtype="fp8"),
     "bf16-fused": dict(decode_linears="fused"),

@@ -49,6 +49,10 @@ class ServingConfig:
     compile_cache_dir: str = setting("", "Directory for inductor's compile cache, kept across restarts (mount a "
                                      "volume there), and Triton's under it unless TRITON_CACHE_DIR is set; empty: "
                                      "their defaults under /tmp and ~/.triton.")
+    kernel_tuning: str = setting("off", "Launch-configuration tuning of inductor's generated kernels at compile "
+                                 "time; coordinate-descent times variants of each (gpt-fast's setting): on the H200 "
+                                 "no faster decode, and retuned at every start (docs/benchmarks.md, runs 48-50).",
+                                 choices=("off", "coordinate-descent"))
     attention_backend: str = setting("auto", "Attention kernel; splitkv: sdpa, but decode steps read the cache with "
                                      "split-KV attention (all SMs at batch 1, an FP8 cache read as it is, one CUDA "
                                      "graph per batch bucket for every KV length); auto: splitkv for a model of n_embd "
@@ -63,7 +67,8 @@ class ServingConfig:
                                   choices=("auto", "torch", "head", "fused", "by_batch", "one_row"))
     fp8_mode: str = setting("none", "FP8 linear layers (GPU, compute capability >= 8.9): weight-only (FP8 weights, "
                             "activations kept to bf16's precision), torch (FP8 activations too), "
-                            "transformer-engine; auto: weight-only.", choices=("none", "weight-only", "torch", "transformer-engine", "auto"))
+                            "transformer-engine; auto: weight-only.",
+                            choices=("none", "weight-only", "torch", "transformer-engine", "auto"))
     prefill_graphs: str = setting("auto", "CUDA graphs for one-prompt prefill chunks (one replay instead of "
                                   "hundreds of eager kernel launches); auto: on when the decode step runs on CUDA "
                                   "graphs (reduce-overhead or max-autotune on a GPU), attention is not flex and FP8 "

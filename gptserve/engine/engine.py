@@ -136,9 +136,11 @@ class Engine:
             # (the Docker image's, the manifests') wins
             os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(cache_dir, "triton"))
         torch._inductor.config.fx_graph_cache = True
-        # Batch-1 matrix products become reductions fused with their neighbours (bandwidth-bound GEMVs), and
-        # inductor tunes each generated kernel's launch configuration (gpt-fast's setting).
-        torch._inductor.config.coordinate_descent_tuning = self.device.type == "cuda"
+        # kernel_tuning=coordinate-descent: inductor times launch configurations of each generated kernel (gpt-fast's
+        # setting). Off by default: its choices are not all found in the compile cache, so every start retuned some
+        # kernels, and decode was no faster without it (runs 48-50).
+        torch._inductor.config.coordinate_descent_tuning = (self.device.type == "cuda"
+                                                            and self.settings.kernel_tuning == "coordinate-descent")
         dynamo = torch._dynamo.config
         dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
         dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 1024)
