@@ -7,9 +7,11 @@ layer, at one preset's heads and head size, each call replayed from a CUDA graph
 
 Per batch (every row at position kv_len - 1, as in the engine benchmark's decode): the SDPA path (the rows' caches
 sliced to the KV-length bucket, widened when the cache is FP8, and scaled_dot_product_attention under the step's
-mask), the split-KV kernel at its plan, and every configuration of a grid (SPLITS, BLOCK, num_warps, num_stages,
-PROGRAMS: see decode_attention.launch), each checked against plain attention before it is timed. Split-KV times
-include merge(), which the compiled step fuses into what follows. Needs a CUDA GPU and triton.
+mask), the split-KV kernel at its plan (its slices merged after it, as the engine's compiled step does by
+default, and merged in the kernel: decode_attention.MERGE_IN_KERNEL), and every configuration of a grid (SPLITS,
+BLOCK, num_warps, num_stages, PROGRAMS: see decode_attention.launch), each checked against plain attention before it
+is timed. Split-KV times include merge() run eagerly (the compiled step makes three kernels of it). Needs a CUDA GPU
+and triton.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from gptserve.engine.config import PRESETS
 from gptserve.engine.engine import KV_BLOCK
 
 from . import header
-from .sweep import fastest, streamed_us, timed_configs, write_report
+from .sweep import fastest, relative_error, streamed_us, timed_configs, write_report
 
 BLOCKS, WARPS, STAGES = (32, 64, 128), (2, 4, 8), (1, 3)
 PROGRAMS = (None, 132, 264, 528, 1056)  # working_splits() targets; None: every slice works (the engine: 1056)
@@ -56,6 +58,12 @@ def split_kv(args, config=None):
     return da.merge(*da.launch(q, k, v, last, config)).to(q.dtype)
 
 
+def split_kv_merged(args):
+    """The plan with the slices merged in the kernel (decode_attention.launch_merged)."""
+    q, k, v, last, _ = args
+    return da.launch_merged(q, k, v, last)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="gpt2-large", choices=sorted(PRESETS))
@@ -85,12 +93,16 @@ def main():
         row = {"batch": batch, "cache_mb_read": cache_mb,
                "sdpa_us": streamed_us(sdpa_path, case, streamed=(1, 2)),
                "split_kv_plan_us": streamed_us(split_kv, case, streamed=(1, 2))}
+        merged_error = relative_error(split_kv_merged(case), want)
+        row["split_kv_merged_error"] = merged_error
+        row["split_kv_merged_us"] = streamed_us(split_kv_merged, case, streamed=(1, 2)) if merged_error < 1e-2 else None
         configs = distinct(batch, heads, plan_splits)
         row["configs"] = timed_configs(split_kv, want, case, configs, streamed=(1, 2))
         row["best_config"] = best = fastest(row["configs"])
         report["results"].append(row)
         print(f"batch {batch:2d}: {cache_mb:7.1f} MB of cache; SDPA path {row['sdpa_us']:7.1f} us "
-              f"[{cache_mb / row['sdpa_us']:.2f} TB/s], split-KV plan {row['split_kv_plan_us']:7.1f}, best {best} "
+              f"[{cache_mb / row['sdpa_us']:.2f} TB/s], split-KV plan {row['split_kv_plan_us']:7.1f}, merged in the "
+              f"kernel {row['split_kv_merged_us'] or 'wrong'}, best {best} "
               f"[{cache_mb / best[-1] if best else 0:.2f} TB/s]", flush=True)
     write_report(report, args.output, f"decode-attention-sweep-{args.preset}-{args.cache}")
 

@@ -7,7 +7,9 @@ Writes bench-<preset>-<time>.json under --output and prints a markdown table. Ne
 from __future__ import annotations
 
 import argparse
+import ast
 import gc
+import importlib
 import json
 import statistics
 import sys
@@ -328,6 +330,17 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def set_constants(assignments: list[str]):
+    """Each "module.NAME=literal": set that module attribute, which must exist."""
+    for assignment in assignments:
+        target, value = assignment.split("=", 1)
+        module_name, name = target.rsplit(".", 1)
+        module = importlib.import_module(module_name)
+        if not hasattr(module, name):
+            raise SystemExit(f"--constant {assignment}: {module_name} has no {name}")
+        setattr(module, name, ast.literal_eval(value))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="gpt2-large")
@@ -342,6 +355,9 @@ def main(argv=None):
     p.add_argument("--accuracy", action="store_true",
                    help="also check each variant against a reference (fp32 where it fits, else bf16) and bf16: "
                         "greedy agreement, on decisive positions too, and KL")
+    p.add_argument("--constant", action="append", default=[], metavar="MODULE.NAME=VALUE",
+                   help="set an engine module's constant before any engine is built (a Python literal), e.g. "
+                        "gptserve.engine.decode_attention.MERGE_IN_KERNEL=True; repeatable, kept in the report")
     p.add_argument("--table", metavar="JSON", help="print the table of a saved report and exit (no GPU needed)")
     args = p.parse_args(argv)
     if args.table:
@@ -349,13 +365,14 @@ def main(argv=None):
         return
     if not torch.cuda.is_available():
         raise SystemExit("bench.engine needs a CUDA GPU")
+    set_constants(args.constant)
     batches = [int(b) for b in args.batches.split(",") if b]  # none: the accuracy check alone
     peer_batches = [int(b) for b in args.peer_batches.split(",")]
     bandwidth = copy_bandwidth()
     report = {
         **header(), "command": "python -m bench.engine " + " ".join(sys.argv[1:] if argv is None else argv),
         "copy_bandwidth_tb_s": bandwidth / 1e12, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
-        "rows": [], "accuracy": {},
+        "constants": args.constant, "rows": [], "accuracy": {},
     }
     print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s", flush=True)
     out = Path(args.output)

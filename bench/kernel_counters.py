@@ -4,8 +4,8 @@
         --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy python -m bench.kernel_counters
 
 The split-K FP8 kernel at 16 rows and the fused kernel at 1 row, both on the fc matrix (32768 x 8192, FP8 weights,
-at their plans), and split-KV attention over an FP8 cache at batch 16 (1152 positions a row): each launched twice
-(the first launch compiles). Needs a CUDA GPU and triton.
+at their plans), and split-KV attention over an FP8 cache at batch 16 (1152 positions a row), its slices merged
+after it and in it: each launched twice (the first launch compiles). Needs a CUDA GPU and triton.
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ def main():
         fp8_matmul.launch(*split_rows(x16), w)
         rl.launch(x16[:1], w, scale.view(-1), None, None, None, None, n, False, 0.0)
         da.launch(q, kc, vc, last)
+        da.launch_merged(q, kc, vc, last)
     torch.cuda.synchronize()
     print("split-K plan", fp8_matmul.plan(n, k, torch.cuda.get_device_properties(0).multi_processor_count),
           "fused plan", rl.plan(1, n, k), "split-KV splits", da.plan(cfg.n_head, cfg.n_ctx))

@@ -6,11 +6,14 @@ into SPLITS slices of that row's positions 0..last (a fixed count; the kernel si
 position, read on the device, so nothing in a launch depends on the positions: one CUDA graph of the step serves
 every length); a program reads its slice in the cache's own dtype, widens it in registers and writes a partial
 softmax state (running max, sum, weighted values); merge() combines the slices (inside the compiled step the
-compiler fuses it with what follows). A batch of many rows reads each row in fewer, longer slices (only as many
-work as keep about WORKING_PROGRAMS programs busy; the rest write empty states), with the same shapes.
+compiler makes three small kernels of it). A batch of many rows reads each row in fewer, longer slices (only as
+many work as keep about WORKING_PROGRAMS programs busy; the rest write empty states), with the same shapes.
+With MERGE_IN_KERNEL the kernel merges too: the last program of each (row, head) to finish, counted by an atomic
+counter, combines the slices' states and writes the attention output.
 
-Registered as the custom op gptserve::decode_attention_partials: on CUDA tensors one Triton kernel, on others the
-same partial states computed with torch (the reference the kernel is tested against, and the CPU path).
+Registered as the custom ops gptserve::decode_attention_partials (the states) and gptserve::decode_attention_merged
+(the output): on CUDA tensors one Triton kernel, on others the same computed with torch (the reference the kernel
+is tested against, and the CPU path).
 """
 from __future__ import annotations
 
@@ -26,6 +29,10 @@ TARGET_PROGRAMS = 256  # rows * heads * splits at batch 1: about two waves of an
 # at its batch 8)
 WORKING_PROGRAMS = 1056
 WARPS, STAGES = 2, 3  # 40B, FP8 cache: 1.06x / 1.29x / 1.48x faster than 4 warps at batch 1 / 4 / 16 (run 29)
+# Merge the slices in the kernel (the last of a (row, head)'s programs) instead of in three compiled kernels after it.
+# Not timed yet: the merge took 3 of about 9 kernels a layer of gpt2-large's batch-1 step, and 0.22 ms of the 40B's
+# batch-16 step (run 46); bench.decode_attention_sweep times both
+MERGE_IN_KERNEL = False
 NO_SCORE = -1e30  # the running max of a slice no visible position reached: exp() of it against any real max is 0
 
 
@@ -55,11 +62,12 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit(do_not_specialize=["working"])  # one compiled kernel whatever the count
-    def decode_attention_kernel(q_ptr, k_ptr, v_ptr, last_ptr, m_ptr, l_ptr, acc_ptr, scale, working,
-                                stride_qb, stride_qh, stride_kb, stride_kh, stride_ks,
-                                BLOCK: tl.constexpr, D: tl.constexpr, NO_SCORE: tl.constexpr):
+    def decode_attention_kernel(q_ptr, k_ptr, v_ptr, last_ptr, m_ptr, l_ptr, acc_ptr, out_ptr, arrived_ptr, scale,
+                                working, stride_qb, stride_qh, stride_kb, stride_kh, stride_ks,
+                                BLOCK: tl.constexpr, D: tl.constexpr, NO_SCORE: tl.constexpr,
+                                MERGE: tl.constexpr, SPLITS_POW2: tl.constexpr):
         # q: [B, H, D]; k, v: [slots, H, S, D], row b = slot b; last: [B] int64; m, l: [B, H, SPLITS] fp32;
-        # acc: [B, H, SPLITS, D] fp32
+        # acc: [B, H, SPLITS, D] fp32; with MERGE: out [B, H, D] in q's dtype, arrived [>= B*H] int32, all zero
         b, h, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         heads, splits = tl.num_programs(1), tl.num_programs(2)
         last = tl.load(last_ptr + b)
@@ -84,12 +92,42 @@ def _kernel():
             acc = acc * rescale + tl.sum(weight[:, None] * v, axis=0)
             total = total * rescale + tl.sum(weight, axis=0)
             m = m_new
-        state = (b * heads + h) * splits + s
+        head = b * heads + h
+        state = head * splits + s
         tl.store(m_ptr + state, m)
         tl.store(l_ptr + state, total)
         tl.store(acc_ptr + state * D + d, acc)
+        if MERGE:
+            tl.debug_barrier()  # every thread's stores before the release below
+            if tl.atomic_add(arrived_ptr + head, 1, sem="acq_rel") == splits - 1:  # the last slice: merge them all
+                j = tl.arange(0, SPLITS_POW2)
+                ours = j < splits
+                slices = head * splits + j  # [SPLITS_POW2]; read from L2, where the other programs wrote them
+                ms = tl.load(m_ptr + slices, mask=ours, other=NO_SCORE, cache_modifier=".cg")
+                totals = tl.load(l_ptr + slices, mask=ours, other=0.0, cache_modifier=".cg")
+                accs = tl.load(acc_ptr + slices[:, None] * D + d[None, :], mask=ours[:, None], other=0.0,
+                               cache_modifier=".cg")  # [SPLITS_POW2, D]
+                weight = tl.exp(ms - tl.max(ms, axis=0))  # merge(): 0 for slices no visible position reached
+                out = tl.sum(accs * weight[:, None], axis=0) / tl.sum(totals * weight, axis=0)
+                tl.store(out_ptr + head * D + d, out.to(out_ptr.dtype.element_ty))
+                tl.store(arrived_ptr + head, 0)  # zero again for the next launch (and graph replay)
 
     return decode_attention_kernel
+
+
+_ARRIVALS: list[torch.Tensor] = []  # every counter buffer made, kept: captured CUDA graphs hold their addresses
+
+
+def arrivals(device: torch.device, pairs: int) -> torch.Tensor:
+    """Zeroed int32 counters for `pairs` (row, head) pairs on `device`, shared by every merged launch there: each
+    launch leaves them zero again, and the engine runs its launches on one stream, one at a time."""
+    for counters in _ARRIVALS:
+        if counters.device == device and counters.numel() >= pairs:
+            return counters
+    assert device.type != "cuda" or not torch.cuda.is_current_stream_capturing(), "make them before a capture"
+    counters = torch.zeros(max(pairs, 4096), dtype=torch.int32, device=device)
+    _ARRIVALS.append(counters)
+    return counters
 
 
 def launch(q, k_cache, v_cache, last, config: tuple[int, int, int, int, int | None] | None = None):
@@ -98,19 +136,31 @@ def launch(q, k_cache, v_cache, last, config: tuple[int, int, int, int, int | No
     WORKING_PROGRAMS), PROGRAMS the working_splits() target (None: every slice works).
     bench.decode_attention_sweep tries several; any of them merges to the same attention, while reference()
     reproduces the plan's states only."""
+    return _run(q, k_cache, v_cache, last, config, merged=False)[:3]
+
+
+def launch_merged(q, k_cache, v_cache, last, config: tuple[int, int, int, int, int | None] | None = None):
+    """launch() with the slices merged in the kernel: the attention output [B, H, D] in q's dtype."""
+    return _run(q, k_cache, v_cache, last, config, merged=True)[3]
+
+
+def _run(q, k_cache, v_cache, last, config, merged: bool):
     rows, heads, dim = q.shape
     splits, block, warps, stages, programs = config or (plan(heads, k_cache.shape[2]), BLOCK, WARPS, STAGES,
                                                         WORKING_PROGRAMS)
     m = torch.empty((rows, heads, splits), dtype=torch.float32, device=q.device)
     total = torch.empty_like(m)
     acc = torch.empty((rows, heads, splits, dim), dtype=torch.float32, device=q.device)
+    out = torch.empty((rows, heads, dim), dtype=q.dtype, device=q.device) if merged else None
     assert k_cache.stride() == v_cache.stride() and k_cache.stride(3) == 1 and q.stride(2) == 1
     _kernel()[(rows, heads, splits)](
-        q, k_cache, v_cache, last, m, total, acc, dim ** -0.5,
+        q, k_cache, v_cache, last, m, total, acc, out if merged else m,
+        arrivals(q.device, rows * heads) if merged else m, dim ** -0.5,
         splits if programs is None else working_splits(rows, heads, splits, programs),
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        BLOCK=block, D=dim, NO_SCORE=NO_SCORE, num_warps=warps, num_stages=stages)
-    return m, total, acc
+        BLOCK=block, D=dim, NO_SCORE=NO_SCORE, MERGE=merged, SPLITS_POW2=1 << (splits - 1).bit_length(),
+        num_warps=warps, num_stages=stages)
+    return m, total, acc, out
 
 
 def reference(q, k_cache, v_cache, last, programs: int | None = WORKING_PROGRAMS):
@@ -154,6 +204,20 @@ def _(q, k_cache, v_cache, last):
     return m, torch.empty_like(m), q.new_empty((rows, heads, splits, dim), dtype=torch.float32)
 
 
+@torch.library.custom_op("gptserve::decode_attention_merged", mutates_args=())
+def decode_attention_merged(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                            last: torch.Tensor) -> torch.Tensor:
+    """decode_attention_partials merged (in the kernel on CUDA tensors): the output [B, H, D] in q's dtype."""
+    if q.is_cuda:
+        return launch_merged(q, k_cache, v_cache, last)
+    return merge(*reference(q, k_cache, v_cache, last)).to(q.dtype)
+
+
+@decode_attention_merged.register_fake
+def _(q, k_cache, v_cache, last):
+    return q.new_empty(q.shape)
+
+
 def merge(m: torch.Tensor, total: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
     """Attention output [B, H, D] (fp32) from the slices' partial states."""
     weight = torch.exp(m - m.amax(-1, keepdim=True))  # [B, H, SPLITS]: 0 for slices with no visible position
@@ -163,4 +227,6 @@ def merge(m: torch.Tensor, total: torch.Tensor, acc: torch.Tensor) -> torch.Tens
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, last: torch.Tensor):
     """q [B, H, D] of rows (slots) 0..B-1 -> attention output [B, H, D] in q's dtype, each row over its cache
     positions 0..last[row]."""
+    if MERGE_IN_KERNEL:
+        return decode_attention_merged(q, k_cache, v_cache, last)
     return merge(*decode_attention_partials(q, k_cache, v_cache, last)).to(q.dtype)

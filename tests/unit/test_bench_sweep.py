@@ -1,9 +1,14 @@
-"""The kernel sweeps' shared parts that need no GPU: a configuration that fails or gives a wrong result is recorded
-with the reason and never timed, and the fastest timed entry is picked from the rest."""
+"""The benchmarks' parts that need no GPU: a configuration that fails or gives a wrong result is recorded with the
+reason and never timed, the fastest timed entry is picked from the rest, and bench.engine's --constant sets only
+constants that exist."""
+import pytest
 import torch
 
-from bench import decode_attention_sweep, prefill_linear_sweep, rows_linear_sweep  # noqa: F401  (import without a GPU)
+from bench import (decode_attention_sweep, persistent_reductions, prefill_linear_sweep,  # noqa: F401
+                   rows_linear_sweep, split_kv_variants, start_profile)  # (they import without a GPU)
+from bench.engine import set_constants
 from bench.sweep import fastest, timed_configs
+from gptserve.engine import decode_attention
 
 
 def test_failing_and_wrong_configurations_are_recorded_not_timed():
@@ -18,3 +23,13 @@ def test_failing_and_wrong_configurations_are_recorded_not_timed():
     assert rows == [["too big", None, "RuntimeError"], ["wrong", None, "wrong result"]]
     assert fastest(rows) is None
     assert fastest([[1, 2, 30.0], [4, None, 10.0], [5, None, "wrong result"]]) == [4, None, 10.0]
+
+
+def test_engine_bench_sets_existing_constants_and_refuses_unknown_ones(monkeypatch):
+    monkeypatch.setattr(decode_attention, "MERGE_IN_KERNEL", False)
+    monkeypatch.setattr(decode_attention, "WORKING_PROGRAMS", decode_attention.WORKING_PROGRAMS)
+    set_constants(["gptserve.engine.decode_attention.MERGE_IN_KERNEL=True",
+                   "gptserve.engine.decode_attention.WORKING_PROGRAMS=528"])
+    assert decode_attention.MERGE_IN_KERNEL is True and decode_attention.WORKING_PROGRAMS == 528
+    with pytest.raises(SystemExit, match="has no MERGE_IN_KERNELS"):
+        set_constants(["gptserve.engine.decode_attention.MERGE_IN_KERNELS=True"])

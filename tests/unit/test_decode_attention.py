@@ -56,10 +56,20 @@ def test_plan_spreads_a_batch_of_one_over_the_gpu_and_each_rows_slices_cover_its
     assert ((splits * per_split > last) & (splits * (per_split - da.BLOCK) <= last)).all()
 
 
+def test_the_merged_op_is_the_merge_of_the_states(monkeypatch):
+    """decode_attention with MERGE_IN_KERNEL runs gptserve::decode_attention_merged, on the CPU the torch states
+    merged: the same attention as the partial states' op."""
+    q, k, v = case(torch.float32)
+    want = da.decode_attention(q, k, v, LAST)
+    monkeypatch.setattr(da, "MERGE_IN_KERNEL", True)
+    torch.testing.assert_close(da.decode_attention(q, k, v, LAST), want)
+    torch.testing.assert_close(want, plain(q, k, v), atol=1e-4, rtol=1e-4)
+
+
 def check_kernel(cache_dtype: str, device: str = "cpu"):
-    """The kernel's partial states against the torch ones at the plan, with fewer working slices too, and the
-    merged attention of another launch configuration (run_interpreted calls this under the interpreter; tests/gpu
-    calls it with device cuda)."""
+    """The kernel's partial states against the torch ones at the plan, with fewer working slices too, the merged
+    attention of another launch configuration, and the kernel's own merge (run_interpreted calls this under the
+    interpreter; tests/gpu calls it with device cuda)."""
     q, k, v = (t.to(device) for t in case(getattr(torch, cache_dtype)))
     q, last = q.to(torch.bfloat16), LAST.to(device)
     splits = da.plan(4, 300)
@@ -69,6 +79,11 @@ def check_kernel(cache_dtype: str, device: str = "cpu"):
             torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
     merged = da.merge(*da.launch(q, k, v, last, (splits + 2, 32, 2, 2, 60)))
     torch.testing.assert_close(merged, da.merge(*da.reference(q, k, v, last)), atol=1e-3, rtol=1e-3)
+    for programs in (None, 20, None):  # merged in the kernel (twice the same: the counters were left zero)
+        got = da.launch_merged(q, k, v, last, (splits, da.BLOCK, da.WARPS, da.STAGES, programs))
+        assert got.dtype == q.dtype and not da.arrivals(q.device, 20).any()
+        torch.testing.assert_close(got.float(), da.merge(*da.reference(q, k, v, last, programs)), atol=1e-2,
+                                   rtol=1e-2)  # bf16 output
 
 
 # The kernel's loop bound is read from memory (each row's length). Triton's interpreter turns it into a Python int
