@@ -30,8 +30,8 @@ TARGET_PROGRAMS = 256  # rows * heads * splits at batch 1: about two waves of an
 WORKING_PROGRAMS = 1056
 WARPS, STAGES = 2, 3  # 40B, FP8 cache: 1.06x / 1.29x / 1.48x faster than 4 warps at batch 1 / 4 / 16 (run 29)
 # Merge the slices in the kernel (the last of a (row, head)'s programs) instead of in three compiled kernels after it.
-# Not timed yet: the merge took 3 of about 9 kernels a layer of gpt2-large's batch-1 step, and 0.22 ms of the 40B's
-# batch-16 step (run 46); bench.decode_attention_sweep times both
+# Not timed yet: the compiled merge is three kernels a layer (0.22 ms of the 40B's batch-16 step, run 46), where
+# gpt2-large's batch-1 step has about 9 a layer; bench.decode_attention_sweep times both
 MERGE_IN_KERNEL = False
 NO_SCORE = -1e30  # the running max of a slice no visible position reached: exp() of it against any real max is 0
 
