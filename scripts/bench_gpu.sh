@@ -15,6 +15,8 @@
 #            with a bf16 cache and gpt-large-40b with an FP8 one, batches 1, 4, 16
 #   40b      gpt-large-40b, bf16 and FP8 weight-only (VARIANTS), batch 1 and 16 (BATCHES; empty: none)
 #            (--max-seq-len 1280); ACCURACY=1: FP8 against bf16 on weights with clear logit gaps
+#            (engine and 40b: CONSTANTS="module.NAME=value ..." sets engine constants for the run, e.g.
+#            CONSTANTS=gptserve.engine.decode_attention.MERGE_IN_KERNEL=True)
 #   triton   tritonserver with both models: READY time cold (empty compile cache) and warm (same cache, restart),
 #            then tools/compare_models.py over the runbook envelope (Poisson, prompts 128-512, 256 new tokens)
 #            and py-spy of the stream stub at 16 QPS (every thread, and with --gil the lock holder alone)
@@ -58,6 +60,11 @@ start_server() {
         sleep 1
     done
     echo "$2 $((SECONDS - t0))" | tee -a "$OUT_DIR/ready.txt"
+}
+
+constants() {  # CONSTANTS="module.NAME=value ..." -> bench.engine's --constant options (engine and 40b stages)
+    local c
+    for c in ${CONSTANTS:-}; do echo "--constant $c"; done
 }
 
 stop_server() { kill -TERM "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; }
@@ -135,7 +142,7 @@ for stage in "${STAGES[@]}"; do
         # PYTHONPATH without /tmp/site: its numpy 1.26 (for the stub) breaks the image's transformers (HF peer)
         PYTHONPATH="$PWD" "$PY" -m bench.engine --preset gpt2-large --variants "${VARIANTS:-bf16-sdpa,fp8wo-sdpa}" \
             --batches "${BATCHES-1,16}" --peers "${PEERS-hf-static}" --peer-batches 1,16 \
-            $([ "${ACCURACY:-1}" = 1 ] && echo --accuracy) --output "$OUT_DIR"
+            $([ "${ACCURACY:-1}" = 1 ] && echo --accuracy) $(constants) --output "$OUT_DIR"
         ;;
     profile)  # where a decode step's GPU time goes, per VARIANTS entry: kernels per step, time per kernel class
         for variant in $(echo "${VARIANTS:?set VARIANTS, e.g. bf16-sdpa,bf16-fused}" | tr , " "); do
@@ -162,7 +169,7 @@ for stage in "${STAGES[@]}"; do
     40b)
         PYTHONPATH="$PWD" "$PY" -m bench.engine --preset gpt-large-40b --variants "${VARIANTS:-bf16-sdpa,fp8wo-sdpa}" \
             --batches "${BATCHES-1,16}" --peers '' --max-seq-len 1280 $([ "${ACCURACY:-0}" = 1 ] && echo --accuracy) \
-            --output "$OUT_DIR"
+            $(constants) --output "$OUT_DIR"
         ;;
     triton)  # KEEP_CACHE=1: start on the compile cache a previous run left (a warm start)
         use_compile_cache
