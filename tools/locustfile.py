@@ -50,6 +50,10 @@ log = logging.getLogger("locustfile")
 TTFT = RequestStats()  # method "TTFT", name = the model; not in environment.stats, so not counted as requests
 _decoupled_cache: dict = {}
 _requests = {"started": 0, "recorded": 0}  # this process's users: a difference at quit = interrupted requests
+# Every user's open generator. A gRPC stream that is never closed keeps its response thread (a greenlet under
+# Locust's gevent) alive, and the process then never exits; a user stopped before its on_stop left one behind now
+# and then (seen as a locust that printed its summary and hung). _on_quit closes what is left.
+_open_generators: set = set()
 
 
 @events.init_command_line_parser.add_listener
@@ -106,6 +110,7 @@ class TritonGrpcUser(User):
             raise RuntimeError(f"model {self.model!r} is not decoupled and cannot stream (use --stream auto)")
         self.streaming = self.decoupled and opts.stream != "off"
         self.gen = BlockingGenerator("grpc", self.url, self.model, self.decoupled, opts.request_timeout)
+        _open_generators.add(self.gen)
         self.outputs = requested_outputs(grpcclient)
         self.rng = np.random.default_rng()
 
@@ -113,6 +118,7 @@ class TritonGrpcUser(User):
         gen = getattr(self, "gen", None)
         if gen is not None:
             gen.close()
+            _open_generators.discard(gen)
 
     @task
     def generate(self):
@@ -208,8 +214,12 @@ if STEP_LOAD:
 # ---------------------------------------------------------------------------------------------------- at the end
 @events.quitting.add_listener
 def _on_quit(environment, **_kwargs):
-    """Every process: say how many requests were cut off at stop. Master / standalone: the TTFT table, and exit
-    status 1 when the run breaks an SLO (Locust exits 1 on any failure by itself)."""
+    """Every process: close the generators users left open, and say how many requests were cut off at stop.
+    Master / standalone: the TTFT table, and exit status 1 when the run breaks an SLO (Locust exits 1 on any
+    failure by itself)."""
+    for gen in list(_open_generators):
+        gen.close()
+    _open_generators.clear()
     interrupted = _requests["started"] - _requests["recorded"]
     if interrupted:
         log.warning("%d requests were still running when the users stopped and are not counted; give "

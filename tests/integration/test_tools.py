@@ -14,6 +14,7 @@ import json
 import os
 import pty
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -61,12 +62,27 @@ def server_env(server, **overrides) -> dict:
 
 
 def run(args, timeout=120, env=None) -> subprocess.CompletedProcess:
+    """args run to completion; one still running after `timeout` seconds fails the test with its threads' stacks
+    (Python's faulthandler prints them on SIGABRT), so a hang says where it hangs."""
     full_env = {k: v for k, v in os.environ.items() if k not in LOCATING}
     # `python tools/X.py` imports the `tools` package: installed (editable) by make setup, or the repo root here
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    full_env["PYTHONFAULTHANDLER"] = "1"
     full_env.update(env or {})
-    return subprocess.run([str(a) for a in args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=full_env, stdin=subprocess.DEVNULL)
+    args = [str(a) for a in args]
+    proc = subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=full_env, stdin=subprocess.DEVNULL)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        pytest.fail(f"{' '.join(args)} still ran after {timeout} s; its stderr, stacks last:\n{err[-8000:]}")
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
 def tool(name, *args, **kwargs) -> subprocess.CompletedProcess:
