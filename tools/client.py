@@ -22,6 +22,16 @@ def make_client(protocol: str, url: str, **kwargs):
     return client_module(protocol).InferenceServerClient(url, **kwargs)
 
 
+def close_client(client) -> None:
+    """Close a synchronous tritonclient client once. Its __del__ closes it again, and under Locust's gevent each
+    close of a gRPC channel decrements gRPC's count of gevent channels: a locust whose closed clients were left to
+    garbage collection at exit hung in that second close (tests/integration/test_tools.py, 2026-12-01)."""
+    try:
+        client.close()
+    finally:
+        client.close = lambda: None  # what __del__ calls
+
+
 def model_config(client, model: str) -> dict:
     """The model's configuration as a dict (gRPC and HTTP sync clients)."""
     try:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from tools.cli import ToolError
-from tools.client import error_code, make_client, one_line
+from tools.client import close_client, error_code, make_client, one_line
 from tools.payload import is_final_response, reported_tokens, response_ids
 
 
@@ -50,7 +50,7 @@ class BlockingGenerator:
         try:
             if self._queue is not None:
                 self.client.stop_stream(cancel_requests=True)
-            self.client.close()
+            close_client(self.client)
         except Exception:
             pass
 

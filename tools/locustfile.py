@@ -42,7 +42,7 @@ from locust.runners import WorkerRunner  # noqa: E402
 from locust.stats import CSV_STATS_INTERVAL_SEC, RequestStats, StatsEntry  # noqa: E402
 
 from tools import endpoints  # noqa: E402
-from tools.client import decoupled_from_config, make_client, model_config  # noqa: E402
+from tools.client import close_client, decoupled_from_config, make_client, model_config  # noqa: E402
 from tools.generator import BlockingGenerator  # noqa: E402
 from tools.payload import DEFAULT_MODEL, DEFAULT_VOCAB, build_inputs, random_prompts, requested_outputs  # noqa: E402
 
@@ -50,9 +50,8 @@ log = logging.getLogger("locustfile")
 TTFT = RequestStats()  # method "TTFT", name = the model; not in environment.stats, so not counted as requests
 _decoupled_cache: dict = {}
 _requests = {"started": 0, "recorded": 0}  # this process's users: a difference at quit = interrupted requests
-# Every user's open generator. A gRPC stream that is never closed keeps its response thread (a greenlet under
-# Locust's gevent) alive, and the process then never exits; a user stopped before its on_stop left one behind now
-# and then (seen as a locust that printed its summary and hung). _on_quit closes what is left.
+# Every user's open generator: _on_quit closes any a user left open, so that no client is first closed by garbage
+# collection at exit (see tools.client.close_client) and no stream keeps its response greenlet alive.
 _open_generators: set = set()
 
 
@@ -86,7 +85,7 @@ def _is_decoupled(url: str, model: str) -> bool:
         try:
             _decoupled_cache[key] = decoupled_from_config(model_config(client, model))
         finally:
-            client.close()
+            close_client(client)
     return _decoupled_cache[key]
 
 

@@ -11,7 +11,8 @@ import time
 from typing import NamedTuple
 
 from tools.cli import ToolError, stderr_is_tty
-from tools.client import decoupled_from_config, make_client, max_batch_size_from_config, model_config, one_line
+from tools.client import (close_client, decoupled_from_config, make_client, max_batch_size_from_config, model_config,
+                          one_line)
 
 LOG_EVERY_S = 5.0  # when stderr is not a terminal
 
@@ -76,4 +77,4 @@ def await_model(protocol: str, url: str, model: str, timeout: float, prog: str) 
         except Exception as exc:
             raise ToolError(f"cannot read the configuration of {model!r} at {url}: {one_line(exc)}") from None
     finally:
-        client.close()
+        close_client(client)

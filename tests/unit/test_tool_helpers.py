@@ -1,5 +1,6 @@
 """The tools' shared modules without a server: where the server is found, Prometheus text, statistics, token
-counting of responses that carry several tokens, the client-saturation notes and the load-test picture.
+counting of responses that carry several tokens, the client-saturation notes, the load-test picture, and closing
+a client once.
 
 Responses are real tritonclient InferResult objects built from the gRPC protobuf the server sends."""
 from __future__ import annotations
@@ -170,3 +171,21 @@ def test_warmup_batch_sizes_double_up_to_the_models_max_batch_size():
     assert warmup.default_batch_sizes(64) == (1, 2, 4, 8, 16, 32, 64)  # gpt_large_stream
     assert warmup.default_batch_sizes(12) == (1, 2, 4, 8, 12)
     assert warmup.default_batch_sizes(1) == (1,) and warmup.default_batch_sizes(0) == (1,)  # 0: no batching
+
+
+# ---------------------------------------------------------------------------------------------------- clients
+def test_a_client_is_closed_once_even_when_garbage_collection_closes_it_again():
+    """close_client closes a real gRPC client's channel, and the close its __del__ makes later does nothing (a second
+    channel close under Locust's gevent hung a locust at exit)."""
+    import tritonclient.grpc as grpcclient
+
+    from tools.client import close_client
+
+    client = grpcclient.InferenceServerClient("127.0.0.1:1")  # no server needed: nothing connects
+    channel, closes = client._channel, []
+    close_channel = channel.close
+    channel.close = lambda: closes.append(1) or close_channel()
+    close_client(client)
+    client.__del__()
+    del client
+    assert closes == [1]
