@@ -7,11 +7,9 @@ layer, at one preset's heads and head size, each call replayed from a CUDA graph
 
 Per batch (every row at position kv_len - 1, as in the engine benchmark's decode): the SDPA path (the rows' caches
 sliced to the KV-length bucket, widened when the cache is FP8, and scaled_dot_product_attention under the step's
-mask), the split-KV kernel at its plan (its slices merged after it, as the engine's compiled step does by
-default, and merged in the kernel: decode_attention.MERGE_IN_KERNEL), and every configuration of a grid (SPLITS,
-BLOCK, num_warps, num_stages, PROGRAMS: see decode_attention.launch), each checked against plain attention before it
-is timed. Split-KV times include merge() run eagerly (the compiled step makes three kernels of it). Needs a CUDA GPU
-and triton.
+mask), the split-KV kernel as the engine launches it (its plan, the slices merged in the kernel), and every
+configuration of a grid (SPLITS, BLOCK, num_warps, num_stages, PROGRAMS: see decode_attention.launch), each checked
+against plain attention before it is timed. Needs a CUDA GPU and triton.
 """
 from __future__ import annotations
 
@@ -55,13 +53,7 @@ def sdpa_path(args):
 
 def split_kv(args, config=None):
     q, k, v, last, _ = args
-    return da.merge(*da.launch(q, k, v, last, config)).to(q.dtype)
-
-
-def split_kv_merged(args):
-    """The plan with the slices merged in the kernel (decode_attention.launch_merged)."""
-    q, k, v, last, _ = args
-    return da.launch_merged(q, k, v, last)
+    return da.launch_merged(q, k, v, last, config)
 
 
 def main():
@@ -91,18 +83,17 @@ def main():
         want = sdpa_path(case).float()
         cache_mb = 2 * batch * heads * args.kv_len * dim * k.element_size() / 1e6  # K and V the rows attend over
         row = {"batch": batch, "cache_mb_read": cache_mb,
-               "sdpa_us": streamed_us(sdpa_path, case, streamed=(1, 2)),
-               "split_kv_plan_us": streamed_us(split_kv, case, streamed=(1, 2))}
-        merged_error = relative_error(split_kv_merged(case), want)
-        row["split_kv_merged_error"] = merged_error
-        row["split_kv_merged_us"] = streamed_us(split_kv_merged, case, streamed=(1, 2)) if merged_error < 1e-2 else None
+               "sdpa_us": streamed_us(sdpa_path, case, streamed=(1, 2))}
+        row["split_kv_plan_error"] = error = relative_error(split_kv(case), want)
+        if error >= 1e-2:
+            raise SystemExit(f"split-KV at its plan is wrong at batch {batch}: relative error {error:.1e}")
+        row["split_kv_plan_us"] = streamed_us(split_kv, case, streamed=(1, 2))
         configs = distinct(batch, heads, plan_splits)
         row["configs"] = timed_configs(split_kv, want, case, configs, streamed=(1, 2))
         row["best_config"] = best = fastest(row["configs"])
         report["results"].append(row)
         print(f"batch {batch:2d}: {cache_mb:7.1f} MB of cache; SDPA path {row['sdpa_us']:7.1f} us "
-              f"[{cache_mb / row['sdpa_us']:.2f} TB/s], split-KV plan {row['split_kv_plan_us']:7.1f}, merged in the "
-              f"kernel {row['split_kv_merged_us'] or 'wrong'}, best {best} "
+              f"[{cache_mb / row['sdpa_us']:.2f} TB/s], split-KV plan {row['split_kv_plan_us']:7.1f}, best {best} "
               f"[{cache_mb / best[-1] if best else 0:.2f} TB/s]", flush=True)
     write_report(report, args.output, f"decode-attention-sweep-{args.preset}-{args.cache}")
 

@@ -357,7 +357,7 @@ def main(argv=None):
                         "greedy agreement, on decisive positions too, and KL")
     p.add_argument("--constant", action="append", default=[], metavar="MODULE.NAME=VALUE",
                    help="set an engine module's constant before any engine is built (a Python literal), e.g. "
-                        "gptserve.engine.decode_attention.MERGE_IN_KERNEL=True; repeatable, kept in the report")
+                        "gptserve.engine.decode_attention.WORKING_PROGRAMS=528; repeatable, kept in the report")
     p.add_argument("--table", metavar="JSON", help="print the table of a saved report and exit (no GPU needed)")
     args = p.parse_args(argv)
     if args.table:

@@ -5,15 +5,15 @@ batch 1, on a GPU of 132 SMs), and an FP8 cache is first converted whole to bf16
 into SPLITS slices of that row's positions 0..last (a fixed count; the kernel sizes the slices from the row's last
 position, read on the device, so nothing in a launch depends on the positions: one CUDA graph of the step serves
 every length); a program reads its slice in the cache's own dtype, widens it in registers and writes a partial
-softmax state (running max, sum, weighted values); merge() combines the slices (inside the compiled step the
-compiler makes three small kernels of it). A batch of many rows reads each row in fewer, longer slices (only as
-many work as keep about WORKING_PROGRAMS programs busy; the rest write empty states), with the same shapes.
-With MERGE_IN_KERNEL the kernel merges too: the last program of each (row, head) to finish, counted by an atomic
-counter, combines the slices' states and writes the attention output.
+softmax state (running max, sum, weighted values). The last program of each (row, head) to finish, counted by an
+atomic counter, merges the slices' states (as merge() does) and writes the attention output: merged after the
+kernel, the compiled step made three small kernels a layer of it, and the step was slower by 7% (gpt2-large, batch
+1) and 1.4% (the 40B's FP8 cache, batch 16; runs 53 and 54, docs/benchmarks.md). A batch of many rows reads each
+row in fewer, longer slices (only as many work as keep about WORKING_PROGRAMS programs busy; the rest write empty
+states), with the same shapes.
 
-Registered as the custom ops gptserve::decode_attention_partials (the states) and gptserve::decode_attention_merged
-(the output): on CUDA tensors one Triton kernel, on others the same computed with torch (the reference the kernel
-is tested against, and the CPU path).
+Registered as the custom op gptserve::decode_attention: on CUDA tensors the Triton kernel, on others the same
+computed with torch (reference() merged: what the kernel is tested against, and the CPU path).
 """
 from __future__ import annotations
 
@@ -29,10 +29,6 @@ TARGET_PROGRAMS = 256  # rows * heads * splits at batch 1: about two waves of an
 # at its batch 8)
 WORKING_PROGRAMS = 1056
 WARPS, STAGES = 2, 3  # 40B, FP8 cache: 1.06x / 1.29x / 1.48x faster than 4 warps at batch 1 / 4 / 16 (run 29)
-# Merge the slices in the kernel (the last of a (row, head)'s programs) instead of in three compiled kernels after it.
-# Not timed yet: the compiled merge is three kernels a layer (0.22 ms of the 40B's batch-16 step, run 46), where
-# gpt2-large's batch-1 step has about 9 a layer; bench.decode_attention_sweep times both
-MERGE_IN_KERNEL = False
 NO_SCORE = -1e30  # the running max of a slice no visible position reached: exp() of it against any real max is 0
 
 
@@ -131,7 +127,8 @@ def arrivals(device: torch.device, pairs: int) -> torch.Tensor:
 
 
 def launch(q, k_cache, v_cache, last, config: tuple[int, int, int, int, int | None] | None = None):
-    """The kernel on any tensors Triton takes (CUDA, or CPU under TRITON_INTERPRET=1): partial states. config:
+    """The kernel on any tensors Triton takes (CUDA, or CPU under TRITON_INTERPRET=1), without its merge: the
+    partial states, which the tests compare with reference() slice by slice. config:
     (SPLITS, BLOCK, num_warps, num_stages, PROGRAMS) in place of the plan's (plan(), BLOCK, WARPS, STAGES,
     WORKING_PROGRAMS), PROGRAMS the working_splits() target (None: every slice works).
     bench.decode_attention_sweep tries several; any of them merges to the same attention, while reference()
@@ -140,7 +137,8 @@ def launch(q, k_cache, v_cache, last, config: tuple[int, int, int, int, int | No
 
 
 def launch_merged(q, k_cache, v_cache, last, config: tuple[int, int, int, int, int | None] | None = None):
-    """launch() with the slices merged in the kernel: the attention output [B, H, D] in q's dtype."""
+    """launch() with the slices merged in the kernel, as the engine runs it: the attention output [B, H, D] in q's
+    dtype."""
     return _run(q, k_cache, v_cache, last, config, merged=True)[3]
 
 
@@ -187,33 +185,17 @@ def reference(q, k_cache, v_cache, last, programs: int | None = WORKING_PROGRAMS
     return m, weight.sum(-1), acc
 
 
-@torch.library.custom_op("gptserve::decode_attention_partials", mutates_args=())
-def decode_attention_partials(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                              last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q [B, H, D] of rows (slots) 0..B-1; caches [slots, H, S, D]; last [B]: each row's last visible position."""
-    if q.is_cuda:
-        return launch(q, k_cache, v_cache, last)
-    return reference(q, k_cache, v_cache, last)
-
-
-@decode_attention_partials.register_fake
-def _(q, k_cache, v_cache, last):
-    rows, heads, dim = q.shape
-    splits = plan(heads, k_cache.shape[2])
-    m = q.new_empty((rows, heads, splits), dtype=torch.float32)
-    return m, torch.empty_like(m), q.new_empty((rows, heads, splits, dim), dtype=torch.float32)
-
-
-@torch.library.custom_op("gptserve::decode_attention_merged", mutates_args=())
-def decode_attention_merged(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                            last: torch.Tensor) -> torch.Tensor:
-    """decode_attention_partials merged (in the kernel on CUDA tensors): the output [B, H, D] in q's dtype."""
+@torch.library.custom_op("gptserve::decode_attention", mutates_args=())
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     last: torch.Tensor) -> torch.Tensor:
+    """q [B, H, D] of rows (slots) 0..B-1; caches [slots, H, S, D]; last [B]: each row's last visible position ->
+    attention output [B, H, D] in q's dtype, each row over its cache positions 0..last[row]."""
     if q.is_cuda:
         return launch_merged(q, k_cache, v_cache, last)
     return merge(*reference(q, k_cache, v_cache, last)).to(q.dtype)
 
 
-@decode_attention_merged.register_fake
+@decode_attention.register_fake
 def _(q, k_cache, v_cache, last):
     return q.new_empty(q.shape)
 
@@ -223,10 +205,3 @@ def merge(m: torch.Tensor, total: torch.Tensor, acc: torch.Tensor) -> torch.Tens
     weight = torch.exp(m - m.amax(-1, keepdim=True))  # [B, H, SPLITS]: 0 for slices with no visible position
     return (acc * weight[..., None]).sum(2) / (total * weight).sum(-1, keepdim=True)
 
-
-def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, last: torch.Tensor):
-    """q [B, H, D] of rows (slots) 0..B-1 -> attention output [B, H, D] in q's dtype, each row over its cache
-    positions 0..last[row]."""
-    if MERGE_IN_KERNEL:
-        return decode_attention_merged(q, k_cache, v_cache, last)
-    return merge(*decode_attention_partials(q, k_cache, v_cache, last)).to(q.dtype)

@@ -26,10 +26,10 @@ def test_failing_and_wrong_configurations_are_recorded_not_timed():
 
 
 def test_engine_bench_sets_existing_constants_and_refuses_unknown_ones(monkeypatch):
-    monkeypatch.setattr(decode_attention, "MERGE_IN_KERNEL", False)
+    monkeypatch.setattr(decode_attention, "WARPS", decode_attention.WARPS)
     monkeypatch.setattr(decode_attention, "WORKING_PROGRAMS", decode_attention.WORKING_PROGRAMS)
-    set_constants(["gptserve.engine.decode_attention.MERGE_IN_KERNEL=True",
+    set_constants(["gptserve.engine.decode_attention.WARPS=4",
                    "gptserve.engine.decode_attention.WORKING_PROGRAMS=528"])
-    assert decode_attention.MERGE_IN_KERNEL is True and decode_attention.WORKING_PROGRAMS == 528
-    with pytest.raises(SystemExit, match="has no MERGE_IN_KERNELS"):
-        set_constants(["gptserve.engine.decode_attention.MERGE_IN_KERNELS=True"])
+    assert decode_attention.WARPS == 4 and decode_attention.WORKING_PROGRAMS == 528
+    with pytest.raises(SystemExit, match="has no WARP"):
+        set_constants(["gptserve.engine.decode_attention.WARP=4"])
