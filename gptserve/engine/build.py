@@ -77,14 +77,16 @@ def resolve(settings, device: str | None = None) -> Resolved:
                          f"(got {dtype}) and fp8_mode none or weight-only (got {fp8_mode})")
     attention_backend = settings.attention_backend
     if attention_backend == "auto":  # measured on the H200: docs/configuration.md
-        attention_backend = auto_attention_backend(model_cfg, on_gpu)
+        attention_backend = auto_attention_backend(model_cfg, on_gpu, kv_dtype)
     return Resolved(model_cfg, preset, dev, dtype, compile_mode, fp8_mode, kv_dtype, decode_linears,
                     attention_backend)
 
 
-def auto_attention_backend(model_cfg: ModelConfig, on_gpu: bool) -> str:
-    """attention_backend=auto: split-KV where it was measured to win (a narrow model on a GPU), else SDPA."""
-    return "splitkv" if on_gpu and model_cfg.n_embd <= NARROW_MAX_EMBD else "sdpa"
+def auto_attention_backend(model_cfg: ModelConfig, on_gpu: bool, kv_dtype: torch.dtype) -> str:
+    """attention_backend=auto: split-KV where it was measured to win (on a GPU, a narrow model, or an FP8 cache,
+    which SDPA first widens whole: the 40B's attention 14x slower a layer, runs 52 and 59), else SDPA."""
+    fp8_cache = kv_dtype == torch.float8_e4m3fn
+    return "splitkv" if on_gpu and (model_cfg.n_embd <= NARROW_MAX_EMBD or fp8_cache) else "sdpa"
 
 
 def auto_decode_linears(model_cfg: ModelConfig, dtype: torch.dtype, fp8_mode: str, on_gpu: bool,

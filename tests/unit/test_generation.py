@@ -172,9 +172,11 @@ def test_attention_backend_auto_takes_split_kv_where_it_was_measured_to_win():
     from gptserve.engine.build import auto_attention_backend, resolve
     from gptserve.engine.config import PRESETS
 
-    assert auto_attention_backend(PRESETS["gpt2-large"], True) == "splitkv"
-    assert auto_attention_backend(PRESETS["gpt-large-40b"], True) == "sdpa"  # not measured against SDPA there
-    assert auto_attention_backend(PRESETS["gpt2-large"], False) == "sdpa"  # a CPU
+    bf16, fp8 = torch.bfloat16, torch.float8_e4m3fn
+    assert auto_attention_backend(PRESETS["gpt2-large"], True, bf16) == "splitkv"
+    assert auto_attention_backend(PRESETS["gpt-large-40b"], True, bf16) == "sdpa"  # not measured against SDPA there
+    assert auto_attention_backend(PRESETS["gpt-large-40b"], True, fp8) == "splitkv"  # SDPA would widen the cache
+    assert auto_attention_backend(PRESETS["gpt2-large"], False, bf16) == "sdpa"  # a CPU
     assert resolve(ServingConfig(preset="tiny"), "cpu").attention_backend == "sdpa"
 
 
