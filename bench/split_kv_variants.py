@@ -78,12 +78,13 @@ def partials(case, design: str, block: int, warps: int, stages: int, register_ca
     q, k, v, last = case
     rows, heads, dim = q.shape
     splits = da.plan(heads, k.shape[2])
+    cap = {} if register_cap is None else {"maxnreg": register_cap}
+    if design == "engine":
+        return da.launch(q, k, v, last, (splits, block, warps, stages, da.WORKING_PROGRAMS), **cap)
     m = torch.empty((rows, heads, splits), dtype=torch.float32, device=q.device)
     total = torch.empty_like(m)
     acc = torch.empty((rows, heads, splits, dim), dtype=torch.float32, device=q.device)
-    kernel = da._kernel() if design == "engine" else _mma_kernel()
-    cap = {} if register_cap is None else {"maxnreg": register_cap}
-    kernel[(rows, heads, splits)](
+    _mma_kernel()[(rows, heads, splits)](
         q, k, v, last, m, total, acc, dim ** -0.5, da.working_splits(rows, heads, splits, da.WORKING_PROGRAMS),
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
         BLOCK=block, D=dim, NO_SCORE=da.NO_SCORE, num_warps=warps, num_stages=stages, **cap)

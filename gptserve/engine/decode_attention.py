@@ -126,14 +126,15 @@ def arrivals(device: torch.device, pairs: int) -> torch.Tensor:
     return counters
 
 
-def launch(q, k_cache, v_cache, last, config: tuple[int, int, int, int, int | None] | None = None):
+def launch(q, k_cache, v_cache, last, config: tuple[int, int, int, int, int | None] | None = None, **options):
     """The kernel on any tensors Triton takes (CUDA, or CPU under TRITON_INTERPRET=1), without its merge: the
-    partial states, which the tests compare with reference() slice by slice. config:
+    partial states, which the tests compare with reference() slice by slice. options: more of Triton's launch
+    options (bench.split_kv_variants passes maxnreg). config:
     (SPLITS, BLOCK, num_warps, num_stages, PROGRAMS) in place of the plan's (plan(), BLOCK, WARPS, STAGES,
     WORKING_PROGRAMS), PROGRAMS the working_splits() target (None: every slice works).
     bench.decode_attention_sweep tries several; any of them merges to the same attention, while reference()
     reproduces the plan's states only."""
-    return _run(q, k_cache, v_cache, last, config, merged=False)[:3]
+    return _run(q, k_cache, v_cache, last, config, merged=False, **options)[:3]
 
 
 def launch_merged(q, k_cache, v_cache, last, config: tuple[int, int, int, int, int | None] | None = None):
@@ -142,7 +143,7 @@ def launch_merged(q, k_cache, v_cache, last, config: tuple[int, int, int, int, i
     return _run(q, k_cache, v_cache, last, config, merged=True)[3]
 
 
-def _run(q, k_cache, v_cache, last, config, merged: bool):
+def _run(q, k_cache, v_cache, last, config, merged: bool, **options):
     rows, heads, dim = q.shape
     splits, block, warps, stages, programs = config or (plan(heads, k_cache.shape[2]), BLOCK, WARPS, STAGES,
                                                         WORKING_PROGRAMS)
@@ -157,7 +158,7 @@ def _run(q, k_cache, v_cache, last, config, merged: bool):
         splits if programs is None else working_splits(rows, heads, splits, programs),
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         BLOCK=block, D=dim, NO_SCORE=NO_SCORE, MERGE=merged, SPLITS_POW2=1 << (splits - 1).bit_length(),
-        num_warps=warps, num_stages=stages)
+        num_warps=warps, num_stages=stages, **options)
     return m, total, acc, out
 
 

@@ -1,6 +1,6 @@
 """The benchmarks' parts that need no GPU: a configuration that fails or gives a wrong result is recorded with the
 reason and never timed, the fastest timed entry is picked from the rest, and bench.engine's --constant sets only
-constants that exist."""
+constants that exist; under Triton's interpreter, split_kv_variants' designs launch their kernels."""
 import pytest
 import torch
 
@@ -9,6 +9,8 @@ from bench import (decode_attention_sweep, persistent_reductions, prefill_linear
 from bench.engine import set_constants
 from bench.sweep import fastest, timed_configs
 from gptserve.engine import decode_attention
+from tests.unit.test_decode_attention import interpreter_reads_loop_bounds
+from tests.unit.triton_interpreter import needs_triton, run_interpreted
 
 
 def test_failing_and_wrong_configurations_are_recorded_not_timed():
@@ -33,3 +35,22 @@ def test_engine_bench_sets_existing_constants_and_refuses_unknown_ones(monkeypat
     assert decode_attention.WARPS == 4 and decode_attention.WORKING_PROGRAMS == 528
     with pytest.raises(SystemExit, match="has no WARP"):
         set_constants(["gptserve.engine.decode_attention.WARP=4"])
+
+
+def check_split_kv_variant(design: str):
+    """One of bench.split_kv_variants' designs launched as the sweep launches it, its states merged against the
+    engine's torch reference (run_interpreted calls this)."""
+    from tests.unit.test_decode_attention import LAST, case
+
+    q, k, v = case(torch.bfloat16)
+    q = q.to(torch.bfloat16)
+    states = split_kv_variants.partials((q, k, v, LAST), design, 32, 2, 1, None)
+    want = decode_attention.merge(*decode_attention.reference(q, k, v, LAST))
+    torch.testing.assert_close(decode_attention.merge(*states), want, atol=1e-2, rtol=1e-2)
+
+
+@needs_triton
+@interpreter_reads_loop_bounds
+@pytest.mark.parametrize("design", ["engine", "mma"])
+def test_split_kv_variants_launch_their_kernels(design):
+    run_interpreted("tests.unit.test_bench_sweep", "check_split_kv_variant", design)
