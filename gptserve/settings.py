@@ -56,7 +56,8 @@ class ServingConfig:
     attention_backend: str = setting("auto", "Attention kernel; splitkv: sdpa, but decode steps read the cache with "
                                      "split-KV attention (all SMs at batch 1, an FP8 cache read as it is, one CUDA "
                                      "graph per batch bucket for every KV length); auto: splitkv on a GPU for a model "
-                                     "of n_embd <= 2048 or with kv_cache_dtype=fp8, else sdpa.", choices=("auto", "sdpa", "flex", "splitkv"))
+                                     "of n_embd <= 2048 or with kv_cache_dtype=fp8, else sdpa.",
+                                     choices=("auto", "sdpa", "flex", "splitkv"))
     decode_linears: str = setting("auto", "Linear layers of a decode step of at most 16 rows; fused: each one "
                                   "Triton kernel with its LayerNorm, bias, GELU and residual add; head: only the "
                                   "final LayerNorm and LM head; by_batch: fused at batch 1, head at 2-16; one_row: "
