@@ -18,8 +18,6 @@ by the tensor-memory accelerator):
                 bf16 rows: no quantisation kernels before it, and the MMAs' sums scaled into fp32 every tile
   terms-inside  two-term with the terms made in the kernel from the bf16 rows and split_rows' row scales (the
                 compiled step would take only the row maxima before it)
-  tile-scales   the engine's kernel with fp8_matmul.TILE_SCALES: the terms at a scale per row and K tile
-                (fp8.split_tiles, made before it), each tile's sums scaled into fp32
   scaled_mm     cuBLAS's FP8 GEMM (torch._scaled_mm, x quantised per row, fast accumulation)
 Needs a CUDA GPU of compute capability 9.0 and triton >= 3.3.
 """
@@ -32,7 +30,7 @@ import torch
 
 from gptserve.engine import fp8_matmul
 from gptserve.engine.config import PRESETS
-from gptserve.engine.fp8 import join_rows, quantize_rows, split_rows, split_tiles
+from gptserve.engine.fp8 import join_rows, quantize_rows, split_rows
 
 from . import header
 from .rows_linear_sweep import layers, split_k_configs
@@ -148,7 +146,6 @@ def designs(x, w, w_scale, n: int, k: int) -> dict:
     exact = x.float() @ w.float().t()
     grid = split_k_configs(n, k)
     two_terms = join_rows(hi, lo, scale) @ w.float().t()
-    tiled = {bk: split_tiles(x, bk) for bk in {cfg[1] for cfg in grid} if k % bk == 0}  # the terms per BLOCK_K
     promoted = {name: (
         lambda c, cfg, every=every: fp8_matmul.launch(hi, lo, scale, c[0], cfg, promote_every=every).sum(0),
         (w,), grid, two_terms, exact) for name, every in (("two-term-unpromoted", 0), ("two-term-promote-32", 32))}
@@ -161,8 +158,6 @@ def designs(x, w, w_scale, n: int, k: int) -> dict:
         **promoted,
         "split-inside": (lambda c, cfg: launch("split-inside", x, c[0], cfg).sum(0), (w,), grid, exact, exact),
         "terms-inside": (lambda c, cfg: launch("terms-inside", x, c[0], cfg, scale).sum(0), (w,), grid, exact, exact),
-        "tile-scales": (lambda c, cfg: fp8_matmul.launch(*tiled[cfg[1]], c[0], cfg).sum(0), (w,),
-                        [cfg for cfg in grid if cfg[1] in tiled], exact, exact),
         "scaled_mm": (lambda c, _: torch._scaled_mm(xq, c[0].t(), scale_a=x_scale, scale_b=w_scale.t().contiguous(),
                                                     out_dtype=torch.bfloat16, use_fast_accum=True),
                       (w,), [("cublas",)], (xq.float() * x_scale) @ (w.float() * w_scale).t(), exact * w_scale.t()),

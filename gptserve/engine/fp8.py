@@ -21,7 +21,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import fp8_matmul
 from .fp8_matmul import LO_RATIO, MAX_ROWS, fp8_rows_matmul
 
 FP8 = torch.float8_e4m3fn
@@ -70,30 +69,9 @@ def split_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     return hi, lo, scale.view(-1)
 
 
-def split_tiles(x: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """split_rows with a scale per row and tile of K: x [M, K] (K a multiple of tile) -> (hi, lo: fp8 [M, K],
-    scale: fp32 [M, K / tile]). Each tile's maximum is a small reduction of its own, so the compiler spreads the
-    work over M * K / tile programs where a row's maximum takes one program a row."""
-    m, k = x.shape
-    hi, lo, scale = split_rows(x.reshape(m * k // tile, tile))
-    return hi.view(m, k), lo.view(m, k), scale.view(m, k // tile)
-
-
 def join_rows(hi: torch.Tensor, lo: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """The rows split_rows' (scale [M]) or split_tiles' (scale [M, tiles]) terms stand for, in fp32 (exact: each
-    term has 4 significant bits)."""
-    m, k = hi.shape
-    terms = (hi.float() + lo.float() / LO_RATIO).view(m, scale.numel() // m, -1)  # [M, tiles, tile]
-    return (terms * scale.view(m, -1, 1)).view(m, k)
-
-
-def two_terms(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x [M, K]'s two FP8 terms for fp8_rows_matmul: scales per row, or with fp8_matmul.TILE_SCALES per row and K
-    tile where K is whole tiles."""
-    tile = fp8_matmul.tile(x.shape[1])
-    if fp8_matmul.TILE_SCALES and x.shape[1] % tile == 0:
-        return split_tiles(x, tile)
-    return split_rows(x)
+    """The rows split_rows' terms stand for, in fp32 (exact: each term has 4 significant bits)."""
+    return (hi.float() + lo.float() / LO_RATIO) * scale[:, None]
 
 
 @functools.cache
@@ -131,7 +109,7 @@ class TorchFp8Linear(nn.Module):
         shape = x.shape
         rows = x.reshape(-1, self.in_features)  # [M, K]
         if self.weight_only and rows.shape[0] <= MAX_ROWS:
-            y = fp8_rows_matmul(*two_terms(rows), self.weight_fp8).sum(0) * self.weight_scale  # [M, N] fp32
+            y = fp8_rows_matmul(*split_rows(rows), self.weight_fp8).sum(0) * self.weight_scale  # [M, N] fp32
             if self.bias is not None:
                 y = y + self.bias
         else:

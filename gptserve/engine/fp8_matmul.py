@@ -11,8 +11,7 @@ Each program takes BLOCK_N rows of W (brought in by the tensor-memory accelerato
 the 16-row tiles of the two terms as its right ones (the MMA's M is W's rows: Hopper's FP8 MMA needs 64), their
 sums added into fp32 accumulators once a tile, over one slice of K (split-K, so a small matrix still spreads over
 every SM); the slices' partial sums are added by the caller, where the compiler fuses that sum with the weight
-scale, the bias and the next operation. The terms' scale is one per row (fp8.split_rows), or with TILE_SCALES one
-per row and K tile (fp8.split_tiles): then the kernel scales each tile's sums as it adds them into fp32.
+scale, the bias and the next operation.
 
 Registered as the custom op gptserve::fp8_rows_matmul, so torch.compile and CUDA graphs take it as it is.
 Imports triton only when first used (GPU machines); CPUs never call it.
@@ -32,13 +31,6 @@ LO_RATIO = 16
 # 40B's matrices at 1.5-3.2e-3 from the bf16 rows' product, once a tile at 6.3-6.6e-4 (the two terms' own error)
 # at the same speed, every 32 products 1-3% slower (bench.fp8_rows_variants, H200, 2026-12-01)
 PROMOTE_EVERY = 256
-# The rows' two terms at a scale per row and K tile (the plan's BLOCK_K) instead of per row. A row's maximum takes
-# a kernel of one program per row, which with 16 rows leaves most SMs idle: the 40B's batch-16 step spends ~1.5 ms
-# in such kernels, which take the maxima and make the terms (run 46's profile, docs/benchmarks.md); per tile the
-# compiler makes them with a program per tile. Not timed yet: `bench.fp8_rows_variants --designs
-# two-term,tile-scales` times the kernel, `bench.engine --constant gptserve.engine.fp8_matmul.TILE_SCALES=True`
-# the step
-TILE_SCALES = False
 
 
 @functools.cache
@@ -48,11 +40,10 @@ def _kernel():
 
     @triton.jit
     def fp8_rows_matmul_kernel(hi_ptr, lo_ptr, scale_ptr, w_desc, out_ptr, M, N, K, K_PER_SPLIT, stride_xm,
-                               stride_sm, stride_os, stride_om, LO_RATIO: tl.constexpr, BLOCK_N: tl.constexpr,
-                               BLOCK_K: tl.constexpr, PROMOTE_EVERY: tl.constexpr, TILE_SCALES: tl.constexpr):
-        # hi, lo: [M, K] fp8, the rows' two terms; scale: hi's unit, fp32 [M], or with TILE_SCALES [M, K / BLOCK_K]
-        # (row stride stride_sm); w: [N, K] fp8, tiles [BLOCK_N, BLOCK_K] (zeros past N and K); out: [SPLIT, M, N]
-        # fp32 partial sums
+                               stride_os, stride_om, LO_RATIO: tl.constexpr, BLOCK_N: tl.constexpr,
+                               BLOCK_K: tl.constexpr, PROMOTE_EVERY: tl.constexpr):
+        # hi, lo: [M, K] fp8, the rows' two terms; scale: [M] fp32, hi's unit; w: [N, K] fp8, tiles
+        # [BLOCK_N, BLOCK_K] (zeros past N and K); out: [SPLIT, M, N] fp32 partial sums
         pid_n, split = tl.program_id(0), tl.program_id(1)
         rows = tl.arange(0, 16)
         n0 = pid_n * BLOCK_N
@@ -66,22 +57,14 @@ def _kernel():
             hi = tl.load(hi_ptr + at, mask=inside, other=0.0)  # [16, BLOCK_K]
             lo = tl.load(lo_ptr + at, mask=inside, other=0.0)
             w = w_desc.load([n0, k0])  # [BLOCK_N, BLOCK_K]
-            if TILE_SCALES:  # this tile's sums, scaled into fp32
-                unit = tl.load(scale_ptr + rows * stride_sm + k0 // BLOCK_K, mask=(rows < M) & (k0 < K), other=0.0)
-                sums = tl.dot(w, tl.trans(lo), max_num_imprecise_acc=PROMOTE_EVERY) * (1.0 / LO_RATIO)
-                sums = tl.dot(w, tl.trans(hi), sums, max_num_imprecise_acc=PROMOTE_EVERY)  # [BLOCK_N, 16]
-                acc_hi += sums * unit[None, :]
-            elif PROMOTE_EVERY:
+            if PROMOTE_EVERY:
                 acc_hi = tl.dot(w, tl.trans(hi), acc_hi, max_num_imprecise_acc=PROMOTE_EVERY)  # [BLOCK_N, 16]
                 acc_lo = tl.dot(w, tl.trans(lo), acc_lo, max_num_imprecise_acc=PROMOTE_EVERY)
             else:
                 acc_hi = tl.dot(w, tl.trans(hi), acc_hi)  # [BLOCK_N, 16]
                 acc_lo = tl.dot(w, tl.trans(lo), acc_lo)
         row_ok = rows < M
-        if TILE_SCALES:
-            acc = acc_hi
-        else:
-            acc = (acc_hi + acc_lo * (1.0 / LO_RATIO)) * tl.load(scale_ptr + rows, mask=row_ok, other=0.0)[None, :]
+        acc = (acc_hi + acc_lo * (1.0 / LO_RATIO)) * tl.load(scale_ptr + rows, mask=row_ok, other=0.0)[None, :]
         cols = n0 + tl.arange(0, BLOCK_N)
         tl.store(out_ptr + split * stride_os + rows[None, :] * stride_om + cols[:, None], acc,
                  mask=row_ok[None, :] & (cols[:, None] < N))
@@ -94,13 +77,8 @@ def plan(n: int, k: int, sms: int) -> tuple[int, int, int, int, int]:
     (one warpgroup's MMA), K in steps of 256, SPLIT for one program per SM where K allows: the shape of the FP8
     designs' best on the 40B's matrices (runs 36-37). In the engine it took ~198 us a 40B block at 16 rows (run
     38's profile), where the sweeps' best of each matrix add up to 212-216."""
-    block_k = tile(k)
+    block_k = min(256, max(32, 1 << (k - 1).bit_length()))
     return 64, block_k, 4, 4, splits(n, k, 64, block_k, sms)
-
-
-def tile(k: int) -> int:
-    """The plan's BLOCK_K for K = k: the tile fp8.split_tiles takes a scale per."""
-    return min(256, max(32, 1 << (k - 1).bit_length()))
 
 
 def splits(n: int, k: int, block_n: int, block_k: int, programs: int) -> int:
@@ -113,35 +91,29 @@ def splits(n: int, k: int, block_n: int, block_k: int, programs: int) -> int:
 @torch.library.custom_op("gptserve::fp8_rows_matmul", mutates_args=())
 def fp8_rows_matmul(hi: torch.Tensor, lo: torch.Tensor, scale: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Partial sums [SPLIT, M, N] (fp32) of x [M, K] @ weight [N, K]^T, M <= 16, x given as two FP8 terms
-    (fp8.split_rows, or fp8.split_tiles at tile(K)); their sum over dim 0 is the product with weight's FP8 values
-    (unscaled)."""
+    (fp8.split_rows); their sum over dim 0 is the product with weight's FP8 values (unscaled)."""
     return launch(hi, lo, scale, weight)
 
 
 def launch(hi, lo, scale, weight, config: tuple[int, int, int, int, int] | None = None,
            promote_every: int = PROMOTE_EVERY):
     """The kernel's partial sums; config: (BLOCK_N, BLOCK_K, num_warps, num_stages, SPLIT) in place of the plan
-    (bench.rows_linear_sweep tries several; with scales per tile, [M, K / BLOCK_K], BLOCK_K must be their tile),
-    promote_every in place of PROMOTE_EVERY (at most BLOCK_K; bench.fp8_rows_variants tries several)."""
+    (bench.rows_linear_sweep tries several), promote_every in place of PROMOTE_EVERY (at most BLOCK_K;
+    bench.fp8_rows_variants tries several)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     m, k = hi.shape
     n = weight.shape[0]
     assert m <= MAX_ROWS and lo.shape == hi.shape and hi.stride() == lo.stride() and hi.stride(1) == 1, \
         (hi.shape, lo.shape)
-    assert weight.shape[1] == k and weight.is_contiguous() and scale.is_contiguous()
+    assert scale.shape == (m,) and scale.is_contiguous() and weight.shape[1] == k and weight.is_contiguous()
     block_n, block_k, warps, stages, split = config or plan(n, k, _sms(hi.device))
-    tile_scales = scale.dim() == 2
-    assert scale.shape == ((m, k // block_k) if tile_scales else (m,)) and not (tile_scales and k % block_k), \
-        (scale.shape, k, block_k)
-    promote = min(promote_every, block_k)
     k_per_split = -(-k // block_k // split) * block_k
     out = torch.empty((split, m, n), dtype=torch.float32, device=hi.device)
     grid = (-(-n // block_n), split)
     _kernel()[grid](hi, lo, scale, TensorDescriptor.from_tensor(weight, [block_n, block_k]), out, m, n, k,
-                    k_per_split, hi.stride(0), scale.stride(0), out.stride(0), out.stride(1), LO_RATIO=LO_RATIO,
-                    BLOCK_N=block_n, BLOCK_K=block_k, PROMOTE_EVERY=(promote or block_k) if tile_scales else promote,
-                    TILE_SCALES=tile_scales, num_warps=warps, num_stages=stages)
+                    k_per_split, hi.stride(0), out.stride(0), out.stride(1), LO_RATIO=LO_RATIO, BLOCK_N=block_n,
+                    BLOCK_K=block_k, PROMOTE_EVERY=min(promote_every, block_k), num_warps=warps, num_stages=stages)
     return out
 
 

@@ -129,18 +129,14 @@ def test_chunked_prefill_equals_whole_prefill(eager):
 WIDE = ((8192, 4096), (4096, 8192))  # a wide model's matrices: rows_linear's wide plan at one row
 
 
-@pytest.mark.parametrize("tile_scales", [False, True])
 @pytest.mark.parametrize("rows", [1, 3, 16])
-def test_fp8_weight_only_kernel_matches_dequantized_weights(rows, tile_scales, monkeypatch):
+def test_fp8_weight_only_kernel_matches_dequantized_weights(rows):
     """The FP8-weight kernel computes x @ (W_fp8 * scale)^T: against the same product in fp32, within bf16's
-    rounding (the rows go in as two FP8 terms, at scales per row or per row and K tile; the output comes out in
-    bf16)."""
-    from gptserve.engine import fp8_matmul
+    rounding (the rows go in as two FP8 terms, the output comes out in bf16)."""
     from gptserve.engine.fp8 import WeightOnlyFp8Linear
 
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 needs compute capability >= 8.9")
-    monkeypatch.setattr(fp8_matmul, "TILE_SCALES", tile_scales)
     torch.manual_seed(rows)
     for n, k in ((1280, 1280), (3840, 1280), (5120, 1280), (1280, 5120), (50257, 1280), *WIDE):
         linear = torch.nn.Linear(k, n, device="cuda", dtype=torch.bfloat16)
@@ -213,15 +209,10 @@ def test_fused_linear_normalises_a_wide_row_before_the_kernel():
     assert ((got - want).norm() / want.norm()).item() < 1e-2
 
 
-@pytest.mark.parametrize("decode_linears", ["torch", "fused", "one_row", "torch-tile-scales"])
-def test_fp8_weight_only_engine_tracks_bf16(eager, decode_linears, monkeypatch):
-    from gptserve.engine import fp8_matmul
-
+@pytest.mark.parametrize("decode_linears", ["torch", "fused", "one_row"])
+def test_fp8_weight_only_engine_tracks_bf16(eager, decode_linears):
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 needs compute capability >= 8.9")
-    if decode_linears == "torch-tile-scales":  # 2-16 rows at scales per row and K tile
-        monkeypatch.setattr(fp8_matmul, "TILE_SCALES", True)
-        decode_linears = "torch"
     engine = Engine(ServingConfig(preset="tiny", fp8_mode="weight-only", decode_linears=decode_linears),
                     device="cuda")
     engine.warmup()
