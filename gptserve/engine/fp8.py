@@ -21,12 +21,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .fp8_matmul import MAX_ROWS, fp8_rows_matmul
-from .row_terms import FP8, FP8_MAX, MAX_K, join_rows, quantize_rows, row_terms, split_rows  # noqa: F401 (API)
+from .fp8_matmul import LO_RATIO, MAX_ROWS, fp8_rows_matmul
 
-# weight-only's few rows make their FP8 terms (and the LayerNorm before them) in row_terms' kernel; False: the
-# compiler makes them, fused with what comes before (to time the two: bench.engine --constant)
-ROW_TERMS_KERNEL = True
+FP8 = torch.float8_e4m3fn
+FP8_MAX = torch.finfo(FP8).max  # 448
 ALIGN = 16  # _scaled_mm needs both matrix dimensions to be multiples of 16
 
 log = logging.getLogger("gptserve")
@@ -50,6 +48,32 @@ def require_transformer_engine():
         ) from exc
 
 
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (fp8 [M, K], fp32 scale [M, 1]) with x ~= q * scale.
+
+    The row maximum of |x| in one reduction (no |x| copy), and no clamp, since |x| / scale is at most FP8_MAX
+    within fp32 rounding, which the cast rounds to FP8_MAX (tests/unit/test_fp8.py: the same bytes as with the
+    clamp). Eager, that is still three passes over x; quantize_activations runs it as one compiled kernel."""
+    scale = torch.linalg.vector_norm(x, ord=float("inf"), dim=-1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
+    return (x / scale).to(FP8), scale
+
+
+def split_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (hi, lo: fp8 [M, K], scale: fp32 [M]) with x ~= (hi + lo / LO_RATIO) * scale.
+
+    hi is x quantised per row (4 significant bits); lo is hi's rounding error in units LO_RATIO times finer, so the
+    sum keeps about 8 significant bits of each element, as bf16 does (fp8_matmul.py multiplies both by FP8
+    weights). One row maximum, no clamp (as quantize_rows)."""
+    hi, scale = quantize_rows(x)
+    lo = ((x.float() - hi.float() * scale) * (LO_RATIO / scale)).to(FP8)
+    return hi, lo, scale.view(-1)
+
+
+def join_rows(hi: torch.Tensor, lo: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The rows split_rows' terms stand for, in fp32 (exact: each term has 4 significant bits)."""
+    return (hi.float() + lo.float() / LO_RATIO) * scale[:, None]
+
+
 @functools.cache
 def _compiled_quantize():
     return torch.compile(quantize_rows, dynamic=True, fullgraph=True)
@@ -68,7 +92,6 @@ class TorchFp8Linear(nn.Module):
     """y = x W^T + b with W in FP8 (row-wise scales) through torch._scaled_mm; output in x's dtype."""
 
     weight_only = False
-    takes_norm = True  # forward(x, norm): model.normed passes the LayerNorm before it
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -82,21 +105,14 @@ class TorchFp8Linear(nn.Module):
         self.bias = None if linear.bias is None else nn.Parameter(
             F.pad(linear.bias.detach(), (0, pad)).to(torch.bfloat16), requires_grad=False)
 
-    def forward(self, x: torch.Tensor, norm: nn.LayerNorm | None = None) -> torch.Tensor:
-        """self(norm(x)) when norm is given: weight-only's few rows take the LayerNorm with their FP8 terms."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         rows = x.reshape(-1, self.in_features)  # [M, K]
         if self.weight_only and rows.shape[0] <= MAX_ROWS:
-            if ROW_TERMS_KERNEL and rows.shape[1] <= MAX_K:  # wider rows than its registers hold: the compiler
-                terms = row_terms(rows, *((None, None, 0.0) if norm is None else (norm.weight, norm.bias, norm.eps)))
-            else:
-                terms = split_rows(rows if norm is None else norm(rows))
-            y = fp8_rows_matmul(*terms, self.weight_fp8).sum(0) * self.weight_scale  # [M, N] fp32
+            y = fp8_rows_matmul(*split_rows(rows), self.weight_fp8).sum(0) * self.weight_scale  # [M, N] fp32
             if self.bias is not None:
                 y = y + self.bias
         else:
-            if norm is not None:
-                rows = norm(rows)
             xq, x_scale = quantize_activations(rows)  # [M, K], [M, 1]
             # the bias inside and fast accumulation: 1.15-1.31x faster than _scaled_mm and then the bias add, at
             # the same error (bench.prefill_linear_sweep on the 40B's prefill, run 29)

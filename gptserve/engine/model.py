@@ -72,14 +72,6 @@ def run_block(block: "Block", x: torch.Tensor, pending: torch.Tensor | None, ste
     return block.forward_pending(x, step)
 
 
-def normed(linear: nn.Module, norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
-    """linear(norm(x)). FP8 linears take the LayerNorm themselves: weight-only's few rows make their FP8 terms in
-    the same kernel (gptserve.engine.row_terms)."""
-    if getattr(linear, "takes_norm", False):
-        return linear(x, norm=norm)
-    return linear(norm(x))
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -89,8 +81,8 @@ class CausalSelfAttention(nn.Module):
         self.cache: KVCache | None = None
         self.attention = get_attention("sdpa")
 
-    def forward(self, x: torch.Tensor, step: CachedStep | None, norm: nn.LayerNorm) -> torch.Tensor:
-        return self.proj(self.attend(normed(self.qkv, norm, x), step))
+    def forward(self, x: torch.Tensor, step: CachedStep | None) -> torch.Tensor:
+        return self.proj(self.attend(self.qkv(x), step))
 
     def attend(self, qkv: torch.Tensor, step: CachedStep | None) -> torch.Tensor:
         """qkv [B, T, 3C] -> attention output [B, T, C], before the projection; a cached step (step not None)
@@ -114,8 +106,8 @@ class MLP(nn.Module):
         self.fc = nn.Linear(cfg.n_embd, cfg.d_ff)
         self.proj = nn.Linear(cfg.d_ff, cfg.n_embd)
 
-    def forward(self, x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
-        return self.proj(F.gelu(normed(self.fc, norm, x), approximate="tanh"))  # GPT-2's gelu_new
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x), approximate="tanh"))  # GPT-2's gelu_new
 
 
 class Block(nn.Module):
@@ -133,8 +125,8 @@ class Block(nn.Module):
 
     def forward_pending(self, x, step: CachedStep | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The block as (x, MLP output): its output is their sum, left to the caller."""
-        x = x + self.attn(x, step, self.ln_1)
-        return x, self.mlp(x, self.ln_2)
+        x = x + self.attn(self.ln_1(x), step)
+        return x, self.mlp(self.ln_2(x))
 
     def forward_fused(self, x: torch.Tensor, step: CachedStep) -> torch.Tensor:
         """The same block in four fused linears (rows_linear): each takes its LayerNorm, bias, GELU or residual
@@ -211,7 +203,7 @@ class GPT(nn.Module):
             x = x[torch.arange(B, device=x.device), last_index]  # [B, C]
         if fuse:
             return fused_linear(x.reshape(-1, C), self.lm_head, norm=self.ln_f).view(*x.shape[:-1], -1)
-        return normed(self.lm_head, self.ln_f, x)
+        return self.lm_head(self.ln_f(x))
 
     def forward_reference(self, idx: torch.Tensor) -> torch.Tensor:
         """Eager full-sequence forward without a cache. idx: [B, T] -> logits [B, T, V]."""
