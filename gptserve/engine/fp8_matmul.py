@@ -31,6 +31,11 @@ LO_RATIO = 16
 # 40B's matrices at 1.5-3.2e-3 from the bf16 rows' product, once a tile at 6.3-6.6e-4 (the two terms' own error)
 # at the same speed, every 32 products 1-3% slower (bench.fp8_rows_variants, H200, 2026-12-01)
 PROMOTE_EVERY = 256
+# Pipeline stages for a grid of 2 to 3 programs an SM: at 256-wide K tiles, four stages' shared memory leaves room
+# for two programs an SM and three stages' for three, so three stages run such a grid in one wave where four take
+# one and a half: the 40B's qkv (384 programs) 54.8 against 57.9 us with 3 stages, where its fc (512 programs, two
+# waves either way) is 71.5 against 76.9 with 4 (bench.fp8_rows_variants, H200, runs 42 and 60)
+ONE_WAVE_STAGES = 3
 
 
 @functools.cache
@@ -76,9 +81,13 @@ def plan(n: int, k: int, sms: int) -> tuple[int, int, int, int, int]:
     """(BLOCK_N, BLOCK_K, num_warps, num_stages, SPLIT) for rows [M <= 16, k] against W [n, k]: 64 of W's rows
     (one warpgroup's MMA), K in steps of 256, SPLIT for one program per SM where K allows: the shape of the FP8
     designs' best on the 40B's matrices (runs 36-37). In the engine it took ~198 us a 40B block at 16 rows (run
-    38's profile), where the sweeps' best of each matrix add up to 212-216."""
+    38's profile), where the sweeps' best of each matrix add up to 212-216. Four stages, or ONE_WAVE_STAGES where
+    that fits a grid into one wave that four stages would not."""
     block_k = min(256, max(32, 1 << (k - 1).bit_length()))
-    return 64, block_k, 4, 4, splits(n, k, 64, block_k, sms)
+    split = splits(n, k, 64, block_k, sms)
+    programs = -(-n // 64) * split
+    stages = ONE_WAVE_STAGES if 2 * sms < programs <= 3 * sms else 4
+    return 64, block_k, 4, stages, split
 
 
 def splits(n: int, k: int, block_n: int, block_k: int, programs: int) -> int:

@@ -37,6 +37,15 @@ def test_plan_covers_the_matrix_in_whole_blocks():
     assert fp8_matmul.plan(8192, 8192, 132)[4] == 2  # 128 column blocks: two slices fill 132 SMs
 
 
+def test_plan_takes_three_stages_where_they_make_one_wave():
+    """The 40B's qkv (384 programs) fits 132 SMs at three programs an SM, not at two; its fc (512) fits neither;
+    attn proj (256: two slices of 128 blocks) fits two already; gpt2-large's matrices all fit two."""
+    stages = {name: fp8_matmul.plan(n, k, 132)[3] for name, n, k in [
+        ("qkv", 24576, 8192), ("fc", 32768, 8192), ("attn_proj", 8192, 8192), ("mlp_proj", 8192, 32768)]}
+    assert stages == {"qkv": fp8_matmul.ONE_WAVE_STAGES, "fc": 4, "attn_proj": 4, "mlp_proj": 4}
+    assert {fp8_matmul.plan(n, k, 132)[3] for n, k in [(3840, 1280), (5120, 1280), (1280, 5120), (1280, 1280)]} == {4}
+
+
 def check_kernel(rows: str):
     """The kernel's partial sums against the two terms' product in float64 (run_interpreted calls this)."""
     rows = int(rows)
