@@ -83,11 +83,12 @@ def plan(n: int, k: int, sms: int) -> tuple[int, int, int, int, int]:
     designs' best on the 40B's matrices (runs 36-37). In the engine it took ~198 us a 40B block at 16 rows (run
     38's profile), where the sweeps' best of each matrix add up to 212-216. Four stages, or ONE_WAVE_STAGES where
     that fits a grid into one wave that four stages would not."""
-    block_k = min(256, max(32, 1 << (k - 1).bit_length()))
-    split = splits(n, k, 64, block_k, sms)
-    programs = -(-n // 64) * split
-    stages = ONE_WAVE_STAGES if 2 * sms < programs <= 3 * sms else 4
-    return 64, block_k, 4, stages, split
+    block_n, block_k = 64, min(256, max(32, 1 << (k - 1).bit_length()))
+    split = splits(n, k, block_n, block_k, sms)
+    programs = -(-n // block_n) * split
+    # two or three programs an SM hold for 256-wide tiles only: narrower ones leave room for more
+    one_wave_at_three = block_k == 256 and 2 * sms < programs <= 3 * sms
+    return block_n, block_k, 4, ONE_WAVE_STAGES if one_wave_at_three else 4, split
 
 
 def splits(n: int, k: int, block_n: int, block_k: int, programs: int) -> int:
