@@ -236,10 +236,11 @@ DECISIVE_MARGIN = 1.0  # nats: the reference's top token is at least e times as 
 
 
 def accuracy(preset: str, variants: list[str], batch: int = 16, prompt_len: int = 128, steps: int = 64,
-             max_seq_len: int = 0, embedding_std: float = 0.1) -> dict:
+             max_seq_len: int = 0, embedding_std: float = 0.1, rows: int = 0) -> dict:
     """Each variant's decode steps against a reference, teacher-forced along the reference's greedy continuation:
     next-token agreement over every position and over the decisive ones (reference margin >= DECISIVE_MARGIN),
-    and mean KL(reference || variant). The reference is the eager fp32 model where an fp32 copy fits, else the
+    and mean KL(reference || variant). rows: the prompts a decode step takes (0: the whole batch; 1: each prompt
+    alone, through the batch-1 paths). The reference is the eager fp32 model where an fp32 copy fits, else the
     first bf16 variant. Seeded weights: GPT-2's init in the blocks, embeddings (and so the tied LM head) drawn with
     embedding_std, which gives the logits clear gaps without making the blocks chaotic (std 0.1 everywhere left
     bf16 agreeing with fp32 on 43% of tokens, docs/benchmarks.md)."""
@@ -256,12 +257,16 @@ def accuracy(preset: str, variants: list[str], batch: int = 16, prompt_len: int 
         return Engine(settings, device="cuda", embedding_std=embedding_std)
 
     def decode_logits(engine: Engine, ids: torch.Tensor) -> torch.Tensor:
-        logits = [engine.prefill([tuple(row) for row in ids[:, :prompt_len].tolist()], list(range(batch)))]
-        positions = torch.full((batch,), prompt_len, dtype=torch.int64, device="cuda")
+        return torch.cat([decode_group(engine, ids[i: i + (rows or batch)]) for i in range(0, batch, rows or batch)])
+
+    def decode_group(engine: Engine, ids: torch.Tensor) -> torch.Tensor:
+        n = ids.shape[0]
+        logits = [engine.prefill([tuple(row) for row in ids[:, :prompt_len].tolist()], list(range(n)))]
+        positions = torch.full((n,), prompt_len, dtype=torch.int64, device="cuda")
         with torch.no_grad():
             for t in range(steps - 1):
                 logits.append(engine.decode_step(ids[:, prompt_len + t], positions + t, prompt_len + t).clone())
-        return torch.stack(logits, dim=1).float()  # [B, steps, V]
+        return torch.stack(logits, dim=1).float()  # [n, steps, V]
 
     got = {}
     if fp32_copy_fits(r.model):
@@ -299,7 +304,8 @@ def accuracy(preset: str, variants: list[str], batch: int = 16, prompt_len: int 
             release_engines()
     base = next((v for v in variants if v.startswith("bf16")), variants[0])
     report = {"reference": name, "weights": f"seeded: blocks std 0.02 (GPT-2), embeddings std {embedding_std}",
-              "decisive_margin_nats": DECISIVE_MARGIN, "batch": batch, "prompt_len": prompt_len, "steps": steps}
+              "decisive_margin_nats": DECISIVE_MARGIN, "batch": batch, "rows_a_step": rows or batch,
+              "prompt_len": prompt_len, "steps": steps}
     for v, logits in got.items():
         report[v] = {"vs_reference": compare(want, logits), f"vs_{base}": compare(got[base], logits)}
     return report
@@ -355,6 +361,8 @@ def main(argv=None):
     p.add_argument("--accuracy", action="store_true",
                    help="also check each variant against a reference (fp32 where it fits, else bf16) and bf16: "
                         "greedy agreement, on decisive positions too, and KL")
+    p.add_argument("--accuracy-rows", type=int, default=0,
+                   help="prompts a decode step of the accuracy check takes (0: all; 1: each alone, the batch-1 paths)")
     p.add_argument("--constant", action="append", default=[], metavar="MODULE.NAME=VALUE",
                    help="set an engine module's constant before any engine is built (a Python literal), e.g. "
                         "gptserve.engine.decode_attention.WORKING_PROGRAMS=528; repeatable, kept in the report")
@@ -406,7 +414,7 @@ def main(argv=None):
     if args.accuracy:
         report["accuracy_teacher_forced"] = accuracy(args.preset, [v for v in args.variants.split(",") if v],
                                                      batch=8 if args.preset == "gpt-large-40b" else 16,
-                                                     max_seq_len=args.max_seq_len)
+                                                     max_seq_len=args.max_seq_len, rows=args.accuracy_rows)
         print(json.dumps(report["accuracy_teacher_forced"], indent=1))
     path.write_text(json.dumps(report, indent=1))
     print(table(report))

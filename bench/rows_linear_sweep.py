@@ -101,7 +101,7 @@ def main():
             want = rl.reference(*case).float()
             row = {"layer": name, "rows": rows, "n": n, "k": k, "weight_mb": w.numel() * w.element_size() / 1e6,
                    "cublas_linear_us": streamed_us(lambda c: F.linear(c[0], c[1], c[3]), (x, bf16, None, b)),
-                   "fused_plan": list(rl.plan(rows, n, k)),
+                   "fused_plan": list(rl.plan(rows, n, k, fp8)),
                    "fused_us": streamed_us(lambda c: rl.launch(*c), case),
                    "fused_bare_us": streamed_us(lambda c: rl.launch(*c), bare)}
             if not fp8:

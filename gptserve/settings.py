@@ -64,7 +64,7 @@ class ServingConfig:
                                   "fused at batch 1, torch above (on a GPU: bf16 or float16, fp8_mode none or "
                                   "weight-only; a CPU runs the same arithmetic in torch); auto, on a GPU in bfloat16 "
                                   "with compile_region block: by_batch for a model of n_embd <= 2048 with fp8_mode "
-                                  "none, one_row for a wider one with fp8_mode weight-only, else torch.",
+                                  "none, one_row with fp8_mode weight-only, else torch.",
                                   choices=("auto", "torch", "head", "fused", "by_batch", "one_row"))
     fp8_mode: str = setting("none", "FP8 linear layers (GPU, compute capability >= 8.9): weight-only (FP8 weights, "
                             "activations kept to bf16's precision), torch (FP8 activations too), "

@@ -7,7 +7,7 @@
 #   tests    the GPU tests (tests/gpu)
 #   engine   gpt2-large variants (VARIANTS, default bf16 and FP8 weight-only, SDPA) at batch 1 and 16 (BATCHES;
 #            empty: none), with the same-run peer (PEERS, default Hugging Face static-cache generate; PEERS= for
-#            none) and the accuracy check (ACCURACY=0 skips it)
+#            none) and the accuracy check (ACCURACY=0 skips it; ACCURACY_ROWS=1 runs its prompts one at a time)
 #   profile  bench.profile_decode of each VARIANTS entry (gpt2-large, batch 1 and 16): kernels per step, time per class
 #   prefill  gpt-large-40b's prefill of 16 x 1024 tokens: its linears' FP8 parts against bf16
 #            (bench.prefill_linear_sweep), then bench.profile_decode --prefill of each VARIANTS entry
@@ -142,7 +142,8 @@ for stage in "${STAGES[@]}"; do
         # PYTHONPATH without /tmp/site: its numpy 1.26 (for the stub) breaks the image's transformers (HF peer)
         PYTHONPATH="$PWD" "$PY" -m bench.engine --preset gpt2-large --variants "${VARIANTS:-bf16-sdpa,fp8wo-sdpa}" \
             --batches "${BATCHES-1,16}" --peers "${PEERS-hf-static}" --peer-batches 1,16 \
-            $([ "${ACCURACY:-1}" = 1 ] && echo --accuracy) $(constants) --output "$OUT_DIR"
+            $([ "${ACCURACY:-1}" = 1 ] && echo --accuracy --accuracy-rows "${ACCURACY_ROWS:-0}") $(constants) \
+            --output "$OUT_DIR"
         ;;
     profile)  # where a decode step's GPU time goes, per VARIANTS entry: kernels per step, time per kernel class
         for variant in $(echo "${VARIANTS:?set VARIANTS, e.g. bf16-sdpa,bf16-fused}" | tr , " "); do

@@ -19,9 +19,10 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 # 16, 5% slower at 8, runs 32-33; one decode graph per bucket instead of one per KV length: READY 18-23 s warm).
 # decode_linears=auto, bf16: fused linears only for models this narrow, whose decode steps are bound by kernel
 # count and latency (gpt2-large, 1280, where it was measured); a wide model's cuBLAS GEMVs already read HBM near
-# the floor (the 40B, 8192: 96%). With FP8 weight-only the wide model's one-row step fuses too: there the fused
-# kernel reads FP8 weights at 3.3-3.9 TB/s (run 26), as fast as the two-term split-K kernel that serves 2-16 rows
-# (run 39), without the kernels that make the two terms; the step is 1.72-1.74x bf16 (runs 31, 40)
+# the floor (the 40B, 8192: 96%). With FP8 weight-only every model's one-row step fuses: there the fused kernel
+# reads FP8 weights at 3.3-3.9 TB/s on the 40B (run 26), as fast as the two-term split-K kernel that serves 2-16
+# rows (run 39), without the kernels that make the two terms; the 40B's step is 1.72-1.74x bf16 (runs 31, 40),
+# gpt2-large's 1.259 against 1.724 ms through the two terms (run 66)
 NARROW_MAX_EMBD = 2048
 
 
@@ -96,7 +97,7 @@ def auto_decode_linears(model_cfg: ModelConfig, dtype: torch.dtype, fp8_mode: st
     run 10)."""
     if not on_gpu or compile_region != "block" or dtype != torch.bfloat16:
         return "torch"
-    if fp8_mode == "weight-only" and model_cfg.n_embd > NARROW_MAX_EMBD:
+    if fp8_mode == "weight-only":
         return "one_row"
     return "by_batch" if fp8_mode == "none" and model_cfg.n_embd <= NARROW_MAX_EMBD else "torch"
 

@@ -10,7 +10,9 @@ step, one graph per (batch bucket, KV length), at warm-up; with split-KV attenti
 Prefill: an eager prefill of gpt2-large launches ~600 kernels from Python: ~20 ms of the engine thread per call
 under load on the H200 (docs/benchmarks.md), during which no decode step can be launched. Each graph prefills one
 prompt chunk of a fixed padded length into one slot, reading a fixed number of cache positions, so
-the engine captures one graph per (padded length, KV length) pair at warm-up; a chunk no graph fits runs eagerly.
+the engine captures one graph per (padded length, KV length) pair at warm-up. A longer prompt replays a graph per
+chunk (the static model's prompts may pass the in-flight model's chunk); one whose padding would pass the cache's
+end runs eagerly.
 """
 from __future__ import annotations
 
@@ -145,17 +147,26 @@ class PrefillGraphs:
         return _Graph(graph, inputs, logits)
 
     def prefill(self, prompt, slot: int, start: int) -> torch.Tensor | None:
-        """Logits [1, V] of the chunk's last token after writing its KV at positions start.. of `slot`; None
-        when no captured graph fits (the caller prefills eagerly)."""
-        length = next((n for n in self.lengths if n >= len(prompt)), None)
-        if length is None or start + length > self.kv_lengths[-1]:  # past the cache's end
+        """Logits [1, V] of the prompt's last token after writing its KV at positions start.. of `slot`, one replay
+        per chunk of the longest captured length; None when the last chunk's padding would pass the cache's end
+        (the caller prefills eagerly)."""
+        longest = self.lengths[-1]
+        last = (len(prompt) - 1) // longest * longest  # where the last chunk starts
+        tail = next(n for n in self.lengths if n >= len(prompt) - last)
+        if start + last + tail > self.kv_lengths[-1]:
             return None
+        for offset in range(0, len(prompt), longest):
+            logits = self._replay(prompt[offset: offset + longest], slot, start + offset)
+        return logits.clone()  # the next replay of this graph overwrites its logits
+
+    def _replay(self, chunk, slot: int, start: int) -> torch.Tensor:
+        length = next(n for n in self.lengths if n >= len(chunk))
         kv_len = next(k for k in self.kv_lengths if k >= start + length)  # Engine.kv_len_for of the last position
         entry = self._graphs[length, kv_len]  # captured: kv_len >= length
         host = torch.zeros(2 * length + 2, dtype=torch.int64)
-        host[: len(prompt)] = torch.tensor(prompt)
+        host[: len(chunk)] = torch.tensor(chunk)
         host[length: 2 * length] = torch.arange(start, start + length)
-        host[2 * length:] = torch.tensor([slot, len(prompt) - 1])
+        host[2 * length:] = torch.tensor([slot, len(chunk) - 1])
         entry.inputs.copy_(host.pin_memory(), non_blocking=True)  # queued behind the work already launched
         entry.graph.replay()
-        return entry.logits.clone()  # the next replay of this graph overwrites entry.logits
+        return entry.logits

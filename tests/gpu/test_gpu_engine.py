@@ -44,13 +44,15 @@ def test_cuda_graph_decode_matches_eager(eager, path):
     assert engine.probe_max_abs_diff() < 0.1
 
 
-def test_auto_fuses_a_narrow_model_and_a_wide_fp8_one_at_batch_one():
+def test_auto_fuses_a_narrow_model_and_an_fp8_one_at_batch_one():
     from gptserve.engine.build import resolve
 
     assert resolve(ServingConfig(preset="gpt2-large"), "cuda").decode_linears == "by_batch"
     assert resolve(ServingConfig(preset="gpt-large-40b"), "cuda").decode_linears == "torch"
     wide_fp8 = ServingConfig(preset="gpt-large-40b", fp8_mode="weight-only")
     assert resolve(wide_fp8, "cuda").decode_linears == "one_row"
+    narrow_fp8 = ServingConfig(preset="gpt2-large", fp8_mode="weight-only")
+    assert resolve(narrow_fp8, "cuda").decode_linears == "one_row"
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "splitkv"])
@@ -261,8 +263,8 @@ def test_scheduler_on_cuda_graphs_equals_generate():
 
 def test_prefill_graphs_equal_eager_prefill(monkeypatch):
     """Prompt chunks prefilled by CUDA-graph replays leave the KV cache and last-token logits that eager prefill
-    leaves, also where a graph pads further than eager (300 tokens: 512 against 320); a chunk no graph fits is
-    prefilled eagerly."""
+    leaves, also where a graph pads further than eager (300 tokens: 512 against 320) and for a prompt longer than
+    the longest chunk (one replay per chunk); a prompt whose padding passes the cache's end is prefilled eagerly."""
     settings = ServingConfig(preset="tiny", compile_mode="reduce-overhead", max_seq_len=1024)  # chunks up to 512
     graphed = Engine(settings, device="cuda")
     graphed.warmup()
@@ -280,13 +282,17 @@ def test_prefill_graphs_equal_eager_prefill(monkeypatch):
     for start, chunk in ((0, prompt[:300]), (300, prompt[300:])):  # graphs pad both to 512; eager to 320 and 448
         same(graphed.prefill([chunk], [5], [start]), eager.prefill([chunk], [5], [start]))
     assert len(replays) == 2
+    same(graphed.prefill([prompt], [7]), eager.prefill([prompt], [7]))  # past the longest chunk: 512, then 256
+    assert len(replays) == 4
     for a, b in zip(eager.model.blocks, graphed.model.blocks):
-        same(b.attn.cache.k[5, :, :700], a.attn.cache.k[5, :, :700])
-        same(b.attn.cache.v[5, :, :700], a.attn.cache.v[5, :, :700])
+        for slot in (5, 7):
+            same(b.attn.cache.k[slot, :, :700], a.attn.cache.k[slot, :, :700])
+            same(b.attn.cache.v[slot, :, :700], a.attn.cache.v[slot, :, :700])
     tail = [3] * 100  # 900 + 128 padded positions exceed the 1024-position cache: no graph fits
     assert graphed._prefill_graphs.prefill(tail, 6, 900) is None
+    assert graphed._prefill_graphs.prefill([3] * 1000, 6, 24) is None  # 512, then 488 padded to 512: the same
     same(graphed.prefill([tail], [6], [900]), eager.prefill([tail], [6], [900]))
-    assert len(replays) == 2
+    assert len(replays) == 4
 
 
 @pytest.mark.parametrize("cache_dtype", ["bfloat16", "float8_e4m3fn"])

@@ -162,7 +162,7 @@ def test_decode_linears_auto_fuses_where_it_was_measured_to_win():
     assert auto_decode_linears(narrow, bf16, "none", True, "block") == "by_batch"
     assert auto_decode_linears(wide, bf16, "weight-only", True, "block") == "one_row"
     assert auto_decode_linears(wide, bf16, "none", True, "block") == "torch"  # cuBLAS near the floor already
-    assert auto_decode_linears(narrow, bf16, "weight-only", True, "block") == "torch"
+    assert auto_decode_linears(narrow, bf16, "weight-only", True, "block") == "one_row"  # 2-16 rows: two terms
     assert auto_decode_linears(narrow, bf16, "none", True, "step") == "torch"
     assert auto_decode_linears(narrow, torch.float16, "none", True, "block") == "torch"
     assert auto_decode_linears(wide, bf16, "weight-only", False, "block") == "torch"  # a CPU

@@ -46,14 +46,23 @@ def test_a_wide_row_is_normalised_before_the_kernel(monkeypatch):
     assert launched == [True, False]  # the wide row's LayerNorm ran before; the narrow one's inside
 
 
-def test_plan_gives_power_of_two_blocks_and_fills_the_gpu():
+@pytest.mark.parametrize("fp8", [False, True])
+def test_plan_gives_power_of_two_blocks_and_fills_the_gpu(fp8):
     for rows, n, k in [(1, 1280, 1280), (1, 3840, 1280), (1, 1280, 5120), (1, 50257, 1280), (16, 1280, 5120),
                        (16, 50257, 1280), (1, 24576, 8192), (1, 8192, 32768)]:
-        block_n, block_k, warps, stages = rl.plan(rows, n, k)
+        block_n, block_k, warps, stages = rl.plan(rows, n, k, fp8)
         assert block_n & (block_n - 1) == 0 and block_k & (block_k - 1) == 0
         assert block_n >= (4 if rows == 1 else 16)  # tl.dot's 16-column minimum for the tile path
         assert block_k <= rl.next_power_of_2(k) and warps in (4, 8) and stages in (2, 3)
-    assert -(-1280 // rl.plan(1, 1280, 1280)[0]) >= 132  # gpt2-large's narrowest matrix still fills 132 SMs
+    assert -(-1280 // rl.plan(1, 1280, 1280, fp8)[0]) >= 132  # gpt2-large's narrowest matrix still fills 132 SMs
+
+
+def test_plan_streams_fp8_tiles_with_fewer_warps_at_one_row():
+    # gpt2-large's one-row FP8 plans: four warps for half bf16's bytes a tile (run 66); the 40B's stay as they were
+    for n, k in [(3840, 1280), (1280, 1280), (5120, 1280), (1280, 5120)]:
+        assert (rl.plan(1, n, k, fp8=True)[2], rl.plan(1, n, k)[2]) == (4, 8)
+    assert rl.plan(1, 50257, 1280, fp8=True) == (32, 256, 4, 2)
+    assert rl.plan(1, 24576, 8192, fp8=True) == rl.plan(1, 24576, 8192)
 
 
 def test_fused_linear_refuses_what_it_cannot_fuse():
