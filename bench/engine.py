@@ -36,6 +36,8 @@ VARIANTS = {
     "bf16-splitkv-tuned": dict(attention_backend="splitkv", kernel_tuning="coordinate-descent"),  # before run 50
     "fp8wo-splitkv": dict(attention_backend="splitkv", fp8_mode="weight-only"),
     "fp8wo-splitkv-kvfp8": dict(attention_backend="splitkv", fp8_mode="weight-only", kv_cache_dtype="fp8"),
+    "int8wo-splitkv": dict(attention_backend="splitkv", fp8_mode="int8-weight-only"),
+    "int8wo-splitkv-kvfp8": dict(attention_backend="splitkv", fp8_mode="int8-weight-only", kv_cache_dtype="fp8"),
     "bf16-fused": dict(decode_linears="fused"),
     "bf16-head": dict(decode_linears="head"),
     "bf16-fused-splitkv": dict(attention_backend="splitkv", decode_linears="fused"),

@@ -61,15 +61,17 @@ class ServingConfig:
     decode_linears: str = setting("auto", "Linear layers of a decode step of at most 16 rows; fused: each one "
                                   "Triton kernel with its LayerNorm, bias, GELU and residual add; head: only the "
                                   "final LayerNorm and LM head; by_batch: fused at batch 1, head at 2-16; one_row: "
-                                  "fused at batch 1, torch above (on a GPU: bf16 or float16, fp8_mode none or "
-                                  "weight-only; a CPU runs the same arithmetic in torch); auto, on a GPU in bfloat16 "
-                                  "with compile_region block: by_batch for a model of n_embd <= 2048 with fp8_mode "
-                                  "none, one_row with fp8_mode weight-only, else torch.",
+                                  "fused at batch 1, torch above (on a GPU: bf16 or float16, fp8_mode none, "
+                                  "weight-only or int8-weight-only; a CPU runs the same arithmetic in torch); auto, "
+                                  "on a GPU in bfloat16 with compile_region block: by_batch for a model of n_embd <= "
+                                  "2048 with fp8_mode none, one_row with a weight-only fp8_mode, else torch.",
                                   choices=("auto", "torch", "head", "fused", "by_batch", "one_row"))
     fp8_mode: str = setting("none", "FP8 linear layers (GPU, compute capability >= 8.9): weight-only (FP8 weights, "
                             "activations kept to bf16's precision), torch (FP8 activations too), "
-                            "transformer-engine; auto: weight-only.",
-                            choices=("none", "weight-only", "torch", "transformer-engine", "auto"))
+                            "transformer-engine; auto: weight-only; int8-weight-only: int8 weights, the same bytes "
+                            "and kernels at a third of FP8's rounding error (Hopper GPU, or CPU).",
+                            choices=("none", "weight-only", "torch", "transformer-engine", "auto",
+                                     "int8-weight-only"))
     prefill_graphs: str = setting("auto", "CUDA graphs for one-prompt prefill chunks (one replay instead of "
                                   "hundreds of eager kernel launches); auto: on when the decode step runs on CUDA "
                                   "graphs (reduce-overhead or max-autotune on a GPU), attention is not flex and FP8 "

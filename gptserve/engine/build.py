@@ -73,9 +73,10 @@ def resolve(settings, device: str | None = None) -> Resolved:
     if decode_linears == "auto":  # measured on the H200 with one compiled block: configuration.md
         decode_linears = auto_decode_linears(model_cfg, dtype, fp8_mode, on_gpu, settings.compile_region)
     fused = decode_linears != "torch"
-    if fused and on_gpu and (dtype not in (torch.bfloat16, torch.float16) or fp8_mode not in ("none", "weight-only")):
+    linears_ok = dtype in (torch.bfloat16, torch.float16) and fp8_mode in ("none", *fp8.WEIGHT_ONLY)
+    if fused and on_gpu and not linears_ok:
         raise ValueError(f"decode_linears={settings.decode_linears} on a GPU needs dtype bfloat16 or float16 "
-                         f"(got {dtype}) and fp8_mode none or weight-only (got {fp8_mode})")
+                         f"(got {dtype}) and fp8_mode none, weight-only or int8-weight-only (got {fp8_mode})")
     attention_backend = settings.attention_backend
     if attention_backend == "auto":  # measured on the H200: docs/configuration.md
         attention_backend = auto_attention_backend(model_cfg, on_gpu, kv_dtype)
@@ -97,7 +98,7 @@ def auto_decode_linears(model_cfg: ModelConfig, dtype: torch.dtype, fp8_mode: st
     run 10)."""
     if not on_gpu or compile_region != "block" or dtype != torch.bfloat16:
         return "torch"
-    if fp8_mode == "weight-only":
+    if fp8_mode in fp8.WEIGHT_ONLY:
         return "one_row"
     return "by_batch" if fp8_mode == "none" and model_cfg.n_embd <= NARROW_MAX_EMBD else "torch"
 

@@ -1,4 +1,4 @@
-"""FP8 linear layers, three ways (fp8_mode):
+"""FP8 linear layers, three ways (fp8_mode), and int8 weight-only (int8.py):
 
   weight-only         FP8 weights; a decode step's few rows meet them in FP8 MMAs as two FP8 terms that together
                       keep bf16's precision (split_rows; fp8_matmul.py, split-K): half the bytes of bf16 where
@@ -10,7 +10,10 @@
   torch               FP8 weights and activations everywhere (dynamic row-wise activation scales, _scaled_mm).
   transformer-engine  te.Linear under FP8 autocast (optional package).
 
-Weights are quantised once, per output row. All need a CUDA GPU of compute capability >= 8.9.
+  int8-weight-only    int8 weights (int8.py): FP8 weight-only's bytes and kernels at a third of its rounding error.
+
+Weights are quantised once, per output row. FP8 needs a CUDA GPU of compute capability >= 8.9; int8 a Hopper GPU
+(the rows kernel's tensor-memory loads) or a CPU.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .fp8_matmul import LO_RATIO, MAX_ROWS, fp8_rows_matmul
+from .int8 import Int8WeightOnlyLinear
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max  # 448
@@ -105,6 +109,10 @@ class TorchFp8Linear(nn.Module):
         self.bias = None if linear.bias is None else nn.Parameter(
             F.pad(linear.bias.detach(), (0, pad)).to(torch.bfloat16), requires_grad=False)
 
+    def quantized_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(FP8 [N_padded, K], fp32 scale [N_padded]): what the fused linear reads."""
+        return self.weight_fp8, self.weight_scale.view(-1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         rows = x.reshape(-1, self.in_features)  # [M, K]
@@ -156,7 +164,9 @@ class TEFp8Linear(nn.Module):
         return y[:rows].view(*x.shape[:-1], -1)
 
 
-_LINEARS = {"weight-only": WeightOnlyFp8Linear, "torch": TorchFp8Linear, "transformer-engine": TEFp8Linear}
+_LINEARS = {"weight-only": WeightOnlyFp8Linear, "torch": TorchFp8Linear, "transformer-engine": TEFp8Linear,
+            "int8-weight-only": Int8WeightOnlyLinear}
+WEIGHT_ONLY = ("weight-only", "int8-weight-only")  # modes whose decode rows keep their precision
 
 
 class Fp8Converter:
@@ -176,6 +186,10 @@ def resolve_mode(mode: str, dev: torch.device) -> str:
     """The FP8 implementation to use for setting fp8_mode on `dev`."""
     if mode == "none":
         return "none"
+    if mode == "int8-weight-only":
+        if dev.type == "cuda" and torch.cuda.get_device_capability(dev) < (9, 0):
+            raise ValueError("fp8_mode=int8-weight-only needs compute capability >= 9.0 (Hopper) or a CPU")
+        return mode
     if dev.type != "cuda":
         log.info("fp8_mode=%s needs a CUDA GPU; using fp8_mode=none on %s", mode, dev)
         return "none"

@@ -1,4 +1,4 @@
-"""y = x @ (W_fp8 * scale)^T for few rows of x: the decode step's GEMM with FP8 weights, one Triton kernel.
+"""y = x @ (W_fp8 * scale)^T for few rows of x: the decode step's GEMM with FP8 (or int8) weights, one Triton kernel.
 
 A decode step of 2 to 16 rows multiplies them by every weight matrix once: it is bound by reading the weights, so FP8
 weights (1 byte each) halve its time only if they are read at HBM speed. Widening FP8 tiles to bf16 for a bf16 MMA
@@ -13,8 +13,12 @@ sums added into fp32 accumulators once a tile, over one slice of K (split-K, so 
 every SM); the slices' partial sums are added by the caller, where the compiler fuses that sum with the weight
 scale, the bias and the next operation.
 
-Registered as the custom op gptserve::fp8_rows_matmul, so torch.compile and CUDA graphs take it as it is.
-Imports triton only when first used (GPU machines); CPUs never call it.
+With int8 weights (fp8_mode=int8-weight-only) the terms are int8 too (int8.split_rows) and the MMAs sum them in
+int32, exactly.
+
+Registered as the custom op gptserve::fp8_rows_matmul, so torch.compile and CUDA graphs take it as it is: on CUDA
+tensors the kernel, on others the same sums in torch (a CPU's int8 path, and the tests' reference). Imports triton
+only when first used (GPU machines).
 """
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ MAX_ROWS = 16  # the MMA's N tile: the op serves up to this many rows (larger de
 # lo's unit is hi's / LO_RATIO: hi's rounding error is at most 16 of its units (e4m3 steps by 32 from 256 to 448),
 # so lo stays within 256 of its own, inside e4m3's 448, with no second row maximum to take
 LO_RATIO = 16
+# int8 terms: hi's rounding error is at most half its unit, so lo in units 254 times finer stays within 127
+INT8_LO_RATIO = 254
 # Products of K an FP8 MMA sums in its own accumulator before the kernel adds them into fp32 (at most BLOCK_K: once
 # a tile). Hopper's FP8 MMAs accumulate in fewer bits than fp32: chained across a whole K slice (0) they put the
 # 40B's matrices at 1.5-3.2e-3 from the bf16 rows' product, once a tile at 6.3-6.6e-4 (the two terms' own error)
@@ -46,14 +52,15 @@ def _kernel():
     @triton.jit
     def fp8_rows_matmul_kernel(hi_ptr, lo_ptr, scale_ptr, w_desc, out_ptr, M, N, K, K_PER_SPLIT, stride_xm,
                                stride_os, stride_om, LO_RATIO: tl.constexpr, BLOCK_N: tl.constexpr,
-                               BLOCK_K: tl.constexpr, PROMOTE_EVERY: tl.constexpr):
-        # hi, lo: [M, K] fp8, the rows' two terms; scale: [M] fp32, hi's unit; w: [N, K] fp8, tiles
+                               BLOCK_K: tl.constexpr, PROMOTE_EVERY: tl.constexpr, INT8: tl.constexpr):
+        # hi, lo: [M, K] fp8 (int8), the rows' two terms; scale: [M] fp32, hi's unit; w: [N, K] fp8 (int8), tiles
         # [BLOCK_N, BLOCK_K] (zeros past N and K); out: [SPLIT, M, N] fp32 partial sums
         pid_n, split = tl.program_id(0), tl.program_id(1)
         rows = tl.arange(0, 16)
         n0 = pid_n * BLOCK_N
-        acc_hi = tl.zeros((BLOCK_N, 16), dtype=tl.float32)
-        acc_lo = tl.zeros((BLOCK_N, 16), dtype=tl.float32)
+        sums = tl.int32 if INT8 else tl.float32
+        acc_hi = tl.zeros((BLOCK_N, 16), dtype=sums)
+        acc_lo = tl.zeros((BLOCK_N, 16), dtype=sums)
         for k in range(0, K_PER_SPLIT, BLOCK_K):
             k0 = split * K_PER_SPLIT + k
             ks = k0 + tl.arange(0, BLOCK_K)
@@ -62,14 +69,18 @@ def _kernel():
             hi = tl.load(hi_ptr + at, mask=inside, other=0.0)  # [16, BLOCK_K]
             lo = tl.load(lo_ptr + at, mask=inside, other=0.0)
             w = w_desc.load([n0, k0])  # [BLOCK_N, BLOCK_K]
-            if PROMOTE_EVERY:
+            if INT8:  # exact: |hi|, |lo|, |w| <= 127 over K <= 32768 stay far inside int32
+                acc_hi = tl.dot(w, tl.trans(hi), acc_hi, out_dtype=tl.int32)  # [BLOCK_N, 16]
+                acc_lo = tl.dot(w, tl.trans(lo), acc_lo, out_dtype=tl.int32)
+            elif PROMOTE_EVERY:
                 acc_hi = tl.dot(w, tl.trans(hi), acc_hi, max_num_imprecise_acc=PROMOTE_EVERY)  # [BLOCK_N, 16]
                 acc_lo = tl.dot(w, tl.trans(lo), acc_lo, max_num_imprecise_acc=PROMOTE_EVERY)
             else:
                 acc_hi = tl.dot(w, tl.trans(hi), acc_hi)  # [BLOCK_N, 16]
                 acc_lo = tl.dot(w, tl.trans(lo), acc_lo)
         row_ok = rows < M
-        acc = (acc_hi + acc_lo * (1.0 / LO_RATIO)) * tl.load(scale_ptr + rows, mask=row_ok, other=0.0)[None, :]
+        acc = acc_hi.to(tl.float32) + acc_lo.to(tl.float32) * (1.0 / LO_RATIO)
+        acc *= tl.load(scale_ptr + rows, mask=row_ok, other=0.0)[None, :]
         cols = n0 + tl.arange(0, BLOCK_N)
         tl.store(out_ptr + split * stride_os + rows[None, :] * stride_om + cols[:, None], acc,
                  mask=row_ok[None, :] & (cols[:, None] < N))
@@ -98,11 +109,25 @@ def splits(n: int, k: int, block_n: int, block_k: int, programs: int) -> int:
     return -(-k_blocks // -(-k_blocks // split))
 
 
+def lo_ratio(dtype: torch.dtype) -> int:
+    """lo's unit in hi's units, for terms of this dtype (FP8 or int8)."""
+    return INT8_LO_RATIO if dtype == torch.int8 else LO_RATIO
+
+
 @torch.library.custom_op("gptserve::fp8_rows_matmul", mutates_args=())
 def fp8_rows_matmul(hi: torch.Tensor, lo: torch.Tensor, scale: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Partial sums [SPLIT, M, N] (fp32) of x [M, K] @ weight [N, K]^T, M <= 16, x given as two FP8 terms
-    (fp8.split_rows); their sum over dim 0 is the product with weight's FP8 values (unscaled)."""
-    return launch(hi, lo, scale, weight)
+    """Partial sums [SPLIT, M, N] (fp32) of x [M, K] @ weight [N, K]^T, M <= 16, x given as two terms of weight's
+    dtype (fp8.split_rows, or int8.split_rows); their sum over dim 0 is the product with weight's values
+    (unscaled). On a CPU, one slice."""
+    if hi.is_cuda:
+        return launch(hi, lo, scale, weight)
+    return reference(hi, lo, scale, weight)[None]
+
+
+def reference(hi, lo, scale, weight) -> torch.Tensor:
+    """The product the kernel's slices add up to, [M, N] fp32: the terms' rows (exact in fp32) times the weights."""
+    rows = (hi.float() + lo.float() / lo_ratio(hi.dtype)) * scale[:, None]
+    return rows @ weight.float().t()
 
 
 def launch(hi, lo, scale, weight, config: tuple[int, int, int, int, int] | None = None,
@@ -118,12 +143,14 @@ def launch(hi, lo, scale, weight, config: tuple[int, int, int, int, int] | None 
         (hi.shape, lo.shape)
     assert scale.shape == (m,) and scale.is_contiguous() and weight.shape[1] == k and weight.is_contiguous()
     block_n, block_k, warps, stages, split = config or plan(n, k, _sms(hi.device))
+    assert hi.dtype == weight.dtype, (hi.dtype, weight.dtype)
     k_per_split = -(-k // block_k // split) * block_k
     out = torch.empty((split, m, n), dtype=torch.float32, device=hi.device)
     grid = (-(-n // block_n), split)
     _kernel()[grid](hi, lo, scale, TensorDescriptor.from_tensor(weight, [block_n, block_k]), out, m, n, k,
-                    k_per_split, hi.stride(0), out.stride(0), out.stride(1), LO_RATIO=LO_RATIO, BLOCK_N=block_n,
-                    BLOCK_K=block_k, PROMOTE_EVERY=min(promote_every, block_k), num_warps=warps, num_stages=stages)
+                    k_per_split, hi.stride(0), out.stride(0), out.stride(1), LO_RATIO=lo_ratio(hi.dtype),
+                    BLOCK_N=block_n, BLOCK_K=block_k, PROMOTE_EVERY=min(promote_every, block_k),
+                    INT8=hi.dtype == torch.int8, num_warps=warps, num_stages=stages)
     return out
 
 
@@ -134,5 +161,5 @@ def _sms(device) -> int:
 @fp8_rows_matmul.register_fake
 def _(hi: torch.Tensor, lo: torch.Tensor, scale: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     n, k = weight.shape[0], hi.shape[1]
-    split = plan(n, k, _sms(hi.device))[4]
+    split = plan(n, k, _sms(hi.device))[4] if hi.is_cuda else 1
     return hi.new_empty((split, hi.shape[0], n), dtype=torch.float32)

@@ -177,13 +177,15 @@ def _(x, weight, scale, bias, norm_weight, norm_bias, residual, out_features, ge
 def fused_linear(x: torch.Tensor, layer: torch.nn.Module, norm: torch.nn.LayerNorm | None = None,
                  residual: torch.Tensor | None = None, gelu: bool = False) -> torch.Tensor:
     """residual + gelu(layer(norm(x))) in one kernel, each part optional. x [M, K] with M <= MAX_ROWS; layer an
-    nn.Linear or a weight-only FP8 linear (gptserve.engine.fp8); norm a LayerNorm with weight and bias."""
+    nn.Linear or a weight-only FP8 or int8 linear (gptserve.engine.fp8, .int8); norm a LayerNorm with weight and
+    bias."""
     if getattr(layer, "weight_only", False):
-        weight, scale = layer.weight_fp8, layer.weight_scale.view(-1)
+        weight, scale = layer.quantized_weight()
     elif isinstance(layer, torch.nn.Linear):
         weight, scale = layer.weight, None
     else:
-        raise TypeError(f"fused_linear takes nn.Linear or a weight-only FP8 linear, not {type(layer).__name__}")
+        raise TypeError("fused_linear takes nn.Linear or a weight-only (FP8 or int8) linear, "
+                        f"not {type(layer).__name__}")
     if norm is not None and (norm.weight is None or norm.bias is None):
         raise ValueError("fused_linear's LayerNorm needs its weight and bias")
     if norm is not None and x.shape[-1] > NORM_MAX_K:

@@ -131,21 +131,34 @@ def test_chunked_prefill_equals_whole_prefill(eager):
 WIDE = ((8192, 4096), (4096, 8192))  # a wide model's matrices: rows_linear's wide plan at one row
 
 
-@pytest.mark.parametrize("rows", [1, 3, 16])
-def test_fp8_weight_only_kernel_matches_dequantized_weights(rows):
-    """The FP8-weight kernel computes x @ (W_fp8 * scale)^T: against the same product in fp32, within bf16's
-    rounding (the rows go in as two FP8 terms, the output comes out in bf16)."""
+def weight_only_layer(weights: str, linear: torch.nn.Linear) -> torch.nn.Module:
+    """The weight-only linear of `weights` (fp8, int8) for `linear`; skips where this GPU cannot run it."""
     from gptserve.engine.fp8 import WeightOnlyFp8Linear
+    from gptserve.engine.int8 import Int8WeightOnlyLinear
 
-    if torch.cuda.get_device_capability() < (8, 9):
-        pytest.skip("FP8 needs compute capability >= 8.9")
+    needs = (8, 9) if weights == "fp8" else (9, 0)
+    if torch.cuda.get_device_capability() < needs:
+        pytest.skip(f"{weights} weight-only needs compute capability >= {needs}")
+    return WeightOnlyFp8Linear(linear) if weights == "fp8" else Int8WeightOnlyLinear(linear)
+
+
+def dequantized(layer: torch.nn.Module) -> torch.Tensor:
+    weight, scale = layer.quantized_weight()
+    return weight.float() * scale[:, None]  # [N_padded, K]
+
+
+@pytest.mark.parametrize("rows", [1, 3, 16])
+@pytest.mark.parametrize("weights", ["fp8", "int8"])
+def test_fp8_weight_only_kernel_matches_dequantized_weights(rows, weights):
+    """The rows kernel computes x @ (W_fp8 * scale)^T (or W_int8's): against the same product in fp32, within
+    bf16's rounding (the rows go in as two FP8 or int8 terms, the output comes out in bf16)."""
     torch.manual_seed(rows)
     for n, k in ((1280, 1280), (3840, 1280), (5120, 1280), (1280, 5120), (50257, 1280), *WIDE):
         linear = torch.nn.Linear(k, n, device="cuda", dtype=torch.bfloat16)
-        layer = WeightOnlyFp8Linear(linear)
+        layer = weight_only_layer(weights, linear)
         x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
-        dequantized = layer.weight_fp8.float() * layer.weight_scale.t()  # [N_padded, K]
-        want = x.float() @ dequantized[:n].t() + linear.bias.float()
+        dequantized_weight = dequantized(layer)
+        want = x.float() @ dequantized_weight[:n].t() + linear.bias.float()
         got = layer(x).float()
         assert got.shape == (rows, n)
         error = ((got - want).norm() / want.norm()).item()
@@ -154,22 +167,18 @@ def test_fp8_weight_only_kernel_matches_dequantized_weights(rows):
 
 
 @pytest.mark.parametrize("rows", [1, 3, 16])
-@pytest.mark.parametrize("weights", ["bf16", "fp8"])
+@pytest.mark.parametrize("weights", ["bf16", "fp8", "int8"])
 def test_fused_linear_kernel_equals_its_torch_arithmetic(rows, weights):
-    """rows_linear on gpt2-large's shapes, with every part (LayerNorm, bias, GELU, residual) and with none; FP8
-    weights as gptserve.engine.fp8 keeps them (per-row scales, rows padded to 16)."""
+    """rows_linear on gpt2-large's shapes, with every part (LayerNorm, bias, GELU, residual) and with none; FP8 or
+    int8 weights as gptserve.engine.fp8 and .int8 keep them (per-row scales, rows padded to 16)."""
     from gptserve.engine import rows_linear as rl
-    from gptserve.engine.fp8 import WeightOnlyFp8Linear
 
-    if weights == "fp8" and torch.cuda.get_device_capability() < (8, 9):
-        pytest.skip("FP8 needs compute capability >= 8.9")
     torch.manual_seed(rows)
     for n, k in ((1280, 1280), (3840, 1280), (5120, 1280), (1280, 5120), (50257, 1280), *WIDE):
         linear = torch.nn.Linear(k, n, device="cuda", dtype=torch.bfloat16)
         weight, scale = linear.weight.detach(), None
-        if weights == "fp8":
-            fp8 = WeightOnlyFp8Linear(linear)
-            weight, scale = fp8.weight_fp8, fp8.weight_scale.view(-1)
+        if weights != "bf16":
+            weight, scale = weight_only_layer(weights, linear).quantized_weight()
         bias = torch.randn(n, device="cuda").bfloat16()
         norm_w, norm_b = (torch.rand(k, device="cuda") + 0.5).bfloat16(), torch.randn(k, device="cuda").bfloat16()
         x = (torch.randn(rows, k, device="cuda") * 4 + 1).bfloat16()
@@ -205,18 +214,17 @@ def test_fused_linear_normalises_a_wide_row_before_the_kernel():
     norm = torch.nn.LayerNorm(k, device="cuda", dtype=torch.bfloat16)
     layer = WeightOnlyFp8Linear(torch.nn.Linear(k, n, device="cuda", dtype=torch.bfloat16))
     x = (torch.randn(1, k, device="cuda") * 4 + 1).bfloat16()
-    dequantized = layer.weight_fp8.float() * layer.weight_scale.t()
-    want = norm(x).float() @ dequantized[:n].t() + layer.bias.float()
+    want = norm(x).float() @ dequantized(layer)[:n].t() + layer.bias.float()
     got = fused_linear(x, layer, norm=norm).float()
     assert ((got - want).norm() / want.norm()).item() < 1e-2
 
 
 @pytest.mark.parametrize("decode_linears", ["torch", "fused", "one_row"])
-def test_fp8_weight_only_engine_tracks_bf16(eager, decode_linears):
-    if torch.cuda.get_device_capability() < (8, 9):
-        pytest.skip("FP8 needs compute capability >= 8.9")
-    engine = Engine(ServingConfig(preset="tiny", fp8_mode="weight-only", decode_linears=decode_linears),
-                    device="cuda")
+@pytest.mark.parametrize("mode", ["weight-only", "int8-weight-only"])
+def test_fp8_weight_only_engine_tracks_bf16(eager, decode_linears, mode):
+    if torch.cuda.get_device_capability() < ((8, 9) if mode == "weight-only" else (9, 0)):
+        pytest.skip(f"fp8_mode={mode} needs a newer GPU")
+    engine = Engine(ServingConfig(preset="tiny", fp8_mode=mode, decode_linears=decode_linears), device="cuda")
     engine.warmup()
     want = [r.output_ids for r in generate(eager, greedy(PROMPTS))]
     got = [r.output_ids for r in generate(engine, greedy(PROMPTS))]

@@ -5,7 +5,7 @@ N and K end inside a block and K's last slice runs past K."""
 import pytest
 import torch
 
-from gptserve.engine import fp8_matmul
+from gptserve.engine import fp8_matmul, int8
 from gptserve.engine.fp8 import FP8_MAX, join_rows, quantize_rows, split_rows
 from tests.unit.triton_interpreter import needs_triton, run_interpreted
 
@@ -46,18 +46,20 @@ def test_plan_takes_three_stages_where_they_make_one_wave():
     assert {fp8_matmul.plan(n, k, 132)[3] for n, k in [(3840, 1280), (5120, 1280), (1280, 5120), (1280, 1280)]} == {4}
 
 
-def check_kernel(rows: str):
-    """The kernel's partial sums against the two terms' product in float64 (run_interpreted calls this)."""
+def check_kernel(rows: str, weights: str = "fp8"):
+    """The kernel's partial sums against the two terms' product in float64 (run_interpreted calls this); with
+    int8 weights and terms, the sums in int32 (exact)."""
     rows = int(rows)
     gen = torch.Generator().manual_seed(rows)
+    quantize, split = (int8.quantize_rows, int8.split_rows) if weights == "int8" else (quantize_rows, split_rows)
     # N past a 64-row block; K 320 in blocks of 64 over 3 slices of 128: the last slice runs past K
     for n, k, config in [(200, 320, (64, 64, 4, 1, 3)), (128, 256, (64, 128, 4, 2, 1))]:
-        w, _ = quantize_rows(torch.randn(n, k, generator=gen))
+        w, _ = quantize(torch.randn(n, k, generator=gen))
         x = torch.randn(rows, k, generator=gen).bfloat16()
-        hi, lo, scale = split_rows(x)
+        hi, lo, scale = split(x)
         partial = fp8_matmul.launch(hi, lo, scale, w, config)
         assert partial.shape == (config[4], rows, n)
-        got, want = partial.double().sum(0), join_rows(hi, lo, scale).double() @ w.double().t()
+        got, want = partial.double().sum(0), fp8_matmul.reference(hi, lo, scale, w).double()
         assert ((got - want).norm() / want.norm()).item() < 1e-5, (n, k)
         exact = x.double() @ w.double().t()
         assert ((got - exact).norm() / exact.norm()).item() < 2.0 ** -9, (n, k)
@@ -65,5 +67,17 @@ def check_kernel(rows: str):
 
 @needs_triton
 @pytest.mark.parametrize("rows", [1, 5, 16])
-def test_kernel_equals_the_two_terms_product(rows):
-    run_interpreted("tests.unit.test_fp8_matmul", "check_kernel", rows)
+@pytest.mark.parametrize("weights", ["fp8", "int8"])
+def test_kernel_equals_the_two_terms_product(rows, weights):
+    run_interpreted("tests.unit.test_fp8_matmul", "check_kernel", rows, weights)
+
+
+def test_reference_is_the_joined_rows_product():
+    """The op's CPU path (one slice) is the two terms' rows times the weights, for FP8 and int8 terms."""
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(3, 64, generator=gen), torch.randn(24, 64, generator=gen)
+    for quantize, split in ((quantize_rows, split_rows), (int8.quantize_rows, int8.split_rows)):
+        wq, _ = quantize(w)
+        got = fp8_matmul.fp8_rows_matmul(*split(x), wq)
+        want = x @ wq.float().t()
+        assert got.shape == (1, 3, 24) and ((got[0] - want).norm() / want.norm()).item() < 2.0 ** -9

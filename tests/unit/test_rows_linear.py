@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gptserve.engine import int8
 from gptserve.engine import rows_linear as rl
 from tests.unit.triton_interpreter import needs_triton, run_interpreted
 
@@ -67,7 +68,7 @@ def test_plan_streams_fp8_tiles_with_fewer_warps_at_one_row():
 
 def test_fused_linear_refuses_what_it_cannot_fuse():
     norm, linear = layers()
-    with pytest.raises(TypeError, match="weight-only FP8 linear"):
+    with pytest.raises(TypeError, match="weight-only \\(FP8 or int8\\) linear"):
         rl.fused_linear(torch.randn(1, 96), nn.Sequential(linear))
     with pytest.raises(ValueError, match="weight and bias"):
         rl.fused_linear(torch.randn(1, 96), linear, norm=nn.LayerNorm(96, bias=False))
@@ -89,8 +90,10 @@ def check_kernel(rows: str, weights: str):
     norm = norm.to(dtype)
     x = (torch.randn(rows, 200) * 3 + 1).to(dtype)
     residual = torch.randn(rows, 40).to(dtype)
-    weight = layer.weight_fp8 if weights == "fp8" else layer.weight
-    scale = layer.weight_scale.view(-1) if weights == "fp8" else None
+    weight, scale = layer.quantized_weight() if weights == "fp8" else (layer.weight, None)
+    if weights == "int8":  # as int8.Int8WeightOnlyLinear keeps them (K of 200 is no multiple of its 16: no layer)
+        weight, scale = int8.quantize_rows(linear.weight.detach())
+        scale = scale.view(-1)
     short_k = (4 if rows == 1 else 16, 64, 4, 2)  # several K blocks: accumulation and LayerNorm across them
     for n, r, gelu in [(norm, residual, True), (None, None, False)]:
         args = (x, weight, scale, layer.bias.to(dtype), None if n is None else n.weight,
@@ -102,6 +105,6 @@ def check_kernel(rows: str, weights: str):
 
 @needs_triton
 @pytest.mark.parametrize("rows", [1, 7])
-@pytest.mark.parametrize("weights", ["bf16", "fp8"])
+@pytest.mark.parametrize("weights", ["bf16", "fp8", "int8"])
 def test_kernel_equals_the_torch_arithmetic(rows, weights):
     run_interpreted("tests.unit.test_rows_linear", "check_kernel", rows, weights)

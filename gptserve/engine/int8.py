@@ -1,0 +1,71 @@
+"""int8 weight-only linear layers (fp8_mode=int8-weight-only): the bytes of FP8 weight-only at a third of its
+rounding error.
+
+A weight matrix quantised per output row to int8 keeps 0.91% of it as error where e4m3 keeps 2.65% (a Gaussian
+matrix of the 40B's width, docs/benchmarks.md): e4m3 has three mantissa bits, int8 seven on the row's scale.
+Decode reads the same bytes either way, through the same kernels:
+  - one row: the fused linear (rows_linear.py) widens the int8 tiles in registers, as it does FP8 ones;
+  - 2-16 rows: the two-term rows kernel (fp8_matmul.py) takes the rows as two int8 terms, x ~= (hi + lo / 254) *
+    scale (about 15 bits of the row's largest element), into int8 MMAs that sum in int32 exactly;
+  - more rows (prefill): the rows quantised to int8 once, torch._int_mm, then both scales and the bias.
+A CPU runs the same arithmetic in torch.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .fp8_matmul import INT8_LO_RATIO, MAX_ROWS, fp8_rows_matmul
+
+INT8_MAX = 127
+ALIGN = 16  # torch._int_mm wants N and K in multiples of 8; the rows kernel's TMA tiles want 16-byte rows
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (int8 [M, K], fp32 scale [M, 1]) with x ~= q * scale, |q| <= 127."""
+    scale = torch.linalg.vector_norm(x, ord=float("inf"), dim=-1, keepdim=True).float().clamp(min=1e-12) / INT8_MAX
+    return (x.float() / scale).round().to(torch.int8), scale
+
+
+def split_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (hi, lo: int8 [M, K], scale: fp32 [M]) with x ~= (hi + lo / INT8_LO_RATIO) * scale: hi is x
+    quantised per row, lo its rounding error (at most half a unit) in units INT8_LO_RATIO times finer."""
+    hi, scale = quantize_rows(x)
+    lo = ((x.float() / scale - hi.float()) * INT8_LO_RATIO).round().to(torch.int8)
+    return hi, lo, scale.view(-1)
+
+
+class Int8WeightOnlyLinear(nn.Module):
+    """y = x W^T + b with W in int8 (a scale per output row); output in x's dtype."""
+
+    weight_only = True
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        out_features, self.in_features = linear.weight.shape
+        assert self.in_features % ALIGN == 0, f"int8 weights need K in multiples of {ALIGN}, not {self.in_features}"
+        self.out_features = out_features
+        pad = -out_features % ALIGN
+        q, scale = quantize_rows(F.pad(linear.weight.detach().float(), (0, 0, 0, pad)))  # [N, K], [N, 1]
+        self.register_buffer("weight_int8", q)
+        self.register_buffer("weight_scale", scale.t().contiguous())  # [1, N]
+        self.bias = None if linear.bias is None else nn.Parameter(F.pad(linear.bias.detach(), (0, pad)),
+                                                                  requires_grad=False)
+
+    def quantized_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(int8 [N_padded, K], fp32 scale [N_padded]): what the fused linear reads."""
+        return self.weight_int8, self.weight_scale.view(-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        rows = x.reshape(-1, self.in_features)  # [M, K]
+        if rows.shape[0] <= MAX_ROWS:
+            y = fp8_rows_matmul(*split_rows(rows), self.weight_int8).sum(0)  # [M, N] fp32
+        else:
+            xq, x_scale = quantize_rows(rows)  # [M, K], [M, 1]
+            y = torch._int_mm(xq, self.weight_int8.t()).float() * x_scale  # exact int32 sums
+        y = y * self.weight_scale
+        if self.bias is not None:
+            y = y + self.bias
+        return y[:, : self.out_features].to(x.dtype).view(*shape[:-1], self.out_features)
