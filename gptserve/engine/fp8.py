@@ -25,7 +25,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .fp8_matmul import LO_RATIO, MAX_ROWS, fp8_rows_matmul
-from .int8 import Int8WeightOnlyLinear
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max  # 448
@@ -79,17 +78,22 @@ def join_rows(hi: torch.Tensor, lo: torch.Tensor, scale: torch.Tensor) -> torch.
 
 
 @functools.cache
-def _compiled_quantize():
-    return torch.compile(quantize_rows, dynamic=True, fullgraph=True)
+def _compiled(fn):
+    return torch.compile(fn, dynamic=True, fullgraph=True)
+
+
+def run_compiled(fn, *args):
+    """fn(*args) compiled once for every shape where it would run eager (prefill); traced with the rest where a
+    compiled region calls it."""
+    if torch.compiler.is_compiling():
+        return fn(*args)
+    return _compiled(fn)(*args)
 
 
 def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """quantize_rows for a linear's input: one compiled kernel for any shape where it would run eager (prefill;
-    91 ms of kernels in the 40B's FP8 prefill against 332 eager, runs 29-30); traced with the rest where a
-    compiled region calls it."""
-    if torch.compiler.is_compiling():
-        return quantize_rows(x)
-    return _compiled_quantize()(x)
+    """quantize_rows for a linear's input, as one compiled kernel (91 ms of kernels in the 40B's FP8 prefill
+    against 332 eager, runs 29-30)."""
+    return run_compiled(quantize_rows, x)
 
 
 class TorchFp8Linear(nn.Module):
@@ -164,16 +168,22 @@ class TEFp8Linear(nn.Module):
         return y[:rows].view(*x.shape[:-1], -1)
 
 
-_LINEARS = {"weight-only": WeightOnlyFp8Linear, "torch": TorchFp8Linear, "transformer-engine": TEFp8Linear,
-            "int8-weight-only": Int8WeightOnlyLinear}
 WEIGHT_ONLY = ("weight-only", "int8-weight-only")  # modes whose decode rows keep their precision
+
+
+def linear_class(mode: str) -> type[nn.Module]:
+    """The linear layer that fp8_mode `mode` swaps in for nn.Linear."""
+    from .int8 import Int8WeightOnlyLinear  # imported here: int8.py builds on this module
+
+    return {"weight-only": WeightOnlyFp8Linear, "torch": TorchFp8Linear, "transformer-engine": TEFp8Linear,
+            "int8-weight-only": Int8WeightOnlyLinear}[mode]
 
 
 class Fp8Converter:
     """linear(layer): the FP8 version of one nn.Linear; block(module): swap every nn.Linear inside, in place."""
 
     def __init__(self, mode: str):
-        self.linear = _LINEARS[mode]
+        self.linear = linear_class(mode)
 
     def block(self, block: nn.Module):
         for child in list(block.modules()):

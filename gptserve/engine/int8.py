@@ -7,8 +7,9 @@ Decode reads the same bytes either way, through the same kernels:
   - one row: the fused linear (rows_linear.py) widens the int8 tiles in registers, as it does FP8 ones;
   - 2-16 rows: the two-term rows kernel (fp8_matmul.py) takes the rows as two int8 terms, x ~= (hi + lo / 254) *
     scale (about 15 bits of the row's largest element), into int8 MMAs that sum in int32 exactly;
-  - more rows (prefill): the rows quantised to int8 once, torch._int_mm, then both scales and the bias.
-A CPU runs the same arithmetic in torch.
+  - more rows (prefill): the rows quantised to int8 once, torch._int_mm, then both scales and the bias, compiled
+    (a kernel before the GEMM and one after it).
+A CPU runs the same arithmetic in torch, eagerly.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .fp8 import run_compiled
 from .fp8_matmul import INT8_LO_RATIO, MAX_ROWS, fp8_rows_matmul
 
 INT8_MAX = 127
@@ -60,12 +62,28 @@ class Int8WeightOnlyLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         rows = x.reshape(-1, self.in_features)  # [M, K]
+        args = (rows, self.weight_int8, self.weight_scale, self.bias, self.out_features)
         if rows.shape[0] <= MAX_ROWS:
-            y = fp8_rows_matmul(*split_rows(rows), self.weight_int8).sum(0)  # [M, N] fp32
+            y = few_rows_product(*args)
         else:
-            xq, x_scale = quantize_rows(rows)  # [M, K], [M, 1]
-            y = torch._int_mm(xq, self.weight_int8.t()).float() * x_scale  # exact int32 sums
-        y = y * self.weight_scale
-        if self.bias is not None:
-            y = y + self.bias
-        return y[:, : self.out_features].to(x.dtype).view(*shape[:-1], self.out_features)
+            y = run_compiled(many_rows_product, *args) if rows.is_cuda else many_rows_product(*args)
+        return y.view(*shape[:-1], self.out_features)
+
+
+def few_rows_product(rows, weight, weight_scale, bias, out_features: int) -> torch.Tensor:
+    """rows [M <= 16, K] @ (weight * scale)^T + bias -> [M, out_features] in rows' dtype: two int8 terms."""
+    y = fp8_rows_matmul(*split_rows(rows), weight).sum(0) * weight_scale  # [M, N] fp32
+    return finish(y, bias, out_features, rows.dtype)
+
+
+def many_rows_product(rows, weight, weight_scale, bias, out_features: int) -> torch.Tensor:
+    """The same for more rows: the rows quantised once, int8 MMAs summing in int32 (exact)."""
+    xq, x_scale = quantize_rows(rows)  # [M, K], [M, 1]
+    y = torch._int_mm(xq, weight.t()).float() * x_scale * weight_scale  # [M, N] fp32
+    return finish(y, bias, out_features, rows.dtype)
+
+
+def finish(y, bias, out_features: int, dtype: torch.dtype) -> torch.Tensor:
+    if bias is not None:
+        y = y + bias
+    return y[:, :out_features].to(dtype)
