@@ -4,7 +4,7 @@ A decode step of 1 to 16 rows multiplies them by every weight matrix once, so it
 launching kernels (steps over more rows stay on torch's linears). Torch runs LayerNorm, the GEMM (cuBLAS tiles and
 split-K reductions sized for many rows), GELU and the residual add as separate kernels. Here each program owns
 BLOCK_N output columns over all of K: it normalises the rows it reads (the optional LayerNorm: the rows are a few
-KB that every program reads from L2), streams its weight rows (bf16, or FP8 widened in registers and scaled per
+KB that every program reads from L2), streams its weight rows (bf16, or FP8 or int8 widened in registers and scaled per
 output column), then adds the bias, applies tanh-GELU and adds the residual before its one store. Every part is
 optional. One row takes a multiply-and-sum path; 2 to 16 rows go through tl.dot on a 16-row tile.
 
@@ -162,7 +162,7 @@ def reference(x, weight, scale, bias, norm_weight, norm_bias, residual, out_feat
 def rows_linear(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                 norm_weight: Optional[torch.Tensor], norm_bias: Optional[torch.Tensor],
                 residual: Optional[torch.Tensor], out_features: int, gelu: bool, eps: float) -> torch.Tensor:
-    """x [M, K], M <= MAX_ROWS; weight [>=out_features, K] (bf16/fp16, or FP8 with scale [>=out_features]);
+    """x [M, K], M <= MAX_ROWS; weight [>=out_features, K] (bf16/fp16, or FP8 or int8 with scale [>=out_features]);
     residual [M, out_features] -> [M, out_features] in x's dtype."""
     if x.is_cuda:
         return launch(x, weight, scale, bias, norm_weight, norm_bias, residual, out_features, gelu, eps)
