@@ -7,8 +7,8 @@ Decode reads the same bytes either way, through the same kernels:
   - one row: the fused linear (rows_linear.py) widens the int8 tiles in registers, as it does FP8 ones;
   - 2-16 rows: the two-term rows kernel (fp8_matmul.py) takes the rows as two int8 terms, x ~= (hi + lo / 254) *
     scale (about 15 bits of the row's largest element), into int8 MMAs that sum in int32 exactly;
-  - more rows (prefill): the rows quantised to int8 once, torch._int_mm, then both scales and the bias, compiled
-    (a kernel before the GEMM and one after it).
+  - more rows (prefill): the rows quantised to int8 once (one compiled kernel), torch._int_mm, then both scales
+    and the bias (one compiled kernel), as FP8 prefill quantises before _scaled_mm.
 A CPU runs the same arithmetic in torch, eagerly.
 """
 from __future__ import annotations
@@ -63,10 +63,7 @@ class Int8WeightOnlyLinear(nn.Module):
         shape = x.shape
         rows = x.reshape(-1, self.in_features)  # [M, K]
         args = (rows, self.weight_int8, self.weight_scale, self.bias, self.out_features)
-        if rows.shape[0] <= MAX_ROWS:
-            y = few_rows_product(*args)
-        else:
-            y = run_compiled(many_rows_product, *args) if rows.is_cuda else many_rows_product(*args)
+        y = few_rows_product(*args) if rows.shape[0] <= MAX_ROWS else many_rows_product(*args)
         return y.view(*shape[:-1], self.out_features)
 
 
@@ -77,10 +74,15 @@ def few_rows_product(rows, weight, weight_scale, bias, out_features: int) -> tor
 
 
 def many_rows_product(rows, weight, weight_scale, bias, out_features: int) -> torch.Tensor:
-    """The same for more rows: the rows quantised once, int8 MMAs summing in int32 (exact)."""
-    xq, x_scale = quantize_rows(rows)  # [M, K], [M, 1]
-    y = torch._int_mm(xq, weight.t()).float() * x_scale * weight_scale  # [M, N] fp32
-    return finish(y, bias, out_features, rows.dtype)
+    """The same for more rows: the rows quantised once, int8 MMAs summing in int32 (exact), then the scales."""
+    compiled = run_compiled if rows.is_cuda else lambda fn, *args: fn(*args)
+    xq, x_scale = compiled(quantize_rows, rows)  # [M, K], [M, 1]
+    sums = torch._int_mm(xq, weight.t())  # [M, N] int32
+    return compiled(scale_sums, sums, x_scale, weight_scale, bias, out_features, rows.dtype)
+
+
+def scale_sums(sums, x_scale, weight_scale, bias, out_features: int, dtype: torch.dtype) -> torch.Tensor:
+    return finish(sums.float() * x_scale * weight_scale, bias, out_features, dtype)
 
 
 def finish(y, bias, out_features: int, dtype: torch.dtype) -> torch.Tensor:
