@@ -30,7 +30,8 @@ import torch
 
 from gptserve.engine import fp8_matmul
 from gptserve.engine.config import PRESETS
-from gptserve.engine.fp8 import join_rows, quantize_rows, split_rows
+from gptserve.engine.fp8 import quantize_rows, split_rows
+from gptserve.engine.fp8_matmul import join_terms
 
 from . import header
 from .rows_linear_sweep import layers, split_k_configs
@@ -145,7 +146,7 @@ def designs(x, w, w_scale, n: int, k: int) -> dict:
     hi, lo, scale = split_rows(x)
     exact = x.float() @ w.float().t()
     grid = split_k_configs(n, k)
-    two_terms = join_rows(hi, lo, scale) @ w.float().t()
+    two_terms = join_terms(hi, lo, scale) @ w.float().t()
     promoted = {name: (
         lambda c, cfg, every=every: fp8_matmul.launch(hi, lo, scale, c[0], cfg, promote_every=every).sum(0),
         (w,), grid, two_terms, exact) for name, every in (("two-term-unpromoted", 0), ("two-term-promote-32", 32))}

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from gptserve.engine import fp8_matmul
 from gptserve.engine import rows_linear as rl
 from gptserve.engine.config import PRESETS
-from gptserve.engine.fp8 import join_rows, quantize_rows, split_rows
+from gptserve.engine.fp8 import quantize_rows, split_rows
+from gptserve.engine.fp8_matmul import join_terms
 
 from . import header
 from .sweep import fastest, streamed_us, timed_configs, write_report
@@ -115,7 +116,7 @@ def main():
                     f"[{row['weight_mb'] / best[-1] if best else 0:.2f} TB/s]")
             if fp8:  # the split-K kernel, bare: its partial sums, summed and scaled by the caller
                 hi, lo, scale = split_rows(x)
-                bare_want = join_rows(hi, lo, scale) @ w.float().t()
+                bare_want = join_terms(hi, lo, scale) @ w.float().t()
                 split_k = lambda c, config: fp8_matmul.launch(hi, lo, scale, c[1], config).sum(0)  # noqa: E731
                 row["split_k_plan"] = list(fp8_matmul.plan(n, k, sms()))
                 row["split_k_us"] = streamed_us(lambda c: fp8_matmul.launch(hi, lo, scale, c[1]).sum(0), case)

@@ -72,11 +72,6 @@ def split_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     return hi, lo, scale.view(-1)
 
 
-def join_rows(hi: torch.Tensor, lo: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """The rows split_rows' terms stand for, in fp32 (exact: each term has 4 significant bits)."""
-    return (hi.float() + lo.float() / LO_RATIO) * scale[:, None]
-
-
 @functools.cache
 def _compiled(fn):
     return torch.compile(fn, dynamic=True, fullgraph=True)

@@ -124,10 +124,15 @@ def fp8_rows_matmul(hi: torch.Tensor, lo: torch.Tensor, scale: torch.Tensor, wei
     return reference(hi, lo, scale, weight)[None]
 
 
+def join_terms(hi: torch.Tensor, lo: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The rows [M, K] two terms (fp8.split_rows, int8.split_rows) stand for, in fp32 (exact: each term has at
+    most 8 significant bits)."""
+    return (hi.float() + lo.float() / lo_ratio(hi.dtype)) * scale[:, None]
+
+
 def reference(hi, lo, scale, weight) -> torch.Tensor:
-    """The product the kernel's slices add up to, [M, N] fp32: the terms' rows (exact in fp32) times the weights."""
-    rows = (hi.float() + lo.float() / lo_ratio(hi.dtype)) * scale[:, None]
-    return rows @ weight.float().t()
+    """The product the kernel's slices add up to, [M, N] fp32: the terms' rows times the weights."""
+    return join_terms(hi, lo, scale) @ weight.float().t()
 
 
 def launch(hi, lo, scale, weight, config: tuple[int, int, int, int, int] | None = None,

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from gptserve.engine import fp8_matmul, int8
-from gptserve.engine.fp8 import FP8_MAX, join_rows, quantize_rows, split_rows
+from gptserve.engine.fp8 import FP8_MAX, quantize_rows, split_rows
+from gptserve.engine.fp8_matmul import join_terms
 from tests.unit.triton_interpreter import needs_triton, run_interpreted
 
 
@@ -22,10 +23,10 @@ def test_split_rows_keeps_more_than_bf16_rounding(dtype, magnitude):
     assert hi.dtype == lo.dtype == torch.float8_e4m3fn and scale.shape == (33,)
     assert not lo.float().isnan().any() and lo.float().abs().max() <= FP8_MAX / 1.75  # within 256 of lo's units
     want = x.double()
-    error = (join_rows(hi, lo, scale).double() - want).norm() / want.norm()
+    error = (join_terms(hi, lo, scale).double() - want).norm() / want.norm()
     bf16_rounding = (want.bfloat16().double() - want).norm() / want.norm() if dtype == torch.float32 else 2.0 ** -9
     assert error < bf16_rounding, (error, bf16_rounding)
-    assert not join_rows(hi, lo, scale)[3].any()
+    assert not join_terms(hi, lo, scale)[3].any()
 
 
 def test_plan_covers_the_matrix_in_whole_blocks():

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from gptserve.engine import GREEDY, Engine, fp8, int8
-from gptserve.engine.fp8_matmul import INT8_LO_RATIO
+from gptserve.engine.fp8_matmul import join_terms
 from gptserve.settings import ServingConfig
 
 
@@ -20,7 +20,7 @@ def test_split_rows_keeps_more_than_bf16_rounding(magnitude):
     hi, lo, scale = int8.split_rows(x)
     assert hi.dtype == lo.dtype == torch.int8 and scale.shape == (33,)
     assert hi.abs().max() <= 127 and lo.abs().max() <= 127
-    joined = (hi.double() + lo.double() / INT8_LO_RATIO) * scale.double()[:, None]
+    joined = join_terms(hi, lo, scale).double()
     want = x.double()
     bf16_rounding = (want.bfloat16().double() - want).norm() / want.norm()
     assert (joined - want).norm() / want.norm() < bf16_rounding / 10
