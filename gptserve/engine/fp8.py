@@ -51,13 +51,19 @@ def require_transformer_engine():
         ) from exc
 
 
+def row_scales(x: torch.Tensor, largest: float) -> torch.Tensor:
+    """x [M, K] -> fp32 [M, 1]: each row's largest |x| over `largest`, the format's largest value (one reduction,
+    no |x| copy; an all-zero row gets a tiny scale, not zero)."""
+    return torch.linalg.vector_norm(x, ord=float("inf"), dim=-1, keepdim=True).float().clamp(min=1e-12) / largest
+
+
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] -> (fp8 [M, K], fp32 scale [M, 1]) with x ~= q * scale.
 
-    The row maximum of |x| in one reduction (no |x| copy), and no clamp, since |x| / scale is at most FP8_MAX
-    within fp32 rounding, which the cast rounds to FP8_MAX (tests/unit/test_fp8.py: the same bytes as with the
-    clamp). Eager, that is still three passes over x; quantize_activations runs it as one compiled kernel."""
-    scale = torch.linalg.vector_norm(x, ord=float("inf"), dim=-1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
+    No clamp, since |x| / scale is at most FP8_MAX within fp32 rounding, which the cast rounds to FP8_MAX
+    (tests/unit/test_fp8.py: the same bytes as with the clamp). Eager, that is still three passes over x;
+    quantize_activations runs it as one compiled kernel."""
+    scale = row_scales(x, FP8_MAX)
     return (x / scale).to(FP8), scale
 
 

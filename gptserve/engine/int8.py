@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .fp8 import run_compiled
+from .fp8 import row_scales, run_compiled
 from .fp8_matmul import INT8_LO_RATIO, MAX_ROWS, fp8_rows_matmul
 
 INT8_MAX = 127
@@ -26,7 +26,7 @@ ALIGN = 16  # torch._int_mm wants N and K in multiples of 8; the rows kernel's T
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] -> (int8 [M, K], fp32 scale [M, 1]) with x ~= q * scale, |q| <= 127."""
-    scale = torch.linalg.vector_norm(x, ord=float("inf"), dim=-1, keepdim=True).float().clamp(min=1e-12) / INT8_MAX
+    scale = row_scales(x, INT8_MAX)
     return (x.float() / scale).round().to(torch.int8), scale
 
 
