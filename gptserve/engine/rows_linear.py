@@ -26,6 +26,9 @@ LARGE_N = 16384  # output columns from which a matrix (an LM head) streams from 
 # normalising the rows it reads costs a wide row more than the launch it saves (the 40B's fc, d 8192: 127 us
 # with the LayerNorm inside against 77 without, bench.rows_linear_sweep on an H200, run 25 in docs/benchmarks.md)
 NORM_MAX_K = 2048
+# int8 weights widened at one row through their bits (an integer add and one subtract, full-rate ALU work) rather
+# than int8-to-float conversions, which run at a quarter of that rate and bound the 40B's batch-1 step
+INT8_THROUGH_BITS = True
 
 
 def plan(rows: int, n: int, k: int, fp8: bool = False) -> tuple[int, int, int, int]:
@@ -65,7 +68,7 @@ def _kernel():
                            M, N, K, stride_xm, stride_wn, stride_rm, stride_om, eps,
                            ROWS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
                            HAS_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GELU: tl.constexpr,
-                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                           INT8_BITS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         # x: [M, K]; w: [>=N, K] (K contiguous); scale, bias: [>=N]; norm_w, norm_b: [K]; res, out: [M, N]
         rows = tl.arange(0, ROWS)  # ROWS: 1, or a tile of 16 for M in 2..16
         row_ok = rows < M
@@ -100,7 +103,11 @@ def _kernel():
             w = tl.load(w_ptr + cols[:, None] * stride_wn + ks[None, :], mask=col_ok[:, None] & k_ok[None, :],
                         other=0.0)  # [BLOCK_N, BLOCK_K]
             if ROWS == 1:
-                acc += tl.sum(w.to(tl.float32) * xk.to(tl.float32), axis=1)[None, :]
+                if INT8_BITS:  # 0x4B400000 is 1.5 * 2^23, whose float unit is 1: its bits + w are 1.5 * 2^23 + w
+                    wf = (w.to(tl.int32) + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
+                else:
+                    wf = w.to(tl.float32)
+                acc += tl.sum(wf * xk.to(tl.float32), axis=1)[None, :]
             else:
                 acc = tl.dot(xk, tl.trans(w.to(x_ptr.dtype.element_ty)), acc)
         if HAS_SCALE:
@@ -137,7 +144,7 @@ def launch(x, weight, scale, bias, norm_weight, norm_bias, residual, out_feature
         m, out_features, k, x.stride(0), weight.stride(0), out_features, out_features, eps,
         ROWS=1 if m == 1 else MAX_ROWS, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         HAS_NORM=norm_weight is not None, HAS_RESIDUAL=residual is not None, GELU=gelu,
-        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+        INT8_BITS=INT8_THROUGH_BITS and weight.dtype == torch.int8, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
     return out
 
 
