@@ -26,9 +26,6 @@ LARGE_N = 16384  # output columns from which a matrix (an LM head) streams from 
 # normalising the rows it reads costs a wide row more than the launch it saves (the 40B's fc, d 8192: 127 us
 # with the LayerNorm inside against 77 without, bench.rows_linear_sweep on an H200, run 25 in docs/benchmarks.md)
 NORM_MAX_K = 2048
-# int8 weights widened at one row through their bits (an integer add and one subtract, full-rate ALU work) rather
-# than int8-to-float conversions, which run at a quarter of that rate and bound the 40B's batch-1 step
-INT8_THROUGH_BITS = True
 
 
 def plan(rows: int, n: int, k: int, fp8: bool = False) -> tuple[int, int, int, int]:
@@ -103,7 +100,10 @@ def _kernel():
             w = tl.load(w_ptr + cols[:, None] * stride_wn + ks[None, :], mask=col_ok[:, None] & k_ok[None, :],
                         other=0.0)  # [BLOCK_N, BLOCK_K]
             if ROWS == 1:
-                if INT8_BITS:  # 0x4B400000 is 1.5 * 2^23, whose float unit is 1: its bits + w are 1.5 * 2^23 + w
+                # int8 widened through its bits (integer add, one subtract) rather than int8-to-float conversions
+                # at a quarter of the ALU's rate: 3% off the 40B's batch-1 step (run 73). 0x4B400000 is 1.5 * 2^23,
+                # whose float unit is 1, so its bits + w read as 1.5 * 2^23 + w
+                if INT8_BITS:
                     wf = (w.to(tl.int32) + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
                 else:
                     wf = w.to(tl.float32)
@@ -144,7 +144,7 @@ def launch(x, weight, scale, bias, norm_weight, norm_bias, residual, out_feature
         m, out_features, k, x.stride(0), weight.stride(0), out_features, out_features, eps,
         ROWS=1 if m == 1 else MAX_ROWS, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         HAS_NORM=norm_weight is not None, HAS_RESIDUAL=residual is not None, GELU=gelu,
-        INT8_BITS=INT8_THROUGH_BITS and weight.dtype == torch.int8, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+        INT8_BITS=weight.dtype == torch.int8, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
     return out
 
 
