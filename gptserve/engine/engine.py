@@ -315,10 +315,12 @@ class Engine:
 
     def probe_max_abs_diff(self, reference=None, new_tokens: int = 8) -> float:
         """Largest |logit| difference between the optimized path and the eager fp32 reference path, over a
-        ragged greedy probe batch. `reference` is a GPT in fp32 with the same weights (built when None)."""
+        ragged greedy probe batch (as many of its four prompts as the slots take). `reference` is a GPT in fp32 with
+        the same weights (built when None)."""
         from .reference import reference_logits, reference_model
 
-        prompts = [tuple((7 * i + 3 * j) % 256 for j in range(n)) for i, n in enumerate((5, 17, 9, 30))]
+        lengths = (5, 17, 9, 30)[: self.slots]
+        prompts = [tuple((7 * i + 3 * j) % 256 for j in range(n)) for i, n in enumerate(lengths)]
         generation = self.generate(prompts, [GREEDY] * len(prompts), new_tokens, record_logits=True)
         reference = reference or reference_model(self)
         diff = 0.0

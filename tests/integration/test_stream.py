@@ -23,7 +23,7 @@ from tests.integration.triton_server import REPO_ROOT, TritonServer, configure, 
 pytestmark = pytest.mark.integration
 
 STREAM, PLAIN = "gpt_large_stream", "gpt_large"
-SLOTS, STEP_MS = 4, 4  # SLOTS >= 4: Engine.probe_max_abs_diff runs a batch of 4
+SLOTS, STEP_MS = 4, 4
 MAX_QUEUE = 2
 PROMPT = [10, 20, 30, 40, 50, 60]
 

@@ -192,6 +192,12 @@ def test_compiled_flex_on_cpu_fails_the_load_clearly():
         Engine(ServingConfig(preset="tiny", attention_backend="flex", compile_mode="default"), device="cpu")
 
 
+def test_the_reference_probe_fits_an_engine_of_one_slot():
+    # a server configured with max_batch_size 1 runs this probe when it loads (it took four prompts until run 76)
+    engine = Engine(ServingConfig(preset="tiny", max_batch_size=1), device="cpu")
+    assert engine.probe_max_abs_diff() < 1e-4
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", [{}, dict(compile_region="step"), *OTHER_PATHS[1:]],
                          ids=lambda p: "-".join(p.values()) or "sdpa")
