@@ -1,0 +1,84 @@
+"""Compile the fused decode linear (rows_linear) at one row for Hopper, no GPU needed, and count the machine
+instructions of each weight format's kernel: where int8, FP8 and bf16 weights differ in the work of widening them.
+
+    python -m bench.sass_counts [--weights bf16,fp8,int8] [--config 8,2048,8,2]
+
+The config is (BLOCK_N, BLOCK_K, num_warps, num_stages), by default the 40B's one-row plan; the kernel is compiled
+with a scale per row and nothing else fused, the pointers and widths aligned to 16 as the engine's tensors are
+(Triton specialises on that at launch, and unaligned code loads byte by byte). Needs triton with its NVIDIA
+backend (ptxas and nvdisasm ship in its wheel).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+from gptserve.engine import rows_linear as rl
+
+WEIGHT_TYPES = {"bf16": "bf16", "fp8": "fp8e4nv", "int8": "i8"}
+ALIGNED = ("N", "K", "stride_xm", "stride_wn", "stride_rm", "stride_om")  # besides every pointer
+OPCODE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[0-9T]\s+)?([A-Z][A-Z0-9_]*)")
+
+
+def compile_one_row(weights: str, config: tuple[int, int, int, int]) -> bytes:
+    """The cubin of rows_linear's kernel at one row, for sm_90, with weights of the given format."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernel = rl._kernel()
+    block_n, block_k, warps, stages = config
+    constants = {"ROWS": 1, "HAS_SCALE": weights != "bf16", "HAS_BIAS": False, "HAS_NORM": False,
+                 "HAS_RESIDUAL": False, "GELU": False, "INT8_BITS": weights == "int8", "BLOCK_N": block_n,
+                 "BLOCK_K": block_k}
+    signature = {}
+    for name in kernel.arg_names:
+        if name in constants:
+            signature[name] = "constexpr"
+        elif name == "w_ptr":
+            signature[name] = "*" + WEIGHT_TYPES[weights]
+        elif name == "scale_ptr":
+            signature[name] = "*fp32"
+        elif name.endswith("_ptr"):
+            signature[name] = "*bf16"
+        else:
+            signature[name] = "fp32" if name == "eps" else "i32"
+    aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(kernel.arg_names)
+               if name.endswith("_ptr") or name in ALIGNED}
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=aligned)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": warps, "num_stages": stages})
+    return compiled.asm["cubin"]
+
+
+def opcode_counts(cubin: bytes) -> collections.Counter:
+    """Instructions by opcode (modifiers dropped) in the cubin, as nvdisasm reads it."""
+    import triton.backends.nvidia
+
+    nvdisasm = Path(triton.backends.nvidia.__file__).parent / "bin" / "nvdisasm"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        sass = subprocess.run([str(nvdisasm), "-c", f.name], check=True, capture_output=True, text=True).stdout
+    return collections.Counter(OPCODE.findall(sass))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--weights", default="bf16,fp8,int8")
+    p.add_argument("--config", default=",".join(map(str, rl.plan(1, 8192, 8192, fp8=True))),
+                   help="BLOCK_N,BLOCK_K,num_warps,num_stages (default: the 40B's one-row plan)")
+    args = p.parse_args()
+    config = tuple(int(v) for v in args.config.split(","))
+    for weights in args.weights.split(","):
+        counts = opcode_counts(compile_one_row(weights, config))
+        top = ", ".join(f"{op} {n}" for op, n in counts.most_common(8))
+        print(f"{weights:5s} config {config}: {sum(counts.values())} instructions; {top}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
