@@ -1,4 +1,4 @@
-"""Where an FP8 prefill's linear time goes, part by part, against bf16 cuBLAS.
+"""Where an FP8 (or int8) prefill's linear time goes, part by part, against bf16 cuBLAS.
 
 One preset's four block matrices at prefill's row count (16 prompts of 1024 tokens: 16,384 rows).
 
@@ -7,8 +7,10 @@ One preset's four block matrices at prefill's row count (16 prompts of 1024 toke
 Per matrix: cuBLAS's bf16 linear with its bias; the FP8 linear as the engine runs it for prefill
 (TorchFp8Linear); the row-wise activation quantisation alone, eager (quantize_rows), compiled for any shape
 (quantize_activations, what the engine runs) and compiled for this shape alone; _scaled_mm alone, with and
-without the bias inside and fast accumulation. Each FP8 result carries its error against the bf16 linear's
-(without the bias where it has none). Needs a CUDA GPU of compute capability >= 8.9.
+without the bias inside and fast accumulation. int8 weight-only's the same way: the linear as the engine runs it
+(Int8WeightOnlyLinear: the rows quantised, then int8_matmul's kernel), that kernel alone, and what it replaced
+(torch._int_mm, then the scales and the bias in torch). Each quantised result carries its error against the bf16
+linear's (without the bias where it has none). Needs a CUDA GPU of compute capability >= 8.9 (int8: 9.0).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gptserve.engine import int8, int8_matmul
 from gptserve.engine.fp8 import TorchFp8Linear, quantize_activations, quantize_rows
 
 from . import header
@@ -49,6 +52,9 @@ def main():
             return torch._scaled_mm(xq, w_t, scale_a=x_scale, scale_b=w_scale, bias=bias if with_bias else None,
                                     out_dtype=torch.bfloat16, use_fast_accum=fast)
 
+        int8_linear = int8.Int8WeightOnlyLinear(linear)
+        x8, x8_scale = int8.quantize_rows(x)
+        int8_args = (x8, x8_scale.view(-1), *int8_linear.quantized_weight(), int8_linear.bias, n, torch.bfloat16)
         biased, bare = F.linear(x, linear.weight, linear.bias), F.linear(x, linear.weight)
         candidates = {  # label: (call, the bf16 result an FP8 one is compared with)
             "bf16_linear": (lambda: F.linear(x, linear.weight, linear.bias), None),
@@ -60,6 +66,9 @@ def main():
             "scaled_mm_fast": (lambda: scaled_mm(False, True), bare),
             "scaled_mm_bias": (lambda: scaled_mm(True, False), biased),
             "scaled_mm_bias_fast": (lambda: scaled_mm(True, True), biased),
+            "int8_linear": (lambda: int8_linear(x), biased),
+            "int8_matmul_kernel": (lambda: int8_matmul.launch(*int8_args), biased),
+            "int_mm_then_scales": (lambda: int8_matmul.reference(*int8_args), biased),
         }
         row = {"layer": name, "n": n, "k": k, "tflop": 2 * args.rows * n * k / 1e12, "us": {}, "error": {}}
         for label, (fn, want) in candidates.items():

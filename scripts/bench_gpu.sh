@@ -9,7 +9,7 @@
 #            empty: none), with the same-run peer (PEERS, default Hugging Face static-cache generate; PEERS= for
 #            none) and the accuracy check (ACCURACY=0 skips it; ACCURACY_ROWS=1 runs its prompts one at a time)
 #   profile  bench.profile_decode of each VARIANTS entry (gpt2-large, batch 1 and 16): kernels per step, time per class
-#   prefill  gpt-large-40b's prefill of 16 x 1024 tokens: its linears' FP8 parts against bf16
+#   prefill  gpt-large-40b's prefill of 16 x 1024 tokens: its linears' FP8 and int8 parts against bf16
 #            (bench.prefill_linear_sweep), then bench.profile_decode --prefill of each VARIANTS entry
 #   attention  bench.decode_attention_sweep: split-KV's launch configurations against the SDPA path, gpt2-large
 #            with a bf16 cache and gpt-large-40b with an FP8 one, batches 1, 4, 16

@@ -7,8 +7,8 @@ Decode reads the same bytes either way, through the same kernels:
   - one row: the fused linear (rows_linear.py) widens the int8 tiles in registers, as it does FP8 ones;
   - 2-16 rows: the two-term rows kernel (fp8_matmul.py) takes the rows as two int8 terms, x ~= (hi + lo / 254) *
     scale (about 15 bits of the row's largest element), into int8 MMAs that sum in int32 exactly;
-  - more rows (prefill): the rows quantised to int8 once (one compiled kernel), torch._int_mm, then both scales
-    and the bias (one compiled kernel), as FP8 prefill quantises before _scaled_mm.
+  - more rows (prefill): the rows quantised to int8 once (one compiled kernel), then int8_matmul.py's GEMM over
+    int8 MMAs with both scales and the bias in its epilogue, as FP8 prefill quantises before _scaled_mm.
 A CPU runs the same arithmetic in torch, eagerly.
 """
 from __future__ import annotations
@@ -19,9 +19,10 @@ import torch.nn.functional as F
 
 from .fp8 import row_scales, run_compiled
 from .fp8_matmul import INT8_LO_RATIO, MAX_ROWS, fp8_rows_matmul
+from .int8_matmul import finish, int8_matmul
 
 INT8_MAX = 127
-ALIGN = 16  # torch._int_mm wants N and K in multiples of 8; the rows kernel's TMA tiles want 16-byte rows
+ALIGN = 16  # the kernels' tensor-memory tiles want 16-byte rows; torch._int_mm (a CPU's path) N and K in 8s
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,18 +75,7 @@ def few_rows_product(rows, weight, weight_scale, bias, out_features: int) -> tor
 
 
 def many_rows_product(rows, weight, weight_scale, bias, out_features: int) -> torch.Tensor:
-    """The same for more rows: the rows quantised once, int8 MMAs summing in int32 (exact), then the scales."""
-    compiled = run_compiled if rows.is_cuda else lambda fn, *args: fn(*args)
-    xq, x_scale = compiled(quantize_rows, rows)  # [M, K], [M, 1]
-    sums = torch._int_mm(xq, weight.t())  # [M, N] int32
-    return compiled(scale_sums, sums, x_scale, weight_scale, bias, out_features, rows.dtype)
-
-
-def scale_sums(sums, x_scale, weight_scale, bias, out_features: int, dtype: torch.dtype) -> torch.Tensor:
-    return finish(sums.float() * x_scale * weight_scale, bias, out_features, dtype)
-
-
-def finish(y, bias, out_features: int, dtype: torch.dtype) -> torch.Tensor:
-    if bias is not None:
-        y = y + bias
-    return y[:, :out_features].to(dtype)
+    """The same for more rows: the rows quantised once (one compiled kernel on a GPU), then int8 MMAs summing in
+    int32 (exact) with the scales and the bias in the GEMM's epilogue."""
+    xq, x_scale = run_compiled(quantize_rows, rows) if rows.is_cuda else quantize_rows(rows)  # [M, K], [M, 1]
+    return int8_matmul(xq, x_scale.view(-1), weight, weight_scale.view(-1), bias, out_features, rows.dtype)

@@ -190,6 +190,21 @@ def test_fused_linear_kernel_equals_its_torch_arithmetic(rows, weights):
             assert ((got - want).norm() / want.norm()).item() < 1e-2, (n, k, args[8])
 
 
+@pytest.mark.parametrize("rows", [17, 300, 2048])
+def test_int8_prefill_kernel_equals_its_torch_arithmetic(rows):
+    """int8_matmul at prefill row counts on gpt2-large's and a wide model's shapes: int32 sums are exact, so the
+    kernel and torch._int_mm then the scales differ only in the output's rounding to bf16."""
+    from gptserve.engine import int8, int8_matmul
+
+    torch.manual_seed(rows)
+    for n, k in ((3840, 1280), (50257, 1280), (1280, 5120), *WIDE):
+        layer = weight_only_layer("int8", torch.nn.Linear(k, n, device="cuda", dtype=torch.bfloat16))
+        xq, x_scale = int8.quantize_rows(torch.randn(rows, k, device="cuda").bfloat16())
+        args = (xq, x_scale.view(-1), *layer.quantized_weight(), layer.bias, n, torch.bfloat16)
+        got, want = int8_matmul.launch(*args).float(), int8_matmul.reference(*args).float()
+        torch.testing.assert_close(got, want, atol=0, rtol=8e-3)
+
+
 def test_quantize_rows_on_cuda_gives_the_bytes_of_the_clamped_formula():
     """The unit test's check (tests/unit/test_fp8.py) on CUDA, whose casts are CUDA's own kernels."""
     from gptserve.engine.fp8 import quantize_rows
