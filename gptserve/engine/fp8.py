@@ -91,6 +91,16 @@ def run_compiled(fn, *args):
     return _compiled(fn)(*args)
 
 
+def quantize_linear(linear: nn.Linear, quantize) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """linear's weight padded to whole ALIGN rows (e.g. a 50257-token LM head -> 50272) and quantised per row by
+    `quantize` (this module's quantize_rows or int8's), its bias padded alike: (q [N_padded, K], fp32 scale
+    [1, N_padded], bias [N_padded] or None)."""
+    pad = -linear.out_features % ALIGN
+    q, scale = quantize(F.pad(linear.weight.detach().float(), (0, 0, 0, pad)))  # [N_padded, K], [N_padded, 1]
+    bias = None if linear.bias is None else F.pad(linear.bias.detach(), (0, pad))
+    return q, scale.t().contiguous(), bias
+
+
 def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """quantize_rows for a linear's input, as one compiled kernel (91 ms of kernels in the 40B's FP8 prefill
     against 332 eager, runs 29-30)."""
@@ -104,15 +114,12 @@ class TorchFp8Linear(nn.Module):
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
-        out_features, self.in_features = linear.weight.shape
-        self.out_features = out_features
-        pad = -out_features % ALIGN  # e.g. a 50257-token LM head -> 50272
-        q, scale = quantize_rows(F.pad(linear.weight.detach().float(), (0, 0, 0, pad)))  # [N, K], [N, 1]
+        self.out_features, self.in_features = linear.weight.shape
+        q, scale, bias = quantize_linear(linear, quantize_rows)
         self.register_buffer("weight_fp8", q)
-        self.register_buffer("weight_scale", scale.t().contiguous())  # [1, N]
-        # padded like the weight, and bf16: the bias _scaled_mm adds with row-wise scales
-        self.bias = None if linear.bias is None else nn.Parameter(
-            F.pad(linear.bias.detach(), (0, pad)).to(torch.bfloat16), requires_grad=False)
+        self.register_buffer("weight_scale", scale)  # [1, N_padded]
+        # bf16: the bias _scaled_mm adds with row-wise scales
+        self.bias = None if bias is None else nn.Parameter(bias.to(torch.bfloat16), requires_grad=False)
 
     def quantized_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(FP8 [N_padded, K], fp32 scale [N_padded]): what the fused linear reads."""

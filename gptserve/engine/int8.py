@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .fp8 import row_scales, run_compiled
+from .fp8 import quantize_linear, row_scales, run_compiled
 from .fp8_matmul import INT8_LO_RATIO, MAX_ROWS, fp8_rows_matmul
 from .int8_matmul import finish, int8_matmul
 
@@ -46,15 +45,12 @@ class Int8WeightOnlyLinear(nn.Module):
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
-        out_features, self.in_features = linear.weight.shape
+        self.out_features, self.in_features = linear.weight.shape
         assert self.in_features % ALIGN == 0, f"int8 weights need K in multiples of {ALIGN}, not {self.in_features}"
-        self.out_features = out_features
-        pad = -out_features % ALIGN
-        q, scale = quantize_rows(F.pad(linear.weight.detach().float(), (0, 0, 0, pad)))  # [N, K], [N, 1]
+        q, scale, bias = quantize_linear(linear, quantize_rows)
         self.register_buffer("weight_int8", q)
-        self.register_buffer("weight_scale", scale.t().contiguous())  # [1, N]
-        self.bias = None if linear.bias is None else nn.Parameter(F.pad(linear.bias.detach(), (0, pad)),
-                                                                  requires_grad=False)
+        self.register_buffer("weight_scale", scale)  # [1, N_padded]
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
     def quantized_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(int8 [N_padded, K], fp32 scale [N_padded]): what the fused linear reads."""
