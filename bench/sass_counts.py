@@ -94,7 +94,7 @@ def main():
     p.add_argument("--kernel", default="rows_linear", choices=("rows_linear", "int8_matmul"))
     p.add_argument("--rows", type=int, default=16 * 1024, help="int8_matmul: the rows its plan is for")
     p.add_argument("--weights", default="bf16,fp8,int8")
-    p.add_argument("--config", default=",".join(map(str, rl.plan(1, 8192, 8192, fp8=True))),
+    p.add_argument("--config", default=",".join(map(str, rl.plan(1, 8192, 8192, one_byte=True))),
                    help="BLOCK_N,BLOCK_K,num_warps,num_stages (default: the 40B's one-row plan)")
     args = p.parse_args()
     if args.kernel == "int8_matmul":

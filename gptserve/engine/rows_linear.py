@@ -28,8 +28,8 @@ LARGE_N = 16384  # output columns from which a matrix (an LM head) streams from 
 NORM_MAX_K = 2048
 
 
-def plan(rows: int, n: int, k: int, fp8: bool = False) -> tuple[int, int, int, int]:
-    """(BLOCK_N, BLOCK_K, num_warps, num_stages) for x [rows, k] against W [n, k] (FP8 weights when fp8): per
+def plan(rows: int, n: int, k: int, one_byte: bool = False) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_K, num_warps, num_stages) for x [rows, k] against W [n, k] (FP8 or int8 when one_byte): per
     gpt2-large layer, the fastest configuration of bench.rows_linear_sweep on an H200, every matrix streamed from
     HBM (docs/benchmarks.md, run 13; the LM head's at one row from run 11, within 1% of run 13's best): a large
     matrix (the LM head) in small column blocks over short K steps, thousands of programs; the layer matrices in
@@ -37,7 +37,7 @@ def plan(rows: int, n: int, k: int, fp8: bool = False) -> tuple[int, int, int, i
     if rows == 1:
         if min(n, k) >= 4096:
             return 8, 2048, 8, 2  # wide: every 40B matrix within 1% of its best, FP8 (run 26); bf16 unmeasured
-        if fp8:  # half bf16's bytes a tile: four warps stream them (gpt2-large, run 66; qkv 6% off its best)
+        if one_byte:  # half bf16's bytes a tile: four warps stream them (gpt2-large FP8, run 66; qkv 6% off)
             return (32, 256, 4, 2) if n >= LARGE_N else ((8 if n >= 2048 else 4), 2048, 4, 2)
         if n >= LARGE_N:
             return 16, 256, 4, 2  # LM head
@@ -136,7 +136,7 @@ def launch(x, weight, scale, bias, norm_weight, norm_bias, residual, out_feature
     assert scale is None or scale.shape == (weight.shape[0],), "one scale per weight row"
     assert residual is None or residual.shape == (m, out_features), (residual.shape, m, out_features)
     out = torch.empty((m, out_features), dtype=x.dtype, device=x.device)
-    block_n, block_k, warps, stages = config or plan(m, out_features, k, fp8=weight.element_size() == 1)
+    block_n, block_k, warps, stages = config or plan(m, out_features, k, one_byte=weight.element_size() == 1)
     if residual is not None:
         residual = residual.contiguous()
     _kernel()[(-(-out_features // block_n),)](

@@ -61,9 +61,9 @@ def test_plan_gives_power_of_two_blocks_and_fills_the_gpu(fp8):
 def test_plan_streams_fp8_tiles_with_fewer_warps_at_one_row():
     # gpt2-large's one-row FP8 plans: four warps for half bf16's bytes a tile (run 66); the 40B's stay as they were
     for n, k in [(3840, 1280), (1280, 1280), (5120, 1280), (1280, 5120)]:
-        assert (rl.plan(1, n, k, fp8=True)[2], rl.plan(1, n, k)[2]) == (4, 8)
-    assert rl.plan(1, 50257, 1280, fp8=True) == (32, 256, 4, 2)
-    assert rl.plan(1, 24576, 8192, fp8=True) == rl.plan(1, 24576, 8192)
+        assert (rl.plan(1, n, k, one_byte=True)[2], rl.plan(1, n, k)[2]) == (4, 8)
+    assert rl.plan(1, 50257, 1280, one_byte=True) == (32, 256, 4, 2)
+    assert rl.plan(1, 24576, 8192, one_byte=True) == rl.plan(1, 24576, 8192)
 
 
 def test_fused_linear_refuses_what_it_cannot_fuse():
