@@ -27,12 +27,16 @@ ALIGNED = ("N", "K", "stride_xm", "stride_wn", "stride_rm", "stride_om")  # besi
 OPCODE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[0-9T]\s+)?([A-Z][A-Z0-9_.x]*)")  # with its modifiers
 
 
-def compile_for_hopper(kernel, signature: dict, constants: dict, warps: int, stages: int) -> bytes:
-    """The kernel's cubin for sm_90, its pointers and ALIGNED widths taken as multiples of 16."""
+def compile_for_hopper(kernel, types: dict, constants: dict, warps: int, stages: int) -> bytes:
+    """The kernel's cubin for sm_90: arguments typed by `types`, else bf16 pointers (names ending in _ptr) and i32
+    scalars; its pointers and ALIGNED widths taken as multiples of 16."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    signature = {name: "constexpr" if name in constants else types.get(name, "*bf16" if name.endswith("_ptr")
+                                                                         else "i32")
+                 for name in kernel.arg_names}
     aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(kernel.arg_names)
                if name.endswith("_ptr") or name in ALIGNED}
     source = ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=aligned)
@@ -48,19 +52,8 @@ def compile_one_row(weights: str, config: tuple[int, int, int, int]) -> bytes:
     constants = {"ROWS": 1, "HAS_SCALE": weights != "bf16", "HAS_BIAS": False, "HAS_NORM": False,
                  "HAS_RESIDUAL": False, "GELU": False, "INT8_BITS": weights == "int8", "BLOCK_N": block_n,
                  "BLOCK_K": block_k}
-    signature = {}
-    for name in kernel.arg_names:
-        if name in constants:
-            signature[name] = "constexpr"
-        elif name == "w_ptr":
-            signature[name] = "*" + WEIGHT_TYPES[weights]
-        elif name == "scale_ptr":
-            signature[name] = "*fp32"
-        elif name.endswith("_ptr"):
-            signature[name] = "*bf16"
-        else:
-            signature[name] = "fp32" if name == "eps" else "i32"
-    return compile_for_hopper(kernel, signature, constants, warps, stages)
+    types = {"w_ptr": "*" + WEIGHT_TYPES[weights], "scale_ptr": "*fp32", "eps": "fp32"}
+    return compile_for_hopper(kernel, types, constants, warps, stages)
 
 
 def compile_int8_matmul(rows: int) -> bytes:
@@ -68,12 +61,9 @@ def compile_int8_matmul(rows: int) -> bytes:
     kernel = int8_matmul._kernel()
     block_m, block_n, block_k, group_m, warps, stages = int8_matmul.plan(rows)
     constants = {"HAS_BIAS": True, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": group_m}
-    tiles = {"x_desc": f"tensordesc<i8[{block_m}, {block_k}]>", "w_desc": f"tensordesc<i8[{block_n}, {block_k}]>",
+    types = {"x_desc": f"tensordesc<i8[{block_m}, {block_k}]>", "w_desc": f"tensordesc<i8[{block_n}, {block_k}]>",
              "x_scale_ptr": "*fp32", "w_scale_ptr": "*fp32"}
-    signature = {name: "constexpr" if name in constants else tiles.get(name, "*bf16" if name.endswith("_ptr")
-                                                                         else "i32")
-                 for name in kernel.arg_names}
-    return compile_for_hopper(kernel, signature, constants, warps, stages)
+    return compile_for_hopper(kernel, types, constants, warps, stages)
 
 
 def opcode_counts(cubin: bytes) -> collections.Counter:
