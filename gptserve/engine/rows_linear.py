@@ -26,6 +26,11 @@ LARGE_N = 16384  # output columns from which a matrix (an LM head) streams from 
 # normalising the rows it reads costs a wide row more than the launch it saves (the 40B's fc, d 8192: 127 us
 # with the LayerNorm inside against 77 without, bench.rows_linear_sweep on an H200, run 25 in docs/benchmarks.md)
 NORM_MAX_K = 2048
+# a kernel asks L2 to fetch the next kernel's weights when they are at most this many bytes (0: never): a short
+# kernel reads its own weights from L2 while HBM streams the next ones, where each kernel alone would start cold
+# and leave HBM idle while it ramps up and drains (gpt2-large's matrices, 3-13 MB, at batch 1). A matrix of the
+# 40B (128 MB and more) would evict itself: it streams on its own, near the floor already.
+PREFETCH_MAX_BYTES = 16 << 20
 
 
 def plan(rows: int, n: int, k: int, one_byte: bool = False) -> tuple[int, int, int, int]:
@@ -61,12 +66,23 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def rows_linear_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, norm_w_ptr, norm_b_ptr, res_ptr, out_ptr,
-                           M, N, K, stride_xm, stride_wn, stride_rm, stride_om, eps,
+    def rows_linear_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, norm_w_ptr, norm_b_ptr, res_ptr, out_ptr, next_ptr,
+                           M, N, K, stride_xm, stride_wn, stride_rm, stride_om, eps, next_bytes,
                            ROWS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
                            HAS_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GELU: tl.constexpr,
-                           INT8_BITS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        # x: [M, K]; w: [>=N, K] (K contiguous); scale, bias: [>=N]; norm_w, norm_b: [K]; res, out: [M, N]
+                           INT8_BITS: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_N: tl.constexpr,
+                           BLOCK_K: tl.constexpr):
+        # x: [M, K]; w: [>=N, K] (K contiguous); scale, bias: [>=N]; norm_w, norm_b: [K]; res, out: [M, N];
+        # next: next_bytes (a multiple of 16) of the next kernel's weights, as bytes
+        if PREFETCH:  # each program asks L2 for its share of them, from one thread (Hopper's bulk prefetch)
+            share = tl.cdiv(tl.cdiv(next_bytes, 16), tl.num_programs(0)) * 16
+            start = tl.program_id(0) * share
+            if start < next_bytes:
+                tl.inline_asm_elementwise(
+                    "{ .reg .pred first; .reg .b32 t; mov.u32 t, %tid.x; setp.eq.u32 first, t, 0; "
+                    "@first cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
+                    "=r,l,r", [next_ptr + start, tl.minimum(share, next_bytes - start)], dtype=tl.int32,
+                    is_pure=False, pack=1)
         rows = tl.arange(0, ROWS)  # ROWS: 1, or a tile of 16 for M in 2..16
         row_ok = rows < M
         cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -125,10 +141,17 @@ def _kernel():
     return rows_linear_kernel
 
 
+@functools.cache
+def bulk_prefetch(device_index: int | None) -> bool:
+    """Whether the GPU has Hopper's bulk prefetch into L2 (compute capability 9.0 and later)."""
+    return torch.cuda.get_device_capability(device_index) >= (9, 0)
+
+
 def launch(x, weight, scale, bias, norm_weight, norm_bias, residual, out_features: int, gelu: bool, eps: float,
-           config: tuple[int, int, int, int] | None = None):
+           config: tuple[int, int, int, int] | None = None, prefetch: torch.Tensor | None = None):
     """The kernel on any tensors Triton takes (CUDA, or CPU under TRITON_INTERPRET=1). config: (BLOCK_N, BLOCK_K,
-    num_warps, num_stages) in place of the plan (bench.rows_linear_sweep tries several)."""
+    num_warps, num_stages) in place of the plan (bench.rows_linear_sweep tries several); prefetch: the next
+    kernel's weights, for L2 (CUDA only: the interpreter runs no PTX)."""
     x = x.contiguous()
     m, k = x.shape
     assert m <= MAX_ROWS and weight.shape[0] >= out_features and weight.shape[1] == k and weight.stride(1) == 1, \
@@ -139,12 +162,18 @@ def launch(x, weight, scale, bias, norm_weight, norm_bias, residual, out_feature
     block_n, block_k, warps, stages = config or plan(m, out_features, k, one_byte=weight.element_size() == 1)
     if residual is not None:
         residual = residual.contiguous()
+    next_bytes = 0
+    if prefetch is not None and x.is_cuda and bulk_prefetch(x.device.index):
+        assert prefetch.is_contiguous() and prefetch.data_ptr() % 16 == 0, "bulk prefetch takes 16-byte aligned rows"
+        prefetch = prefetch.view(-1).view(torch.uint8)
+        next_bytes = prefetch.numel() // 16 * 16
     _kernel()[(-(-out_features // block_n),)](
-        x, weight, scale, bias, norm_weight, norm_bias, residual, out,
-        m, out_features, k, x.stride(0), weight.stride(0), out_features, out_features, eps,
+        x, weight, scale, bias, norm_weight, norm_bias, residual, out, prefetch if next_bytes else None,
+        m, out_features, k, x.stride(0), weight.stride(0), out_features, out_features, eps, next_bytes,
         ROWS=1 if m == 1 else MAX_ROWS, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         HAS_NORM=norm_weight is not None, HAS_RESIDUAL=residual is not None, GELU=gelu,
-        INT8_BITS=weight.dtype == torch.int8, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+        INT8_BITS=weight.dtype == torch.int8, PREFETCH=next_bytes > 0, BLOCK_N=block_n, BLOCK_K=block_k,
+        num_warps=warps, num_stages=stages)
     return out
 
 
@@ -168,35 +197,46 @@ def reference(x, weight, scale, bias, norm_weight, norm_bias, residual, out_feat
 @torch.library.custom_op("gptserve::rows_linear", mutates_args=())
 def rows_linear(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                 norm_weight: Optional[torch.Tensor], norm_bias: Optional[torch.Tensor],
-                residual: Optional[torch.Tensor], out_features: int, gelu: bool, eps: float) -> torch.Tensor:
+                residual: Optional[torch.Tensor], out_features: int, gelu: bool, eps: float,
+                prefetch: Optional[torch.Tensor] = None) -> torch.Tensor:
     """x [M, K], M <= MAX_ROWS; weight [>=out_features, K] (bf16/fp16, or FP8 or int8 with scale [>=out_features]);
-    residual [M, out_features] -> [M, out_features] in x's dtype."""
+    residual [M, out_features] -> [M, out_features] in x's dtype. prefetch: weights the next kernel reads, for L2
+    (a hint: no effect on the result)."""
     if x.is_cuda:
-        return launch(x, weight, scale, bias, norm_weight, norm_bias, residual, out_features, gelu, eps)
+        return launch(x, weight, scale, bias, norm_weight, norm_bias, residual, out_features, gelu, eps,
+                      prefetch=prefetch)
     return reference(x, weight, scale, bias, norm_weight, norm_bias, residual, out_features, gelu, eps)
 
 
 @rows_linear.register_fake
-def _(x, weight, scale, bias, norm_weight, norm_bias, residual, out_features, gelu, eps):
+def _(x, weight, scale, bias, norm_weight, norm_bias, residual, out_features, gelu, eps, prefetch=None):
     return x.new_empty((x.shape[0], out_features))
 
 
-def fused_linear(x: torch.Tensor, layer: torch.nn.Module, norm: torch.nn.LayerNorm | None = None,
-                 residual: torch.Tensor | None = None, gelu: bool = False) -> torch.Tensor:
-    """residual + gelu(layer(norm(x))) in one kernel, each part optional. x [M, K] with M <= MAX_ROWS; layer an
-    nn.Linear or a weight-only FP8 or int8 linear (gptserve.engine.fp8, .int8); norm a LayerNorm with weight and
-    bias."""
+def kernel_weights(layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, scale) as the kernel reads them: an nn.Linear's weight, or a weight-only FP8 or int8 linear's
+    quantised weight and its scales (gptserve.engine.fp8, .int8)."""
     if getattr(layer, "weight_only", False):
-        weight, scale = layer.quantized_weight()
-    elif isinstance(layer, torch.nn.Linear):
-        weight, scale = layer.weight, None
-    else:
-        raise TypeError("fused_linear takes nn.Linear or a weight-only (FP8 or int8) linear, "
-                        f"not {type(layer).__name__}")
+        return layer.quantized_weight()
+    if isinstance(layer, torch.nn.Linear):
+        return layer.weight, None
+    raise TypeError(f"fused_linear takes nn.Linear or a weight-only (FP8 or int8) linear, not {type(layer).__name__}")
+
+
+def fused_linear(x: torch.Tensor, layer: torch.nn.Module, norm: torch.nn.LayerNorm | None = None,
+                 residual: torch.Tensor | None = None, gelu: bool = False,
+                 then: torch.nn.Module | None = None) -> torch.Tensor:
+    """residual + gelu(layer(norm(x))) in one kernel, each part optional. x [M, K] with M <= MAX_ROWS; layer an
+    nn.Linear or a weight-only FP8 or int8 linear; norm a LayerNorm with weight and bias; then: the linear the
+    next kernel of the step runs, whose weights this kernel asks L2 for when they fit PREFETCH_MAX_BYTES."""
+    weight, scale = kernel_weights(layer)
     if norm is not None and (norm.weight is None or norm.bias is None):
         raise ValueError("fused_linear's LayerNorm needs its weight and bias")
     if norm is not None and x.shape[-1] > NORM_MAX_K:
         x, norm = norm(x), None
+    prefetch = None if then is None else kernel_weights(then)[0]
+    if prefetch is not None and prefetch.numel() * prefetch.element_size() > PREFETCH_MAX_BYTES:
+        prefetch = None
     return rows_linear(x, weight, scale, layer.bias,
                        None if norm is None else norm.weight, None if norm is None else norm.bias, residual,
-                       layer.out_features, gelu, 0.0 if norm is None else norm.eps)
+                       layer.out_features, gelu, 0.0 if norm is None else norm.eps, prefetch)
