@@ -25,8 +25,7 @@ class KVCache(nn.Module):
 
     def write(self, slot_index: torch.Tensor, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """Write k, v [B, H, T, D] at input_pos [B, T] of slots slot_index [B, 1]."""
-        self.k[slot_index, :, input_pos] = k.transpose(1, 2).to(self.k.dtype)  # indexed view: [B, T, H, D]
-        self.v[slot_index, :, input_pos] = v.transpose(1, 2).to(self.v.dtype)
+        write_cache(self.k, self.v, slot_index, input_pos, k, v)
 
     def update(self, rows, slot_index: torch.Tensor, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                kv_len: int):
@@ -35,6 +34,13 @@ class KVCache(nn.Module):
         self.write(slot_index, input_pos, k, v)
         rows = _rows(rows, k.shape[0])
         return self.k[rows, :, :kv_len].to(k.dtype), self.v[rows, :, :kv_len].to(v.dtype)
+
+
+def write_cache(k_cache: torch.Tensor, v_cache: torch.Tensor, slot_index: torch.Tensor, input_pos: torch.Tensor,
+                k: torch.Tensor, v: torch.Tensor):
+    """Write k, v [B, H, T, D] into caches [slots, H, S, D] at input_pos [B, T] of slots slot_index [B, 1]."""
+    k_cache[slot_index, :, input_pos] = k.transpose(1, 2).to(k_cache.dtype)  # indexed view: [B, T, H, D]
+    v_cache[slot_index, :, input_pos] = v.transpose(1, 2).to(v_cache.dtype)
 
 
 def _rows(rows, batch: int):

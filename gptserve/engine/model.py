@@ -86,15 +86,16 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, step: CachedStep | None) -> torch.Tensor:
         return self.proj(self.attend(self.qkv(x), step))
 
-    def attend(self, qkv: torch.Tensor, step: CachedStep | None) -> torch.Tensor:
+    def attend(self, qkv: torch.Tensor, step: CachedStep | None, written: bool = False) -> torch.Tensor:
         """qkv [B, T, 3C] -> attention output [B, T, C], before the projection; a cached step (step not None)
-        writes k and v to the cache first."""
+        writes k and v to the cache first, unless a decode step's qkv kernel has (written)."""
         B, T, C = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
         q, k, v = qkv.view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # 3x [B, H, T, D]
         if step is None:  # reference path: the whole sequence, no cache
             y = causal_reference(q, k, v)
         elif step.from_cache:  # decode, rows 0..B-1
-            self.cache.write(step.slot_index, step.input_pos, k, v)
+            if not written:
+                self.cache.write(step.slot_index, step.input_pos, k, v)
             y = decode_attention(q[:, :, 0], self.cache.k, self.cache.v, step.input_pos[:, 0])[:, :, None]
         else:
             k_all, v_all = self.cache.update(step.rows, step.slot_index, step.input_pos, k, v, step.kv_len)
@@ -133,11 +134,14 @@ class Block(nn.Module):
     def forward_fused(self, x: torch.Tensor, step: CachedStep, then: nn.Module) -> torch.Tensor:
         """The same block in four fused linears (rows_linear): each takes its LayerNorm, bias, GELU or residual
         add with it, where torch launches them apart, and asks L2 for the weights of the linear after it (then:
-        the one after the block)."""
+        the one after the block); qkv writes the cache in decode steps that attend from it."""
         B, T, C = x.shape
         x = x.view(B * T, C)
-        qkv = fused_linear(x, self.attn.qkv, norm=self.ln_1, then=self.attn.proj)  # [BT, 3C]
-        y = self.attn.attend(qkv.view(B, T, 3 * C), step).reshape(B * T, C)
+        # a decode step over the cache (rows 0..B-1 in slots 0..B-1, one token each): the kernel writes k and v
+        cache = self.attn.cache
+        to_cache = (cache.k, cache.v, step.input_pos[:, 0]) if step.from_cache else None
+        qkv = fused_linear(x, self.attn.qkv, norm=self.ln_1, then=self.attn.proj, to_cache=to_cache)  # [BT, 3C]
+        y = self.attn.attend(qkv.view(B, T, 3 * C), step, written=step.from_cache).reshape(B * T, C)
         x = fused_linear(y, self.attn.proj, residual=x, then=self.mlp.fc)
         h = fused_linear(x, self.mlp.fc, norm=self.ln_2, gelu=True, then=self.mlp.proj)  # [BT, 4C]
         return fused_linear(h, self.mlp.proj, residual=x, then=then).view(B, T, C)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .fp8_matmul import MAX_ROWS  # tl.dot's smallest M tile: this op's row limit too
+from .kv_cache import write_cache
 
 LARGE_N = 16384  # output columns from which a matrix (an LM head) streams from HBM whatever the cache holds
 # rows wider than this are normalised before the kernel (by the compiler, fused with what precedes): every program
@@ -67,13 +68,16 @@ def _kernel():
 
     @triton.jit
     def rows_linear_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, norm_w_ptr, norm_b_ptr, res_ptr, out_ptr, next_ptr,
+                           k_cache_ptr, v_cache_ptr, pos_ptr,
                            M, N, K, stride_xm, stride_wn, stride_rm, stride_om, eps, next_bytes,
+                           stride_cache_slot, stride_cache_head,
                            ROWS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
                            HAS_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GELU: tl.constexpr,
-                           INT8_BITS: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_N: tl.constexpr,
-                           BLOCK_K: tl.constexpr):
+                           INT8_BITS: tl.constexpr, PREFETCH: tl.constexpr, TO_CACHE: tl.constexpr,
+                           HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         # x: [M, K]; w: [>=N, K] (K contiguous); scale, bias: [>=N]; norm_w, norm_b: [K]; res, out: [M, N];
-        # next: next_bytes (a multiple of 16) of the next kernel's weights, as bytes
+        # next: next_bytes (a multiple of 16) of the next kernel's weights, as bytes; TO_CACHE (a qkv layer, N = 3C):
+        # k_cache, v_cache [slots, H, S, HEAD_DIM] (HEAD_DIM contiguous), pos [M]: row r's position in slot r
         if PREFETCH:  # each program asks L2 for its share of them, from one thread (Hopper's bulk prefetch)
             share = tl.cdiv(tl.cdiv(next_bytes, 16), tl.num_programs(0)) * 16
             start = tl.program_id(0) * share
@@ -136,7 +140,16 @@ def _kernel():
         both = row_ok[:, None] & col_ok[None, :]
         if HAS_RESIDUAL:
             acc += tl.load(res_ptr + rows[:, None] * stride_rm + cols[None, :], mask=both, other=0.0).to(tl.float32)
-        tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], acc.to(out_ptr.dtype.element_ty), mask=both)
+        y = acc.to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], y, mask=both)
+        if TO_CACHE:  # columns C..2C are the rows' k, 2C..3C their v: [H, HEAD_DIM] each, as the cache holds them
+            width = N // 3
+            part = cols // width  # 0 q, 1 k, 2 v
+            head = (cols - part * width) // HEAD_DIM
+            at = (rows[:, None] * stride_cache_slot + head[None, :] * stride_cache_head
+                  + tl.load(pos_ptr + rows, mask=row_ok, other=0)[:, None] * HEAD_DIM + cols[None, :] % HEAD_DIM)
+            tl.store(k_cache_ptr + at, y.to(k_cache_ptr.dtype.element_ty), mask=both & (part == 1)[None, :])
+            tl.store(v_cache_ptr + at, y.to(v_cache_ptr.dtype.element_ty), mask=both & (part == 2)[None, :])
 
     return rows_linear_kernel
 
@@ -148,10 +161,12 @@ def bulk_prefetch(device_index: int | None) -> bool:
 
 
 def launch(x, weight, scale, bias, norm_weight, norm_bias, residual, out_features: int, gelu: bool, eps: float,
-           config: tuple[int, int, int, int] | None = None, prefetch: torch.Tensor | None = None):
+           config: tuple[int, int, int, int] | None = None, prefetch: torch.Tensor | None = None,
+           cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None):
     """The kernel on any tensors Triton takes (CUDA, or CPU under TRITON_INTERPRET=1). config: (BLOCK_N, BLOCK_K,
     num_warps, num_stages) in place of the plan (bench.rows_linear_sweep tries several); prefetch: the next
-    kernel's weights, for L2 (CUDA only: the interpreter runs no PTX)."""
+    kernel's weights, for L2 (CUDA only: the interpreter runs no PTX); cache: (k_cache, v_cache, positions) where
+    a qkv layer also writes its rows' k and v (row r into slot r at positions[r])."""
     x = x.contiguous()
     m, k = x.shape
     assert m <= MAX_ROWS and weight.shape[0] >= out_features and weight.shape[1] == k and weight.stride(1) == 1, \
@@ -167,12 +182,21 @@ def launch(x, weight, scale, bias, norm_weight, norm_bias, residual, out_feature
         assert prefetch.is_contiguous() and prefetch.data_ptr() % 16 == 0, "bulk prefetch takes 16-byte aligned rows"
         prefetch = prefetch.view(-1).view(torch.uint8)
         next_bytes = prefetch.numel() // 16 * 16
+    k_cache, v_cache, positions = cache or (None, None, None)
+    if cache is not None:
+        positions = positions.contiguous()
+        assert k_cache.shape == v_cache.shape and k_cache.stride() == v_cache.stride() and k_cache.stride(3) == 1
+        assert out_features == 3 * k_cache.shape[1] * k_cache.shape[3] and positions.shape == (m,), \
+            (out_features, k_cache.shape, positions.shape)
     _kernel()[(-(-out_features // block_n),)](
         x, weight, scale, bias, norm_weight, norm_bias, residual, out, prefetch if next_bytes else None,
+        k_cache, v_cache, positions,
         m, out_features, k, x.stride(0), weight.stride(0), out_features, out_features, eps, next_bytes,
+        *(k_cache.stride()[:2] if cache is not None else (0, 0)),
         ROWS=1 if m == 1 else MAX_ROWS, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         HAS_NORM=norm_weight is not None, HAS_RESIDUAL=residual is not None, GELU=gelu,
-        INT8_BITS=weight.dtype == torch.int8, PREFETCH=next_bytes > 0, BLOCK_N=block_n, BLOCK_K=block_k,
+        INT8_BITS=weight.dtype == torch.int8, PREFETCH=next_bytes > 0, TO_CACHE=cache is not None,
+        HEAD_DIM=k_cache.shape[3] if cache is not None else 1, BLOCK_N=block_n, BLOCK_K=block_k,
         num_warps=warps, num_stages=stages)
     return out
 
@@ -213,6 +237,30 @@ def _(x, weight, scale, bias, norm_weight, norm_bias, residual, out_features, ge
     return x.new_empty((x.shape[0], out_features))
 
 
+@torch.library.custom_op("gptserve::rows_linear_to_cache", mutates_args=("k_cache", "v_cache"))
+def rows_linear_to_cache(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor],
+                         bias: Optional[torch.Tensor], norm_weight: Optional[torch.Tensor],
+                         norm_bias: Optional[torch.Tensor], out_features: int, eps: float, k_cache: torch.Tensor,
+                         v_cache: torch.Tensor, positions: torch.Tensor,
+                         prefetch: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """rows_linear of a qkv layer in a decode step, which also writes each row's k and v into the caches
+    [slots, H, S, D] (row r into slot r at positions[r]): the write's own kernels saved (two a layer). -> qkv
+    [M, 3C]."""
+    if x.is_cuda:
+        return launch(x, weight, scale, bias, norm_weight, norm_bias, None, out_features, False, eps,
+                      prefetch=prefetch, cache=(k_cache, v_cache, positions))
+    qkv = reference(x, weight, scale, bias, norm_weight, norm_bias, None, out_features, False, eps)
+    m, (_, heads, _, head_dim) = x.shape[0], k_cache.shape
+    _, k, v = qkv.view(m, 1, 3, heads, head_dim).permute(2, 0, 3, 1, 4)  # 3x [M, H, 1, D]
+    write_cache(k_cache, v_cache, torch.arange(m, device=x.device)[:, None], positions[:, None], k, v)
+    return qkv
+
+
+@rows_linear_to_cache.register_fake
+def _(x, weight, scale, bias, norm_weight, norm_bias, out_features, eps, k_cache, v_cache, positions, prefetch=None):
+    return x.new_empty((x.shape[0], out_features))
+
+
 def kernel_weights(layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(weight, scale) as the kernel reads them: an nn.Linear's weight, or a weight-only FP8 or int8 linear's
     quantised weight and its scales (gptserve.engine.fp8, .int8)."""
@@ -224,11 +272,12 @@ def kernel_weights(layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor |
 
 
 def fused_linear(x: torch.Tensor, layer: torch.nn.Module, norm: torch.nn.LayerNorm | None = None,
-                 residual: torch.Tensor | None = None, gelu: bool = False,
-                 then: torch.nn.Module | None = None) -> torch.Tensor:
+                 residual: torch.Tensor | None = None, gelu: bool = False, then: torch.nn.Module | None = None,
+                 to_cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """residual + gelu(layer(norm(x))) in one kernel, each part optional. x [M, K] with M <= MAX_ROWS; layer an
     nn.Linear or a weight-only FP8 or int8 linear; norm a LayerNorm with weight and bias; then: the linear the
-    next kernel of the step runs, whose weights this kernel asks L2 for when they fit PREFETCH_MAX_BYTES."""
+    next kernel of the step runs, whose weights this kernel asks L2 for when they fit PREFETCH_MAX_BYTES;
+    to_cache: (k_cache, v_cache, positions [M]) where a qkv layer writes its rows' k and v too (row r: slot r)."""
     weight, scale = kernel_weights(layer)
     if norm is not None and (norm.weight is None or norm.bias is None):
         raise ValueError("fused_linear's LayerNorm needs its weight and bias")
@@ -237,6 +286,10 @@ def fused_linear(x: torch.Tensor, layer: torch.nn.Module, norm: torch.nn.LayerNo
     prefetch = None if then is None else kernel_weights(then)[0]
     if prefetch is not None and prefetch.numel() * prefetch.element_size() > PREFETCH_MAX_BYTES:
         prefetch = None
-    return rows_linear(x, weight, scale, layer.bias,
-                       None if norm is None else norm.weight, None if norm is None else norm.bias, residual,
-                       layer.out_features, gelu, 0.0 if norm is None else norm.eps, prefetch)
+    norm_weight, norm_bias, eps = (None, None, 0.0) if norm is None else (norm.weight, norm.bias, norm.eps)
+    if to_cache is not None:
+        assert residual is None and not gelu, "a qkv layer has neither"
+        return rows_linear_to_cache(x, weight, scale, layer.bias, norm_weight, norm_bias, layer.out_features, eps,
+                                    *to_cache, prefetch)
+    return rows_linear(x, weight, scale, layer.bias, norm_weight, norm_bias, residual, layer.out_features, gelu, eps,
+                       prefetch)

@@ -192,6 +192,16 @@ def test_fused_linear_kernel_equals_its_torch_arithmetic(rows, weights):
             assert torch.equal(rl.launch(*args, prefetch=residual).float(), got)
 
 
+@pytest.mark.parametrize("rows", [1, 3, 16])
+@pytest.mark.parametrize("cache_dtype", ["model", "float8_e4m3fn"])
+def test_qkv_kernel_writes_k_and_v_into_the_caches(rows, cache_dtype):
+    """The unit test's check (tests/unit/test_rows_linear.py) on CUDA, with FP8 caches too."""
+    from tests.unit.test_rows_linear import check_cache_write
+
+    with torch.device("cuda"):
+        check_cache_write(rows, cache_dtype)
+
+
 @pytest.mark.parametrize("rows", [17, 300, 2048])
 def test_int8_prefill_kernel_equals_its_torch_arithmetic(rows):
     """int8_matmul at prefill row counts on gpt2-large's and a wide model's shapes: int32 sums are exact, so the
