@@ -148,9 +148,9 @@ class Engine:
         if self.settings.compile_region == "block":
             compiled = torch.compile(run_block, mode=inductor_mode, fullgraph=True)
 
-            def run_compiled(block, x, pending, step, then):
+            def run_compiled(block, x, pending, step):
                 step.mark_dynamic(x, pending)  # before the call: dynamo does not trace marking
-                return compiled(block, x, pending, step, then)
+                return compiled(block, x, pending, step)
 
             self._run_block = run_compiled
         else:

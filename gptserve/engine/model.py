@@ -60,17 +60,15 @@ def mark_dynamic(kv_len_marker: torch.Tensor, *batched: torch.Tensor):
             torch._dynamo.maybe_mark_dynamic(t, 0)
 
 
-def run_block(block: "Block", x: torch.Tensor, pending: torch.Tensor | None, step: CachedStep,
-              then: nn.Module):
+def run_block(block: "Block", x: torch.Tensor, pending: torch.Tensor | None, step: CachedStep):
     """One block of a cached forward: x + pending in, (x, pending) out, the block's output being their sum. The
     engine compiles this function once for every layer of a decode step. A compiled region ends at its block, so
     each block leaves its last residual add pending: the next call makes it, fused with its first LayerNorm, as
-    when the compiler sees the whole step. Fused blocks (step.fused) fuse that add into a linear: nothing pends.
-    then: the linear that runs after the block (the next block's qkv), whose weights a fused block prefetches."""
+    when the compiler sees the whole step. Fused blocks (step.fused) fuse that add into a linear: nothing pends."""
     if pending is not None:
         x = x + pending
     if step.fused:
-        return block.forward_fused(x, step, then), None
+        return block.forward_fused(x, step), None
     return block.forward_pending(x, step)
 
 
@@ -131,20 +129,20 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), step)
         return x, self.mlp(self.ln_2(x))
 
-    def forward_fused(self, x: torch.Tensor, step: CachedStep, then: nn.Module) -> torch.Tensor:
+    def forward_fused(self, x: torch.Tensor, step: CachedStep) -> torch.Tensor:
         """The same block in four fused linears (rows_linear): each takes its LayerNorm, bias, GELU or residual
-        add with it, where torch launches them apart, and asks L2 for the weights of the linear after it (then:
-        the one after the block); qkv writes the cache in decode steps that attend from it."""
+        add with it, where torch launches them apart; qkv writes the cache too in decode steps that attend from
+        it."""
         B, T, C = x.shape
         x = x.view(B * T, C)
         # a decode step over the cache (rows 0..B-1 in slots 0..B-1, one token each): the kernel writes k and v
         cache = self.attn.cache
         to_cache = (cache.k, cache.v, step.input_pos[:, 0]) if step.from_cache else None
-        qkv = fused_linear(x, self.attn.qkv, norm=self.ln_1, then=self.attn.proj, to_cache=to_cache)  # [BT, 3C]
-        y = self.attn.attend(qkv.view(B, T, 3 * C), step, written=step.from_cache).reshape(B * T, C)
-        x = fused_linear(y, self.attn.proj, residual=x, then=self.mlp.fc)
-        h = fused_linear(x, self.mlp.fc, norm=self.ln_2, gelu=True, then=self.mlp.proj)  # [BT, 4C]
-        return fused_linear(h, self.mlp.proj, residual=x, then=then).view(B, T, C)
+        qkv = fused_linear(x, self.attn.qkv, norm=self.ln_1, to_cache=to_cache)  # [BT, 3C]
+        y = self.attn.attend(qkv.view(B, T, 3 * C), step, written=to_cache is not None).reshape(B * T, C)
+        x = fused_linear(y, self.attn.proj, residual=x)
+        h = fused_linear(x, self.mlp.fc, norm=self.ln_2, gelu=True)  # [BT, 4C]
+        return fused_linear(h, self.mlp.proj, residual=x).view(B, T, C)
 
 
 class GPT(nn.Module):
@@ -202,10 +200,8 @@ class GPT(nn.Module):
                           from_cache)
         if step.fused:
             x, pending = x + pending, None
-        # after the last block comes the LM head, too large to prefetch; the first block's qkv stands in for it
-        # (a fused block takes a linear of the same shape there, so every layer shares one compiled region)
-        for block, after in zip(self.blocks, [*self.blocks[1:], self.blocks[0]]):
-            x, pending = run(block, x, pending, step, after.attn.qkv)
+        for block in self.blocks:
+            x, pending = run(block, x, pending, step)
         if pending is not None:
             x = x + pending
         if last_index is not None:

@@ -6,7 +6,9 @@ split-K reductions sized for many rows), GELU and the residual add as separate k
 BLOCK_N output columns over all of K: it normalises the rows it reads (the optional LayerNorm: the rows are a few
 KB that every program reads from L2), streams its weight rows (bf16, or FP8 or int8 widened in registers and scaled per
 output column), then adds the bias, applies tanh-GELU and adds the residual before its one store. Every part is
-optional. One row takes a multiply-and-sum path; 2 to 16 rows go through tl.dot on a 16-row tile.
+optional. One row takes a multiply-and-sum path; 2 to 16 rows go through tl.dot on a 16-row tile. A decode step's
+qkv linear also writes the rows' k and v into the KV caches (gptserve::rows_linear_to_cache), where the compiled
+step ran two kernels a layer for it (gpt2-large at batch 1: 1.406 to 1.376 ms a step, run 78).
 
 Registered as the custom op gptserve::rows_linear, so torch.compile and CUDA graphs take it as it is: on CUDA
 tensors the kernel, on others the same arithmetic in torch (the CPU path, and the kernel's test reference).
@@ -27,11 +29,6 @@ LARGE_N = 16384  # output columns from which a matrix (an LM head) streams from 
 # normalising the rows it reads costs a wide row more than the launch it saves (the 40B's fc, d 8192: 127 us
 # with the LayerNorm inside against 77 without, bench.rows_linear_sweep on an H200, run 25 in docs/benchmarks.md)
 NORM_MAX_K = 2048
-# a kernel asks L2 to fetch the next kernel's weights when they are at most this many bytes (0: never): a short
-# kernel reads its own weights from L2 while HBM streams the next ones, where each kernel alone would start cold
-# and leave HBM idle while it ramps up and drains (gpt2-large's matrices, 3-13 MB, at batch 1). A matrix of the
-# 40B (128 MB and more) would evict itself: it streams on its own, near the floor already.
-PREFETCH_MAX_BYTES = 16 << 20
 
 
 def plan(rows: int, n: int, k: int, one_byte: bool = False) -> tuple[int, int, int, int]:
@@ -67,26 +64,17 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def rows_linear_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, norm_w_ptr, norm_b_ptr, res_ptr, out_ptr, next_ptr,
+    def rows_linear_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, norm_w_ptr, norm_b_ptr, res_ptr, out_ptr,
                            k_cache_ptr, v_cache_ptr, pos_ptr,
-                           M, N, K, stride_xm, stride_wn, stride_rm, stride_om, eps, next_bytes,
+                           M, N, K, stride_xm, stride_wn, stride_rm, stride_om, eps,
                            stride_cache_slot, stride_cache_head,
                            ROWS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
                            HAS_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GELU: tl.constexpr,
-                           INT8_BITS: tl.constexpr, PREFETCH: tl.constexpr, TO_CACHE: tl.constexpr,
+                           INT8_BITS: tl.constexpr, TO_CACHE: tl.constexpr,
                            HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         # x: [M, K]; w: [>=N, K] (K contiguous); scale, bias: [>=N]; norm_w, norm_b: [K]; res, out: [M, N];
-        # next: next_bytes (a multiple of 16) of the next kernel's weights, as bytes; TO_CACHE (a qkv layer, N = 3C):
-        # k_cache, v_cache [slots, H, S, HEAD_DIM] (HEAD_DIM contiguous), pos [M]: row r's position in slot r
-        if PREFETCH:  # each program asks L2 for its share of them, from one thread (Hopper's bulk prefetch)
-            share = tl.cdiv(tl.cdiv(next_bytes, 16), tl.num_programs(0)) * 16
-            start = tl.program_id(0) * share
-            if start < next_bytes:
-                tl.inline_asm_elementwise(
-                    "{ .reg .pred first; .reg .b32 t; mov.u32 t, %tid.x; setp.eq.u32 first, t, 0; "
-                    "@first cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
-                    "=r,l,r", [next_ptr + start, tl.minimum(share, next_bytes - start)], dtype=tl.int32,
-                    is_pure=False, pack=1)
+        # TO_CACHE (a qkv layer, N = 3C): k_cache, v_cache [slots, H, S, HEAD_DIM] (HEAD_DIM contiguous), pos [M]:
+        # row r's position, in slot r
         rows = tl.arange(0, ROWS)  # ROWS: 1, or a tile of 16 for M in 2..16
         row_ok = rows < M
         cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -154,19 +142,12 @@ def _kernel():
     return rows_linear_kernel
 
 
-@functools.cache
-def bulk_prefetch(device_index: int | None) -> bool:
-    """Whether the GPU has Hopper's bulk prefetch into L2 (compute capability 9.0 and later)."""
-    return torch.cuda.get_device_capability(device_index) >= (9, 0)
-
-
 def launch(x, weight, scale, bias, norm_weight, norm_bias, residual, out_features: int, gelu: bool, eps: float,
-           config: tuple[int, int, int, int] | None = None, prefetch: torch.Tensor | None = None,
+           config: tuple[int, int, int, int] | None = None,
            cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None):
     """The kernel on any tensors Triton takes (CUDA, or CPU under TRITON_INTERPRET=1). config: (BLOCK_N, BLOCK_K,
-    num_warps, num_stages) in place of the plan (bench.rows_linear_sweep tries several); prefetch: the next
-    kernel's weights, for L2 (CUDA only: the interpreter runs no PTX); cache: (k_cache, v_cache, positions) where
-    a qkv layer also writes its rows' k and v (row r into slot r at positions[r])."""
+    num_warps, num_stages) in place of the plan (bench.rows_linear_sweep tries several); cache: (k_cache, v_cache,
+    positions) where a qkv layer also writes its rows' k and v (row r into slot r at positions[r])."""
     x = x.contiguous()
     m, k = x.shape
     assert m <= MAX_ROWS and weight.shape[0] >= out_features and weight.shape[1] == k and weight.stride(1) == 1, \
@@ -177,11 +158,6 @@ def launch(x, weight, scale, bias, norm_weight, norm_bias, residual, out_feature
     block_n, block_k, warps, stages = config or plan(m, out_features, k, one_byte=weight.element_size() == 1)
     if residual is not None:
         residual = residual.contiguous()
-    next_bytes = 0
-    if prefetch is not None and x.is_cuda and bulk_prefetch(x.device.index):
-        assert prefetch.is_contiguous() and prefetch.data_ptr() % 16 == 0, "bulk prefetch takes 16-byte aligned rows"
-        prefetch = prefetch.view(-1).view(torch.uint8)
-        next_bytes = prefetch.numel() // 16 * 16
     k_cache, v_cache, positions = cache or (None, None, None)
     if cache is not None:
         positions = positions.contiguous()
@@ -189,13 +165,12 @@ def launch(x, weight, scale, bias, norm_weight, norm_bias, residual, out_feature
         assert out_features == 3 * k_cache.shape[1] * k_cache.shape[3] and positions.shape == (m,), \
             (out_features, k_cache.shape, positions.shape)
     _kernel()[(-(-out_features // block_n),)](
-        x, weight, scale, bias, norm_weight, norm_bias, residual, out, prefetch if next_bytes else None,
-        k_cache, v_cache, positions,
-        m, out_features, k, x.stride(0), weight.stride(0), out_features, out_features, eps, next_bytes,
+        x, weight, scale, bias, norm_weight, norm_bias, residual, out, k_cache, v_cache, positions,
+        m, out_features, k, x.stride(0), weight.stride(0), out_features, out_features, eps,
         *(k_cache.stride()[:2] if cache is not None else (0, 0)),
         ROWS=1 if m == 1 else MAX_ROWS, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         HAS_NORM=norm_weight is not None, HAS_RESIDUAL=residual is not None, GELU=gelu,
-        INT8_BITS=weight.dtype == torch.int8, PREFETCH=next_bytes > 0, TO_CACHE=cache is not None,
+        INT8_BITS=weight.dtype == torch.int8, TO_CACHE=cache is not None,
         HEAD_DIM=k_cache.shape[3] if cache is not None else 1, BLOCK_N=block_n, BLOCK_K=block_k,
         num_warps=warps, num_stages=stages)
     return out
@@ -221,19 +196,16 @@ def reference(x, weight, scale, bias, norm_weight, norm_bias, residual, out_feat
 @torch.library.custom_op("gptserve::rows_linear", mutates_args=())
 def rows_linear(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                 norm_weight: Optional[torch.Tensor], norm_bias: Optional[torch.Tensor],
-                residual: Optional[torch.Tensor], out_features: int, gelu: bool, eps: float,
-                prefetch: Optional[torch.Tensor] = None) -> torch.Tensor:
+                residual: Optional[torch.Tensor], out_features: int, gelu: bool, eps: float) -> torch.Tensor:
     """x [M, K], M <= MAX_ROWS; weight [>=out_features, K] (bf16/fp16, or FP8 or int8 with scale [>=out_features]);
-    residual [M, out_features] -> [M, out_features] in x's dtype. prefetch: weights the next kernel reads, for L2
-    (a hint: no effect on the result)."""
+    residual [M, out_features] -> [M, out_features] in x's dtype."""
     if x.is_cuda:
-        return launch(x, weight, scale, bias, norm_weight, norm_bias, residual, out_features, gelu, eps,
-                      prefetch=prefetch)
+        return launch(x, weight, scale, bias, norm_weight, norm_bias, residual, out_features, gelu, eps)
     return reference(x, weight, scale, bias, norm_weight, norm_bias, residual, out_features, gelu, eps)
 
 
 @rows_linear.register_fake
-def _(x, weight, scale, bias, norm_weight, norm_bias, residual, out_features, gelu, eps, prefetch=None):
+def _(x, weight, scale, bias, norm_weight, norm_bias, residual, out_features, gelu, eps):
     return x.new_empty((x.shape[0], out_features))
 
 
@@ -241,14 +213,13 @@ def _(x, weight, scale, bias, norm_weight, norm_bias, residual, out_features, ge
 def rows_linear_to_cache(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor],
                          bias: Optional[torch.Tensor], norm_weight: Optional[torch.Tensor],
                          norm_bias: Optional[torch.Tensor], out_features: int, eps: float, k_cache: torch.Tensor,
-                         v_cache: torch.Tensor, positions: torch.Tensor,
-                         prefetch: Optional[torch.Tensor] = None) -> torch.Tensor:
+                         v_cache: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """rows_linear of a qkv layer in a decode step, which also writes each row's k and v into the caches
     [slots, H, S, D] (row r into slot r at positions[r]): the write's own kernels saved (two a layer). -> qkv
     [M, 3C]."""
     if x.is_cuda:
         return launch(x, weight, scale, bias, norm_weight, norm_bias, None, out_features, False, eps,
-                      prefetch=prefetch, cache=(k_cache, v_cache, positions))
+                      cache=(k_cache, v_cache, positions))
     qkv = reference(x, weight, scale, bias, norm_weight, norm_bias, None, out_features, False, eps)
     m, (_, heads, _, head_dim) = x.shape[0], k_cache.shape
     _, k, v = qkv.view(m, 1, 3, heads, head_dim).permute(2, 0, 3, 1, 4)  # 3x [M, H, 1, D]
@@ -257,39 +228,31 @@ def rows_linear_to_cache(x: torch.Tensor, weight: torch.Tensor, scale: Optional[
 
 
 @rows_linear_to_cache.register_fake
-def _(x, weight, scale, bias, norm_weight, norm_bias, out_features, eps, k_cache, v_cache, positions, prefetch=None):
+def _(x, weight, scale, bias, norm_weight, norm_bias, out_features, eps, k_cache, v_cache, positions):
     return x.new_empty((x.shape[0], out_features))
 
 
-def kernel_weights(layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(weight, scale) as the kernel reads them: an nn.Linear's weight, or a weight-only FP8 or int8 linear's
-    quantised weight and its scales (gptserve.engine.fp8, .int8)."""
-    if getattr(layer, "weight_only", False):
-        return layer.quantized_weight()
-    if isinstance(layer, torch.nn.Linear):
-        return layer.weight, None
-    raise TypeError(f"fused_linear takes nn.Linear or a weight-only (FP8 or int8) linear, not {type(layer).__name__}")
-
-
 def fused_linear(x: torch.Tensor, layer: torch.nn.Module, norm: torch.nn.LayerNorm | None = None,
-                 residual: torch.Tensor | None = None, gelu: bool = False, then: torch.nn.Module | None = None,
+                 residual: torch.Tensor | None = None, gelu: bool = False,
                  to_cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """residual + gelu(layer(norm(x))) in one kernel, each part optional. x [M, K] with M <= MAX_ROWS; layer an
-    nn.Linear or a weight-only FP8 or int8 linear; norm a LayerNorm with weight and bias; then: the linear the
-    next kernel of the step runs, whose weights this kernel asks L2 for when they fit PREFETCH_MAX_BYTES;
-    to_cache: (k_cache, v_cache, positions [M]) where a qkv layer writes its rows' k and v too (row r: slot r)."""
-    weight, scale = kernel_weights(layer)
+    nn.Linear or a weight-only FP8 or int8 linear (gptserve.engine.fp8, .int8); norm a LayerNorm with weight and
+    bias; to_cache: (k_cache, v_cache, positions [M]) where a qkv layer writes its rows' k and v too (row r into
+    slot r)."""
+    if getattr(layer, "weight_only", False):
+        weight, scale = layer.quantized_weight()
+    elif isinstance(layer, torch.nn.Linear):
+        weight, scale = layer.weight, None
+    else:
+        raise TypeError("fused_linear takes nn.Linear or a weight-only (FP8 or int8) linear, "
+                        f"not {type(layer).__name__}")
     if norm is not None and (norm.weight is None or norm.bias is None):
         raise ValueError("fused_linear's LayerNorm needs its weight and bias")
     if norm is not None and x.shape[-1] > NORM_MAX_K:
         x, norm = norm(x), None
-    prefetch = None if then is None else kernel_weights(then)[0]
-    if prefetch is not None and prefetch.numel() * prefetch.element_size() > PREFETCH_MAX_BYTES:
-        prefetch = None
     norm_weight, norm_bias, eps = (None, None, 0.0) if norm is None else (norm.weight, norm.bias, norm.eps)
     if to_cache is not None:
         assert residual is None and not gelu, "a qkv layer has neither"
         return rows_linear_to_cache(x, weight, scale, layer.bias, norm_weight, norm_bias, layer.out_features, eps,
-                                    *to_cache, prefetch)
-    return rows_linear(x, weight, scale, layer.bias, norm_weight, norm_bias, residual, layer.out_features, gelu, eps,
-                       prefetch)
+                                    *to_cache)
+    return rows_linear(x, weight, scale, layer.bias, norm_weight, norm_bias, residual, layer.out_features, gelu, eps)

@@ -188,8 +188,6 @@ def test_fused_linear_kernel_equals_its_torch_arithmetic(rows, weights):
             want, got = rl.reference(*args).float(), rl.launch(*args).float()
             assert got.shape == (rows, n)
             assert ((got - want).norm() / want.norm()).item() < 1e-2, (n, k, args[8])
-            # asking L2 for another matrix's bytes (a size not a multiple of the programs) changes nothing
-            assert torch.equal(rl.launch(*args, prefetch=residual).float(), got)
 
 
 @pytest.mark.parametrize("rows", [1, 3, 16])
@@ -214,7 +212,9 @@ def test_int8_prefill_kernel_equals_its_torch_arithmetic(rows):
         xq, x_scale = int8.quantize_rows(torch.randn(rows, k, device="cuda").bfloat16())
         args = (xq, x_scale.view(-1), *layer.quantized_weight(), layer.bias, n, torch.bfloat16)
         got, want = int8_matmul.launch(*args).float(), int8_matmul.reference(*args).float()
-        torch.testing.assert_close(got, want, atol=0, rtol=8e-3)
+        # atol: where the bias cancels the product, an fp32 rounding of the scaling (~1e-7 at outputs near 1)
+        # is a large part of a tiny result (8e-10 of 2e-8 at 2048 rows, run 78)
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=8e-3)
 
 
 def test_quantize_rows_on_cuda_gives_the_bytes_of_the_clamped_formula():

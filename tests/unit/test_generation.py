@@ -133,8 +133,8 @@ def test_decode_linears_fuse_batch_one_and_at_most_the_head_above(tiny_engine, m
     assert engine.resolved.decode_linears == engine.model.decode_linears == linears
     fused_blocks, fused_calls = [], []
     run_block = engine._run_block
-    engine._run_block = lambda block, x, pending, step, then: (
-        fused_blocks.append((x.shape[0], x.shape[1], step.fused)), run_block(block, x, pending, step, then))[1]
+    engine._run_block = lambda block, x, pending, step: (fused_blocks.append((x.shape[0], x.shape[1], step.fused)),
+                                                         run_block(block, x, pending, step))[1]
     fused_linear = model_module.fused_linear
     monkeypatch.setattr(model_module, "fused_linear", lambda x, *a, **k: (fused_calls.append(x.shape[0]),
                                                                           fused_linear(x, *a, **k))[1])

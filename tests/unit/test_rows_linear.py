@@ -48,24 +48,6 @@ def test_a_wide_row_is_normalised_before_the_kernel(monkeypatch):
     assert launched == [True, False]  # the wide row's LayerNorm ran before; the narrow one's inside
 
 
-def test_a_fused_linear_prefetches_the_next_weights_that_fit_in_l2(monkeypatch):
-    """fused_linear hands the kernel the weights the next linear reads (as that kernel reads them: FP8 bytes for an
-    FP8 layer) when they fit PREFETCH_MAX_BYTES, else none; the result is the same either way."""
-    norm, linear = layers()
-    x = torch.randn(1, 96)
-    prefetched = []
-    rows_linear = rl.rows_linear
-    monkeypatch.setattr(rl, "rows_linear", lambda *a: (prefetched.append(a[-1]), rows_linear(*a))[1])
-    then = fp8_layer(nn.Linear(96, 40))
-    with torch.no_grad():
-        want = rl.fused_linear(x, linear, norm=norm)
-        torch.testing.assert_close(rl.fused_linear(x, linear, norm=norm, then=then), want, atol=0, rtol=0)
-        monkeypatch.setattr(rl, "PREFETCH_MAX_BYTES", then.quantized_weight()[0].numel() - 1)
-        rl.fused_linear(x, linear, norm=norm, then=then)
-    assert prefetched[0] is None and prefetched[2] is None
-    assert prefetched[1] is then.quantized_weight()[0] and prefetched[1].dtype == torch.float8_e4m3fn
-
-
 @pytest.mark.parametrize("fp8", [False, True])
 def test_plan_gives_power_of_two_blocks_and_fills_the_gpu(fp8):
     for rows, n, k in [(1, 1280, 1280), (1, 3840, 1280), (1, 1280, 5120), (1, 50257, 1280), (16, 1280, 5120),
