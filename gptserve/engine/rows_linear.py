@@ -8,7 +8,7 @@ KB that every program reads from L2), streams its weight rows (bf16, or FP8 or i
 output column), then adds the bias, applies tanh-GELU and adds the residual before its one store. Every part is
 optional. One row takes a multiply-and-sum path; 2 to 16 rows go through tl.dot on a 16-row tile. A decode step's
 qkv linear also writes the rows' k and v into the KV caches (gptserve::rows_linear_to_cache), where the compiled
-step ran two kernels a layer for it (gpt2-large at batch 1: 1.406 to 1.376 ms a step, run 78).
+step ran a kernel a layer for it (gpt2-large at batch 1: 1.406 to 1.376 ms a step, run 78).
 
 Registered as the custom op gptserve::rows_linear, so torch.compile and CUDA graphs take it as it is: on CUDA
 tensors the kernel, on others the same arithmetic in torch (the CPU path, and the kernel's test reference).
@@ -215,7 +215,7 @@ def rows_linear_to_cache(x: torch.Tensor, weight: torch.Tensor, scale: Optional[
                          norm_bias: Optional[torch.Tensor], out_features: int, eps: float, k_cache: torch.Tensor,
                          v_cache: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """rows_linear of a qkv layer in a decode step, which also writes each row's k and v into the caches
-    [slots, H, S, D] (row r into slot r at positions[r]): the write's own kernels saved (two a layer). -> qkv
+    [slots, H, S, D] (row r into slot r at positions[r]): the write's own kernel saved (one a layer). -> qkv
     [M, 3C]."""
     if x.is_cuda:
         return launch(x, weight, scale, bias, norm_weight, norm_bias, None, out_features, False, eps,
