@@ -50,8 +50,8 @@ def compile_one_row(weights: str, config: tuple[int, int, int, int]) -> bytes:
     kernel = rl._kernel()
     block_n, block_k, warps, stages = config
     constants = {"ROWS": 1, "HAS_SCALE": weights != "bf16", "HAS_BIAS": False, "HAS_NORM": False,
-                 "HAS_RESIDUAL": False, "GELU": False, "INT8_BITS": weights == "int8", "BLOCK_N": block_n,
-                 "BLOCK_K": block_k}
+                 "HAS_RESIDUAL": False, "GELU": False, "INT8_BITS": weights == "int8", "TO_CACHE": False,
+                 "HEAD_DIM": 1, "BLOCK_N": block_n, "BLOCK_K": block_k}
     types = {"w_ptr": "*" + WEIGHT_TYPES[weights], "scale_ptr": "*fp32", "eps": "fp32"}
     return compile_for_hopper(kernel, types, constants, warps, stages)
 
