@@ -1,10 +1,8 @@
 """bench.sass_counts compiles the engine's kernels for Hopper on any machine with Triton (CI has none: skipped):
 it must keep up with the kernels' signatures, and count what it says it counts."""
-import importlib.util
+from tests.unit.triton_interpreter import needs_triton
 
-import pytest
-
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+pytestmark = needs_triton
 
 
 def test_one_row_kernel_compiles_for_hopper_fp8_widened_in_pairs_int8_through_its_bits():
