@@ -1,0 +1,275 @@
+"""A decode step's block at batch 1 as one persistent Triton kernel: LayerNorm and qkv (k and v into the cache),
+split-KV attention, the attention projection, LayerNorm, fc with GELU, and the MLP projection, in one launch.
+
+At batch 1 a gpt2-large block is four fused linears and a split-KV attention, each a few microseconds long: every
+kernel starts with idle memory pipes, ramps up and drains, and the fused linears read HBM at 1.45 TB/s (run 80), a
+third of its bandwidth. Here one program per SM stays resident for the whole block. It owns an even share of each
+linear's output columns (N / programs, so no wave is left half-empty) and streams its weight rows in chunks, two
+always in flight (registers, not Triton's pipeliner, so the first chunks of the next phase can be asked for before
+the program waits for the phase before: weights depend on nothing). Phases, with a grid-wide barrier between them:
+  0 qkv: ln_1, the qkv linear and bias; k and v into the cache at the row's position (rows_linear's epilogue)
+  1 attention: work items (head, slice) as decode_attention's programs; the last slice of a head merges them
+  2 attention projection, bias, residual x          3 ln_2, fc, bias, GELU
+  4 MLP projection, bias, residual (phase 2's output)
+The barrier: each program adds one to a counter and waits until it reaches (phases passed) x programs; the last
+program to leave zeroes it for the next launch (and CUDA-graph replay). So every program must be resident at once:
+the grid is one program per SM. A wait gives up after SPIN_LIMIT polls and counts a timeout, so a launch that
+cannot be resident computes wrong numbers rather than hanging the GPU; the GPU tests check that count stays zero.
+
+Registered as the custom op gptserve::decode_block: on CUDA tensors the kernel, on others the ops it replaces
+(rows_linear, decode_attention) on the same tensors, as the compiled step ran them before; the kernel's test
+reference.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+
+from . import decode_attention as da
+from . import rows_linear as rl
+
+PHASES = 5
+CHUNK_ELEMS = 8192  # weights a program asks for at once (BLOCK_N x BLOCK_K); two such loads are in flight
+MAX_BLOCK_N = 64  # output columns a program sums at once; a wider share takes several tiles
+WARPS = 8
+PREFETCH = True  # ask for a phase's first weight chunks before waiting at the barrier that starts it
+SPIN_LIMIT = 1 << 22  # polls of the barrier counter before a program gives up (well over a second)
+COUNTERS = 3  # after the attention's merge counters: the barrier's arrivals, its departures, its timeouts
+
+
+def plan(n: int, k: int, programs: int, chunk_elems: int | None = None) -> tuple[int, int]:
+    """(BLOCK_N, BLOCK_K) of a linear phase: a program's share of the N columns in one tile where it fits, and
+    chunks of about chunk_elems weights."""
+    block_n = min(MAX_BLOCK_N, rl.next_power_of_2(-(-n // programs)))
+    return block_n, max(16, min(rl.next_power_of_2(k), (chunk_elems or CHUNK_ELEMS) // block_n))
+
+
+@functools.cache
+def sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+@functools.cache
+def _kernel():
+    import triton
+    import triton.language as tl
+
+    # rows_linear's row_stats, normalise, row_products, finish, decode_attention's attend_slice, tl, and the
+    # functions below, as module globals: Triton resolves the names in a called function's source (and its
+    # interpreter, in a kernel's) in the module's globals alone
+    globals().update(vars(rl.parts()), **vars(da.parts()), tl=tl)
+
+    @triton.jit
+    def columns(program, programs, N: tl.constexpr):
+        # this program's share [first, end) of N output columns
+        return program * N // programs, (program + 1) * N // programs
+
+    @triton.jit
+    def weight_chunk(w_ptr, pair, first, end, K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # chunk `pair` of this program's weights: tile pair // chunks (BLOCK_N rows), K chunk pair % chunks; rows
+        # past the share masked, so a pair past the last reads nothing -> [BLOCK_N, BLOCK_K]
+        chunks: tl.constexpr = (K + BLOCK_K - 1) // BLOCK_K
+        cols = first + (pair // chunks) * BLOCK_N + tl.arange(0, BLOCK_N)
+        ks = (pair % chunks) * BLOCK_K + tl.arange(0, BLOCK_K)
+        return tl.load(w_ptr + cols[:, None] * K + ks[None, :], mask=(cols < end)[:, None] & (ks < K)[None, :],
+                       other=0.0)
+
+    @triton.jit
+    def linear(w_a, w_b, x_ptr, w_ptr, scale_ptr, bias_ptr, norm_w_ptr, norm_b_ptr, res_ptr, out_ptr,
+               k_cache_ptr, v_cache_ptr, pos_ptr, eps, stride_cache_slot, stride_cache_head, program, programs,
+               N: tl.constexpr, K: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_NORM: tl.constexpr,
+               HAS_RESIDUAL: tl.constexpr, GELU: tl.constexpr, INT8_BITS: tl.constexpr, TO_CACHE: tl.constexpr,
+               HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # out[share] = residual + gelu(norm(x) @ W[share]^T * scale + bias) for the one row x [K]; w_a, w_b: the
+        # share's first two chunks, already asked for
+        chunks: tl.constexpr = (K + BLOCK_K - 1) // BLOCK_K
+        first, end = columns(program, programs, N)
+        rows = tl.arange(0, 1)
+        row_ok = rows < 1
+        if HAS_NORM:
+            mean, rstd = row_stats(x_ptr + rows[:, None], row_ok, K, eps, 1, BLOCK_K)
+        acc = tl.zeros((1, BLOCK_N), tl.float32)
+        for pair in range(tl.cdiv(end - first, BLOCK_N) * chunks):
+            w = w_a
+            w_a = w_b
+            w_b = weight_chunk(w_ptr, pair + 2, first, end, K, BLOCK_N, BLOCK_K)  # in flight while w is summed
+            ks = (pair % chunks) * BLOCK_K + tl.arange(0, BLOCK_K)
+            k_ok = ks < K
+            xk = tl.load(x_ptr + rows[:, None] + ks[None, :], mask=k_ok[None, :], other=0.0)  # [1, BLOCK_K]
+            if HAS_NORM:
+                xk = normalise(xk, ks, k_ok, mean, rstd, norm_w_ptr, norm_b_ptr)
+            acc += row_products(w, xk, INT8_BITS)
+            if pair % chunks == chunks - 1:  # the tile's last chunk: its epilogue
+                cols = first + (pair // chunks) * BLOCK_N + tl.arange(0, BLOCK_N)
+                finish(acc, rows, cols, row_ok, cols < end, scale_ptr, bias_ptr, res_ptr, out_ptr, k_cache_ptr,
+                       v_cache_ptr, pos_ptr, N, 0, 0, stride_cache_slot, stride_cache_head,
+                       HAS_SCALE, True, HAS_RESIDUAL, GELU, TO_CACHE, HEAD_DIM)
+                acc = tl.zeros((1, BLOCK_N), tl.float32)
+
+    @triton.jit
+    def first_chunks(w_ptr, program, programs, N: tl.constexpr, K: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr):
+        first, end = columns(program, programs, N)
+        return (weight_chunk(w_ptr, 0, first, end, K, BLOCK_N, BLOCK_K),
+                weight_chunk(w_ptr, 1, first, end, K, BLOCK_N, BLOCK_K))
+
+    @triton.jit
+    def grid_sync(counters_ptr, target, SPIN_LIMIT: tl.constexpr):
+        # counters: [arrivals, departures, timeouts]; wait until `target` arrivals (this program's included)
+        tl.debug_barrier()  # every thread's stores before the release
+        tl.atomic_add(counters_ptr, 1, sem="release")
+        spins = 0
+        while (tl.atomic_add(counters_ptr, 0, sem="acquire") < target) & (spins < SPIN_LIMIT):
+            spins += 1
+        if spins >= SPIN_LIMIT:
+            tl.atomic_add(counters_ptr + 2, 1)
+
+    globals().update(columns=columns, weight_chunk=weight_chunk, linear=linear, first_chunks=first_chunks,
+                     grid_sync=grid_sync)
+
+    @triton.jit
+    def decode_block_kernel(x_ptr, out_ptr, qkv_ptr, y_ptr, x2_ptr, h_ptr, m_ptr, l_ptr, acc_ptr, counters_ptr,
+                            k_cache_ptr, v_cache_ptr, pos_ptr,
+                            ln1_w, ln1_b, qkv_w, qkv_s, qkv_b, proj_w, proj_s, proj_b,
+                            ln2_w, ln2_b, fc_w, fc_s, fc_b, mlp_w, mlp_s, mlp_b,
+                            eps, scale, working, stride_cache_slot, stride_cache_head,
+                            C: tl.constexpr, FF: tl.constexpr, H: tl.constexpr, D: tl.constexpr,
+                            SPLITS: tl.constexpr, SPLITS_POW2: tl.constexpr, ATTENTION_BLOCK: tl.constexpr,
+                            NO_SCORE: tl.constexpr, HAS_SCALE: tl.constexpr, INT8_BITS: tl.constexpr,
+                            QKV_N: tl.constexpr, QKV_K: tl.constexpr, PROJ_N: tl.constexpr, PROJ_K: tl.constexpr,
+                            FC_N: tl.constexpr, FC_K: tl.constexpr, MLP_N: tl.constexpr, MLP_K: tl.constexpr,
+                            FIRST: tl.constexpr, LAST: tl.constexpr, PREFETCH: tl.constexpr,
+                            SPIN_LIMIT: tl.constexpr):
+        # x, out, y, x2: [C]; qkv: [3C]; h: [FF]; m, l: [H, SPLITS] fp32; acc: [H, SPLITS, D] fp32; counters:
+        # [H + 3] int32, zero (H merge counters, then grid_sync's); caches [slots, H, S, D], the row in slot 0 at
+        # position pos[0]; weights [N, K] contiguous (scales [>= N] with HAS_SCALE), norms and biases [N].
+        # Phases FIRST..LAST run, a barrier between each two (a launch of one phase has none)
+        program, programs = tl.program_id(0), tl.num_programs(0)
+        barrier = counters_ptr + H
+        if FIRST <= 0 and LAST >= 0:
+            w_a, w_b = first_chunks(qkv_w, program, programs, 3 * C, C, QKV_N, QKV_K)
+            linear(w_a, w_b, x_ptr, qkv_w, qkv_s, qkv_b, ln1_w, ln1_b, x_ptr, qkv_ptr, k_cache_ptr, v_cache_ptr,
+                   pos_ptr, eps, stride_cache_slot, stride_cache_head, program, programs, 3 * C, C,
+                   HAS_SCALE, True, False, False, INT8_BITS, True, D, QKV_N, QKV_K)
+        if FIRST <= 1 and LAST >= 1:
+            if FIRST < 1:
+                grid_sync(barrier, (1 - FIRST) * programs, SPIN_LIMIT)
+            for item in range(program, H * SPLITS, programs):  # (head, slice) of the one row, slot 0
+                attend_slice(qkv_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, y_ptr, counters_ptr,
+                             scale, working, 0, item // SPLITS, item % SPLITS, H, SPLITS, 0, D, 0,
+                             stride_cache_head, D, ATTENTION_BLOCK, D, NO_SCORE, True, SPLITS_POW2)
+        if FIRST <= 2 and LAST >= 2:
+            if PREFETCH:
+                w_a, w_b = first_chunks(proj_w, program, programs, C, C, PROJ_N, PROJ_K)
+            if FIRST < 2:
+                grid_sync(barrier, (2 - FIRST) * programs, SPIN_LIMIT)
+            if not PREFETCH:
+                w_a, w_b = first_chunks(proj_w, program, programs, C, C, PROJ_N, PROJ_K)
+            linear(w_a, w_b, y_ptr, proj_w, proj_s, proj_b, ln1_w, ln1_b, x_ptr, x2_ptr, k_cache_ptr, v_cache_ptr,
+                   pos_ptr, eps, stride_cache_slot, stride_cache_head, program, programs, C, C,
+                   HAS_SCALE, False, True, False, INT8_BITS, False, D, PROJ_N, PROJ_K)
+        if FIRST <= 3 and LAST >= 3:
+            if PREFETCH:
+                w_a, w_b = first_chunks(fc_w, program, programs, FF, C, FC_N, FC_K)
+            if FIRST < 3:
+                grid_sync(barrier, (3 - FIRST) * programs, SPIN_LIMIT)
+            if not PREFETCH:
+                w_a, w_b = first_chunks(fc_w, program, programs, FF, C, FC_N, FC_K)
+            linear(w_a, w_b, x2_ptr, fc_w, fc_s, fc_b, ln2_w, ln2_b, x_ptr, h_ptr, k_cache_ptr, v_cache_ptr,
+                   pos_ptr, eps, stride_cache_slot, stride_cache_head, program, programs, FF, C,
+                   HAS_SCALE, True, False, True, INT8_BITS, False, D, FC_N, FC_K)
+        if FIRST <= 4 and LAST >= 4:
+            if PREFETCH:
+                w_a, w_b = first_chunks(mlp_w, program, programs, C, FF, MLP_N, MLP_K)
+            if FIRST < 4:
+                grid_sync(barrier, (4 - FIRST) * programs, SPIN_LIMIT)
+            if not PREFETCH:
+                w_a, w_b = first_chunks(mlp_w, program, programs, C, FF, MLP_N, MLP_K)
+            linear(w_a, w_b, h_ptr, mlp_w, mlp_s, mlp_b, ln2_w, ln2_b, x2_ptr, out_ptr, k_cache_ptr, v_cache_ptr,
+                   pos_ptr, eps, stride_cache_slot, stride_cache_head, program, programs, C, FF,
+                   HAS_SCALE, False, True, False, INT8_BITS, False, D, MLP_N, MLP_K)
+        if FIRST < LAST:  # the last program to leave zeroes the barrier: nobody polls it any more
+            tl.debug_barrier()
+            if tl.atomic_add(barrier + 1, 1, sem="acq_rel") == programs - 1:
+                tl.store(barrier, 0)
+                tl.store(barrier + 1, 0)
+
+    return decode_block_kernel
+
+
+def launch(x, norms, linears, eps: float, k_cache, v_cache, positions, programs: int | None = None,
+           phase_launches: bool = False, config: tuple[int, int, bool] | None = None):
+    """The kernel on any tensors Triton takes (CUDA, or CPU under TRITON_INTERPRET=1, there with phase_launches:
+    the interpreter runs programs one after another, so a barrier would wait forever). phase_launches: one launch
+    a phase, no barriers; programs: the grid (default the SM count); config: (CHUNK_ELEMS, WARPS, PREFETCH) in
+    place of the module's (bench sweeps them). -> out [1, C]."""
+    (ln1_w, ln1_b, ln2_w, ln2_b), weights = norms, linears
+    _, c = x.shape
+    _, heads, cache_len, head_dim = k_cache.shape
+    ff = weights[9].shape[1]
+    assert x.shape == (1, c) and positions.shape == (1,) and heads * head_dim == c
+    assert k_cache.stride() == v_cache.stride() and k_cache.stride(3) == 1 and k_cache.stride(2) == head_dim
+    for (weight, scale, bias), (n, k) in zip(zip(*[iter(weights)] * 3), [(3 * c, c), (c, c), (ff, c), (c, ff)]):
+        assert weight.shape[0] >= n and weight.shape[1] == k and weight.is_contiguous() and bias is not None
+        assert (scale is None) == (weights[1] is None), "every linear's weights in one format"
+    chunk_elems, warps, prefetch = config or (CHUNK_ELEMS, WARPS, PREFETCH)
+    programs = programs or sm_count(x.device.index or 0)
+    splits = da.plan(heads, cache_len)
+    x = x.contiguous()
+    qkv, y, x2, h, out = (x.new_empty(n) for n in (3 * c, c, c, ff, c))
+    m, total = (torch.empty((heads, splits), dtype=torch.float32, device=x.device) for _ in range(2))
+    acc = torch.empty((heads, splits, head_dim), dtype=torch.float32, device=x.device)
+    blocks = [plan(n, k, programs, chunk_elems) for n, k in [(3 * c, c), (c, c), (ff, c), (c, ff)]]
+    weights = [w if w is not None else weights[0] for w in weights]  # a pointer the kernel never reads
+    for first, last in [(p, p) for p in range(PHASES)] if phase_launches else [(0, PHASES - 1)]:
+        _kernel()[(programs,)](
+            x, out, qkv, y, x2, h, m, total, acc, da.arrivals(x.device, heads + COUNTERS), k_cache, v_cache,
+            positions.contiguous(), ln1_w, ln1_b, *weights[:6], ln2_w, ln2_b, *weights[6:],
+            eps, head_dim ** -0.5, da.working_splits(1, heads, splits, da.WORKING_PROGRAMS), *k_cache.stride()[:2],
+            C=c, FF=ff, H=heads, D=head_dim, SPLITS=splits, SPLITS_POW2=1 << (splits - 1).bit_length(),
+            ATTENTION_BLOCK=da.BLOCK, NO_SCORE=da.NO_SCORE, HAS_SCALE=linears[1] is not None,
+            INT8_BITS=weights[0].dtype == torch.int8, QKV_N=blocks[0][0], QKV_K=blocks[0][1], PROJ_N=blocks[1][0],
+            PROJ_K=blocks[1][1], FC_N=blocks[2][0], FC_K=blocks[2][1], MLP_N=blocks[3][0], MLP_K=blocks[3][1],
+            FIRST=first, LAST=last, PREFETCH=prefetch, SPIN_LIMIT=SPIN_LIMIT, num_warps=warps, num_stages=1)
+    return out.view(1, c)
+
+
+def reference(x, norms, linears, eps: float, k_cache, v_cache, positions):
+    """The ops the kernel replaces, on the same tensors: what the compiled step ran for a fused block at batch 1
+    (rows_linear and decode_attention: their kernels on CUDA, their torch arithmetic elsewhere)."""
+    (ln1_w, ln1_b, ln2_w, ln2_b) = norms
+    qkv_w, qkv_s, qkv_b, proj_w, proj_s, proj_b, fc_w, fc_s, fc_b, mlp_w, mlp_s, mlp_b = linears
+    c, (_, heads, _, head_dim), ff = x.shape[1], k_cache.shape, mlp_w.shape[1]
+    qkv = rl.rows_linear_to_cache(x, qkv_w, qkv_s, qkv_b, ln1_w, ln1_b, 3 * c, eps, k_cache, v_cache, positions)
+    y = da.decode_attention(qkv[:, :c].view(1, heads, head_dim), k_cache, v_cache, positions).view(1, c)
+    x = rl.rows_linear(y, proj_w, proj_s, proj_b, None, None, x, c, False, eps)
+    h = rl.rows_linear(x, fc_w, fc_s, fc_b, ln2_w, ln2_b, None, ff, True, eps)
+    return rl.rows_linear(h, mlp_w, mlp_s, mlp_b, None, None, x, c, False, eps)
+
+
+@torch.library.custom_op("gptserve::decode_block", mutates_args=("k_cache", "v_cache"))
+def decode_block(x: torch.Tensor, norms: list[torch.Tensor], linears: list[Optional[torch.Tensor]], eps: float,
+                 k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """One block of a decode step at batch 1: x [1, C] -> the block's output [1, C]; writes the row's k and v
+    into the caches [slots, H, S, D] (slot 0, position positions[0]). norms: ln_1's and ln_2's weight and bias;
+    linears: weight, scale (None for bf16) and bias of qkv, attention projection, fc and MLP projection
+    (block_tensors())."""
+    if x.is_cuda:
+        return launch(x, norms, linears, eps, k_cache, v_cache, positions)
+    return reference(x, norms, linears, eps, k_cache, v_cache, positions)
+
+
+@decode_block.register_fake
+def _(x, norms, linears, eps, k_cache, v_cache, positions):
+    return torch.empty_like(x)
+
+
+def block_tensors(block: torch.nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor | None], float]:
+    """(norms, linears, eps) of a model Block, as decode_block takes them."""
+    linears = []
+    for layer in (block.attn.qkv, block.attn.proj, block.mlp.fc, block.mlp.proj):
+        linears += [*rl.weight_and_scale(layer), layer.bias]
+    norms = [block.ln_1.weight, block.ln_1.bias, block.ln_2.weight, block.ln_2.bias]
+    return norms, linears, block.ln_1.eps
