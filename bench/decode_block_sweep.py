@@ -6,7 +6,7 @@ one after another, replayed from a CUDA graph.
 
 Per weight format: the ops (rows_linear with its cache write, decode_attention, three rows_linear: the compiled
 step's kernels before decode_linears=block), the kernel one launch a phase (no barriers), and the persistent
-kernel at its plan and over a grid of (CHUNK_ELEMS, WARPS, PREFETCH). Each variant is checked against the ops on
+kernel at its plan and over a grid of (CHUNK_BYTES, WARPS, PREFETCH). Each variant is checked against the ops on
 the first block before it is timed. Microseconds for all the blocks, and GB/s of their weights and the cache they
 read. Needs a CUDA GPU and triton.
 """
@@ -26,7 +26,8 @@ from gptserve.engine.model import Block
 from . import header
 from .sweep import relative_error, write_report
 
-GRID = list(itertools.product((4096, 8192, 16384), (4, 8, 16), (True,))) + [(db.CHUNK_ELEMS, db.WARPS, False)]
+GRID = list(itertools.product((8192, 16384), (8, 16), (True,))) + [(32768, 8, True), (db.CHUNK_BYTES, db.WARPS, False)]
+PHASES = ("qkv", "attention", "attn_proj", "fc", "mlp_proj")
 
 
 def blocks(preset: str, weights: str, cache_len: int, position: int, gen: torch.Generator) -> list[tuple]:
@@ -57,6 +58,20 @@ def step_bytes(layers: list[tuple], position: int) -> int:
     return total
 
 
+def phase_times(run) -> dict:
+    """Mean microseconds of each phase's launch, from a profile of run() (one launch a phase, in phase order)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    times = [e.device_time for e in prof.events() if "decode_block_kernel" in e.name and e.device_time > 0]
+    assert len(times) % len(PHASES) == 0, len(times)
+    return {name: round(sum(times[i::len(PHASES)]) / (len(times) // len(PHASES)), 2) for i, name in enumerate(PHASES)}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="gpt2-large")
@@ -68,7 +83,7 @@ def main():
     from triton.testing import do_bench_cudagraph
 
     report = {**header(), "preset": args.preset, "position": args.position, "cache_len": args.cache_len,
-              "programs": db.sm_count(0), "plan": [db.CHUNK_ELEMS, db.WARPS, db.PREFETCH], "results": {}}
+              "programs": db.sm_count(0), "plan": [db.CHUNK_BYTES, db.WARPS, db.PREFETCH], "results": {}}
     positions = torch.tensor([args.position], device="cuda")
     for weights in args.weights.split(","):
         gen = torch.Generator(device="cuda").manual_seed(0)
@@ -110,7 +125,9 @@ def main():
                          "relative_error": round(error, 5)})
             print(f"{weights:5s} {name:32s} {us:8.1f} us  {gigabytes / us * 1e6:6.0f} GB/s  error {error:.4f}",
                   flush=True)
-        report["results"][weights] = {"gigabytes": gigabytes, "rows": rows}
+        phase_us = phase_times(lambda: kernel(x0, phase_launches=True))
+        print(f"{weights:5s} one launch a phase, us a block: " + ", ".join(f"{p} {t:.1f}" for p, t in phase_us.items()))
+        report["results"][weights] = {"gigabytes": gigabytes, "rows": rows, "phase_us_a_block": phase_us}
         del layers
         torch.cuda.empty_cache()
     write_report(report, args.output, f"decode-block-{args.preset}")

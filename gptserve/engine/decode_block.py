@@ -4,9 +4,9 @@ split-KV attention, the attention projection, LayerNorm, fc with GELU, and the M
 At batch 1 a gpt2-large block is four fused linears and a split-KV attention, each a few microseconds long: every
 kernel starts with idle memory pipes, ramps up and drains, and the fused linears read HBM at 1.45 TB/s (run 80), a
 third of its bandwidth. Here one program per SM stays resident for the whole block. It owns an even share of each
-linear's output columns (N / programs, so no wave is left half-empty) and streams its weight rows in chunks, two
-always in flight (registers, not Triton's pipeliner, so the first chunks of the next phase can be asked for before
-the program waits for the phase before: weights depend on nothing). Phases, with a grid-wide barrier between them:
+linear's output columns (N / programs, so no wave is left half-empty) and streams its weight rows in chunks,
+three always in flight (registers, not Triton's pipeliner, so the first chunks of the next phase can be asked for
+before the program waits for the phase before: weights depend on nothing). Phases, with a grid-wide barrier between them:
   0 qkv: ln_1, the qkv linear and bias; k and v into the cache at the row's position (rows_linear's epilogue)
   1 attention: work items (head, slice) as decode_attention's programs; the last slice of a head merges them
   2 attention projection, bias, residual x          3 ln_2, fc, bias, GELU
@@ -31,7 +31,7 @@ from . import decode_attention as da
 from . import rows_linear as rl
 
 PHASES = 5
-CHUNK_ELEMS = 8192  # weights a program asks for at once (BLOCK_N x BLOCK_K); two such loads are in flight
+CHUNK_BYTES = 16384  # weight bytes a program asks for at once (BLOCK_N x BLOCK_K); three such loads in flight
 MAX_BLOCK_N = 64  # output columns a program sums at once; a wider share takes several tiles
 WARPS = 8
 PREFETCH = True  # ask for a phase's first weight chunks before waiting at the barrier that starts it
@@ -39,11 +39,11 @@ SPIN_LIMIT = 1 << 22  # polls of the barrier counter before a program gives up (
 COUNTERS = 3  # after the attention's merge counters: the barrier's arrivals, its departures, its timeouts
 
 
-def plan(n: int, k: int, programs: int, chunk_elems: int | None = None) -> tuple[int, int]:
+def plan(n: int, k: int, programs: int, element_size: int, chunk_bytes: int | None = None) -> tuple[int, int]:
     """(BLOCK_N, BLOCK_K) of a linear phase: a program's share of the N columns in one tile where it fits, and
-    chunks of about chunk_elems weights."""
+    chunks of chunk_bytes (default CHUNK_BYTES) of weights."""
     block_n = min(MAX_BLOCK_N, rl.next_power_of_2(-(-n // programs)))
-    return block_n, max(16, min(rl.next_power_of_2(k), (chunk_elems or CHUNK_ELEMS) // block_n))
+    return block_n, max(16, min(rl.next_power_of_2(k), (chunk_bytes or CHUNK_BYTES) // element_size // block_n))
 
 
 @functools.cache
@@ -77,43 +77,77 @@ def _kernel():
                        other=0.0)
 
     @triton.jit
-    def linear(w_a, w_b, x_ptr, w_ptr, scale_ptr, bias_ptr, norm_w_ptr, norm_b_ptr, res_ptr, out_ptr,
+    def consume(acc, w, pair, pairs, first, end, x_ptr, mean, rstd, norm_w_ptr, norm_b_ptr, scale_ptr, bias_ptr,
+                res_ptr, out_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, stride_cache_slot, stride_cache_head,
+                N: tl.constexpr, K: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_NORM: tl.constexpr,
+                HAS_RESIDUAL: tl.constexpr, GELU: tl.constexpr, INT8_BITS: tl.constexpr, TO_CACHE: tl.constexpr,
+                HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # acc [1, BLOCK_N] plus chunk `pair` (w) times the row; after a tile's last chunk, its epilogue and a new acc
+        chunks: tl.constexpr = (K + BLOCK_K - 1) // BLOCK_K
+        rows = tl.arange(0, 1)
+        ks = (pair % chunks) * BLOCK_K + tl.arange(0, BLOCK_K)
+        k_ok = ks < K
+        xk = tl.load(x_ptr + rows[:, None] + ks[None, :], mask=k_ok[None, :], other=0.0)  # [1, BLOCK_K]
+        if HAS_NORM:
+            xk = normalise(xk, ks, k_ok, mean, rstd, norm_w_ptr, norm_b_ptr)
+        acc += row_products(w, xk, INT8_BITS)
+        if (pair % chunks == chunks - 1) & (pair < pairs):  # the tile's last chunk: its epilogue
+            cols = first + (pair // chunks) * BLOCK_N + tl.arange(0, BLOCK_N)
+            finish(acc, rows, cols, rows < 1, cols < end, scale_ptr, bias_ptr, res_ptr, out_ptr, k_cache_ptr,
+                   v_cache_ptr, pos_ptr, N, 0, 0, stride_cache_slot, stride_cache_head,
+                   HAS_SCALE, True, HAS_RESIDUAL, GELU, TO_CACHE, HEAD_DIM)
+            acc = tl.zeros((1, BLOCK_N), tl.float32)
+        return acc
+
+    @triton.jit
+    def linear(w0, w1, w2, w3, x_ptr, w_ptr, scale_ptr, bias_ptr, norm_w_ptr, norm_b_ptr, res_ptr, out_ptr,
                k_cache_ptr, v_cache_ptr, pos_ptr, eps, stride_cache_slot, stride_cache_head, program, programs,
                N: tl.constexpr, K: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_NORM: tl.constexpr,
                HAS_RESIDUAL: tl.constexpr, GELU: tl.constexpr, INT8_BITS: tl.constexpr, TO_CACHE: tl.constexpr,
                HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        # out[share] = residual + gelu(norm(x) @ W[share]^T * scale + bias) for the one row x [K]; w_a, w_b: the
-        # share's first two chunks, already asked for
+        # out[share] = residual + gelu(norm(x) @ W[share]^T * scale + bias) for the one row x [K]; w0..w3: the
+        # share's first four chunks, already asked for. Four buffers, each refilled in place right after it is
+        # summed: three chunks stay in flight, and no register copy waits for a load (a rotation w = w_a, w_a = w_b
+        # did, and ran at half the ops' speed: run 83)
         chunks: tl.constexpr = (K + BLOCK_K - 1) // BLOCK_K
         first, end = columns(program, programs, N)
         rows = tl.arange(0, 1)
-        row_ok = rows < 1
         if HAS_NORM:
-            mean, rstd = row_stats(x_ptr + rows[:, None], row_ok, K, eps, 1, BLOCK_K)
+            mean, rstd = row_stats(x_ptr + rows[:, None], rows < 1, K, eps, 1, BLOCK_K)
+        else:
+            mean, rstd = tl.zeros((1,), tl.float32), tl.zeros((1,), tl.float32)
+        pairs = tl.cdiv(end - first, BLOCK_N) * chunks
         acc = tl.zeros((1, BLOCK_N), tl.float32)
-        for pair in range(tl.cdiv(end - first, BLOCK_N) * chunks):
-            w = w_a
-            w_a = w_b
-            w_b = weight_chunk(w_ptr, pair + 2, first, end, K, BLOCK_N, BLOCK_K)  # in flight while w is summed
-            ks = (pair % chunks) * BLOCK_K + tl.arange(0, BLOCK_K)
-            k_ok = ks < K
-            xk = tl.load(x_ptr + rows[:, None] + ks[None, :], mask=k_ok[None, :], other=0.0)  # [1, BLOCK_K]
-            if HAS_NORM:
-                xk = normalise(xk, ks, k_ok, mean, rstd, norm_w_ptr, norm_b_ptr)
-            acc += row_products(w, xk, INT8_BITS)
-            if pair % chunks == chunks - 1:  # the tile's last chunk: its epilogue
-                cols = first + (pair // chunks) * BLOCK_N + tl.arange(0, BLOCK_N)
-                finish(acc, rows, cols, row_ok, cols < end, scale_ptr, bias_ptr, res_ptr, out_ptr, k_cache_ptr,
-                       v_cache_ptr, pos_ptr, N, 0, 0, stride_cache_slot, stride_cache_head,
-                       HAS_SCALE, True, HAS_RESIDUAL, GELU, TO_CACHE, HEAD_DIM)
-                acc = tl.zeros((1, BLOCK_N), tl.float32)
+        for pair in range(0, pairs, 4):
+            acc = consume(acc, w0, pair, pairs, first, end, x_ptr, mean, rstd, norm_w_ptr, norm_b_ptr, scale_ptr,
+                          bias_ptr, res_ptr, out_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, stride_cache_slot,
+                          stride_cache_head, N, K, HAS_SCALE, HAS_NORM, HAS_RESIDUAL, GELU, INT8_BITS, TO_CACHE,
+                          HEAD_DIM, BLOCK_N, BLOCK_K)
+            w0 = weight_chunk(w_ptr, pair + 4, first, end, K, BLOCK_N, BLOCK_K)
+            acc = consume(acc, w1, pair + 1, pairs, first, end, x_ptr, mean, rstd, norm_w_ptr, norm_b_ptr,
+                          scale_ptr, bias_ptr, res_ptr, out_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, stride_cache_slot,
+                          stride_cache_head, N, K, HAS_SCALE, HAS_NORM, HAS_RESIDUAL, GELU, INT8_BITS, TO_CACHE,
+                          HEAD_DIM, BLOCK_N, BLOCK_K)
+            w1 = weight_chunk(w_ptr, pair + 5, first, end, K, BLOCK_N, BLOCK_K)
+            acc = consume(acc, w2, pair + 2, pairs, first, end, x_ptr, mean, rstd, norm_w_ptr, norm_b_ptr,
+                          scale_ptr, bias_ptr, res_ptr, out_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, stride_cache_slot,
+                          stride_cache_head, N, K, HAS_SCALE, HAS_NORM, HAS_RESIDUAL, GELU, INT8_BITS, TO_CACHE,
+                          HEAD_DIM, BLOCK_N, BLOCK_K)
+            w2 = weight_chunk(w_ptr, pair + 6, first, end, K, BLOCK_N, BLOCK_K)
+            acc = consume(acc, w3, pair + 3, pairs, first, end, x_ptr, mean, rstd, norm_w_ptr, norm_b_ptr,
+                          scale_ptr, bias_ptr, res_ptr, out_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, stride_cache_slot,
+                          stride_cache_head, N, K, HAS_SCALE, HAS_NORM, HAS_RESIDUAL, GELU, INT8_BITS, TO_CACHE,
+                          HEAD_DIM, BLOCK_N, BLOCK_K)
+            w3 = weight_chunk(w_ptr, pair + 7, first, end, K, BLOCK_N, BLOCK_K)
 
     @triton.jit
     def first_chunks(w_ptr, program, programs, N: tl.constexpr, K: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr):
         first, end = columns(program, programs, N)
         return (weight_chunk(w_ptr, 0, first, end, K, BLOCK_N, BLOCK_K),
-                weight_chunk(w_ptr, 1, first, end, K, BLOCK_N, BLOCK_K))
+                weight_chunk(w_ptr, 1, first, end, K, BLOCK_N, BLOCK_K),
+                weight_chunk(w_ptr, 2, first, end, K, BLOCK_N, BLOCK_K),
+                weight_chunk(w_ptr, 3, first, end, K, BLOCK_N, BLOCK_K))
 
     @triton.jit
     def grid_sync(counters_ptr, target, SPIN_LIMIT: tl.constexpr):
@@ -126,8 +160,8 @@ def _kernel():
         if spins >= SPIN_LIMIT:
             tl.atomic_add(counters_ptr + 2, 1)
 
-    globals().update(columns=columns, weight_chunk=weight_chunk, linear=linear, first_chunks=first_chunks,
-                     grid_sync=grid_sync)
+    globals().update(columns=columns, weight_chunk=weight_chunk, consume=consume, linear=linear,
+                     first_chunks=first_chunks, grid_sync=grid_sync)
 
     @triton.jit
     def decode_block_kernel(x_ptr, out_ptr, qkv_ptr, y_ptr, x2_ptr, h_ptr, m_ptr, l_ptr, acc_ptr, counters_ptr,
@@ -149,8 +183,8 @@ def _kernel():
         program, programs = tl.program_id(0), tl.num_programs(0)
         barrier = counters_ptr + H
         if FIRST <= 0 and LAST >= 0:
-            w_a, w_b = first_chunks(qkv_w, program, programs, 3 * C, C, QKV_N, QKV_K)
-            linear(w_a, w_b, x_ptr, qkv_w, qkv_s, qkv_b, ln1_w, ln1_b, x_ptr, qkv_ptr, k_cache_ptr, v_cache_ptr,
+            w0, w1, w2, w3 = first_chunks(qkv_w, program, programs, 3 * C, C, QKV_N, QKV_K)
+            linear(w0, w1, w2, w3, x_ptr, qkv_w, qkv_s, qkv_b, ln1_w, ln1_b, x_ptr, qkv_ptr, k_cache_ptr, v_cache_ptr,
                    pos_ptr, eps, stride_cache_slot, stride_cache_head, program, programs, 3 * C, C,
                    HAS_SCALE, True, False, False, INT8_BITS, True, D, QKV_N, QKV_K)
         if FIRST <= 1 and LAST >= 1:
@@ -162,32 +196,32 @@ def _kernel():
                              stride_cache_head, D, ATTENTION_BLOCK, D, NO_SCORE, True, SPLITS_POW2)
         if FIRST <= 2 and LAST >= 2:
             if PREFETCH:
-                w_a, w_b = first_chunks(proj_w, program, programs, C, C, PROJ_N, PROJ_K)
+                w0, w1, w2, w3 = first_chunks(proj_w, program, programs, C, C, PROJ_N, PROJ_K)
             if FIRST < 2:
                 grid_sync(barrier, (2 - FIRST) * programs, SPIN_LIMIT)
             if not PREFETCH:
-                w_a, w_b = first_chunks(proj_w, program, programs, C, C, PROJ_N, PROJ_K)
-            linear(w_a, w_b, y_ptr, proj_w, proj_s, proj_b, ln1_w, ln1_b, x_ptr, x2_ptr, k_cache_ptr, v_cache_ptr,
+                w0, w1, w2, w3 = first_chunks(proj_w, program, programs, C, C, PROJ_N, PROJ_K)
+            linear(w0, w1, w2, w3, y_ptr, proj_w, proj_s, proj_b, ln1_w, ln1_b, x_ptr, x2_ptr, k_cache_ptr, v_cache_ptr,
                    pos_ptr, eps, stride_cache_slot, stride_cache_head, program, programs, C, C,
                    HAS_SCALE, False, True, False, INT8_BITS, False, D, PROJ_N, PROJ_K)
         if FIRST <= 3 and LAST >= 3:
             if PREFETCH:
-                w_a, w_b = first_chunks(fc_w, program, programs, FF, C, FC_N, FC_K)
+                w0, w1, w2, w3 = first_chunks(fc_w, program, programs, FF, C, FC_N, FC_K)
             if FIRST < 3:
                 grid_sync(barrier, (3 - FIRST) * programs, SPIN_LIMIT)
             if not PREFETCH:
-                w_a, w_b = first_chunks(fc_w, program, programs, FF, C, FC_N, FC_K)
-            linear(w_a, w_b, x2_ptr, fc_w, fc_s, fc_b, ln2_w, ln2_b, x_ptr, h_ptr, k_cache_ptr, v_cache_ptr,
+                w0, w1, w2, w3 = first_chunks(fc_w, program, programs, FF, C, FC_N, FC_K)
+            linear(w0, w1, w2, w3, x2_ptr, fc_w, fc_s, fc_b, ln2_w, ln2_b, x_ptr, h_ptr, k_cache_ptr, v_cache_ptr,
                    pos_ptr, eps, stride_cache_slot, stride_cache_head, program, programs, FF, C,
                    HAS_SCALE, True, False, True, INT8_BITS, False, D, FC_N, FC_K)
         if FIRST <= 4 and LAST >= 4:
             if PREFETCH:
-                w_a, w_b = first_chunks(mlp_w, program, programs, C, FF, MLP_N, MLP_K)
+                w0, w1, w2, w3 = first_chunks(mlp_w, program, programs, C, FF, MLP_N, MLP_K)
             if FIRST < 4:
                 grid_sync(barrier, (4 - FIRST) * programs, SPIN_LIMIT)
             if not PREFETCH:
-                w_a, w_b = first_chunks(mlp_w, program, programs, C, FF, MLP_N, MLP_K)
-            linear(w_a, w_b, h_ptr, mlp_w, mlp_s, mlp_b, ln2_w, ln2_b, x2_ptr, out_ptr, k_cache_ptr, v_cache_ptr,
+                w0, w1, w2, w3 = first_chunks(mlp_w, program, programs, C, FF, MLP_N, MLP_K)
+            linear(w0, w1, w2, w3, h_ptr, mlp_w, mlp_s, mlp_b, ln2_w, ln2_b, x2_ptr, out_ptr, k_cache_ptr, v_cache_ptr,
                    pos_ptr, eps, stride_cache_slot, stride_cache_head, program, programs, C, FF,
                    HAS_SCALE, False, True, False, INT8_BITS, False, D, MLP_N, MLP_K)
         if FIRST < LAST:  # the last program to leave zeroes the barrier: nobody polls it any more
@@ -203,7 +237,7 @@ def launch(x, norms, linears, eps: float, k_cache, v_cache, positions, programs:
            phase_launches: bool = False, config: tuple[int, int, bool] | None = None):
     """The kernel on any tensors Triton takes (CUDA, or CPU under TRITON_INTERPRET=1, there with phase_launches:
     the interpreter runs programs one after another, so a barrier would wait forever). phase_launches: one launch
-    a phase, no barriers; programs: the grid (default the SM count); config: (CHUNK_ELEMS, WARPS, PREFETCH) in
+    a phase, no barriers; programs: the grid (default the SM count); config: (CHUNK_BYTES, WARPS, PREFETCH) in
     place of the module's (bench sweeps them). -> out [1, C]."""
     (ln1_w, ln1_b, ln2_w, ln2_b), weights = norms, linears
     _, c = x.shape
@@ -214,14 +248,15 @@ def launch(x, norms, linears, eps: float, k_cache, v_cache, positions, programs:
     for (weight, scale, bias), (n, k) in zip(zip(*[iter(weights)] * 3), [(3 * c, c), (c, c), (ff, c), (c, ff)]):
         assert weight.shape[0] >= n and weight.shape[1] == k and weight.is_contiguous() and bias is not None
         assert (scale is None) == (weights[1] is None), "every linear's weights in one format"
-    chunk_elems, warps, prefetch = config or (CHUNK_ELEMS, WARPS, PREFETCH)
+    chunk_bytes, warps, prefetch = config or (CHUNK_BYTES, WARPS, PREFETCH)
     programs = programs or sm_count(x.device.index or 0)
     splits = da.plan(heads, cache_len)
     x = x.contiguous()
     qkv, y, x2, h, out = (x.new_empty(n) for n in (3 * c, c, c, ff, c))
     m, total = (torch.empty((heads, splits), dtype=torch.float32, device=x.device) for _ in range(2))
     acc = torch.empty((heads, splits, head_dim), dtype=torch.float32, device=x.device)
-    blocks = [plan(n, k, programs, chunk_elems) for n, k in [(3 * c, c), (c, c), (ff, c), (c, ff)]]
+    blocks = [plan(n, k, programs, weights[0].element_size(), chunk_bytes)
+              for n, k in [(3 * c, c), (c, c), (ff, c), (c, ff)]]
     weights = [w if w is not None else weights[0] for w in weights]  # a pointer the kernel never reads
     for first, last in [(p, p) for p in range(PHASES)] if phase_launches else [(0, PHASES - 1)]:
         _kernel()[(programs,)](

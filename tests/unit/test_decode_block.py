@@ -46,7 +46,7 @@ def check_against_the_ops(weights: str, device: str = "cpu", size: str = "small"
         got_k, got_v = k.clone(), v.clone()
         if device == "cpu":  # the interpreter: one launch a phase, three programs sharing every linear unevenly
             got = db.launch(x, norms, linears, eps, got_k, got_v, positions, programs=3, phase_launches=True,
-                            config=(256, 4, True))  # chunks of 256: several tiles and K chunks a program
+                            config=(256, 4, True))  # chunks of 256 bytes: several tiles and K chunks a program
         else:
             got = db.launch(x, norms, linears, eps, got_k, got_v, positions, **launch_options)
     torch.testing.assert_close(got.float(), want.float(), atol=3e-2, rtol=3e-2)
@@ -65,11 +65,12 @@ def test_kernel_phase_by_phase_equals_the_ops_it_replaces(weights):
 
 def test_plan_gives_each_program_its_share_in_one_tile_and_chunks_of_the_set_size():
     for n, k in [(3840, 1280), (1280, 1280), (5120, 1280), (1280, 5120)]:  # gpt2-large's linears on 132 SMs
-        block_n, block_k = db.plan(n, k, 132)
-        assert block_n >= -(-n // 132) and block_n & (block_n - 1) == 0 and block_k & (block_k - 1) == 0
-        assert block_n * block_k == db.CHUNK_ELEMS
-    assert db.plan(64, 64, 3, 256) == (32, 16)  # the interpreter test's: 22 columns a program, 4 K chunks
-    assert db.plan(100_000, 64, 4)[0] == db.MAX_BLOCK_N  # a wide share takes several tiles
+        for element_size in (2, 1):  # bf16; FP8 and int8
+            block_n, block_k = db.plan(n, k, 132, element_size)
+            assert block_n >= -(-n // 132) and block_n & (block_n - 1) == 0 and block_k & (block_k - 1) == 0
+            assert block_n * block_k * element_size == db.CHUNK_BYTES
+    assert db.plan(64, 256, 3, 2, 256) == (32, 16)  # the interpreter test's mlp proj: 22 columns a program
+    assert db.plan(100_000, 64, 4, 2)[0] == db.MAX_BLOCK_N  # a wide share takes several tiles
 
 
 def test_block_tensors_are_the_blocks_own():
