@@ -63,7 +63,7 @@ def parts():
     def attend_slice(q_ptr, k_ptr, v_ptr, last_ptr, m_ptr, l_ptr, acc_ptr, out_ptr, arrived_ptr, scale, working,
                      b, h, s, heads, splits, stride_qb, stride_qh, stride_kb, stride_kh, stride_ks,
                      BLOCK: tl.constexpr, D: tl.constexpr, NO_SCORE: tl.constexpr, MERGE: tl.constexpr,
-                     SPLITS_POW2: tl.constexpr):
+                     SPLITS_POW2: tl.constexpr, STAGES: tl.constexpr):
         # q: [B, H, D]; k, v: [slots, H, S, D], row b = slot b; last: [B] int64; m, l: [B, H, SPLITS] fp32;
         # acc: [B, H, SPLITS, D] fp32; with MERGE: out [B, H, D] in q's dtype, arrived [>= B*H] int32, all zero
         last = tl.load(last_ptr + b)
@@ -75,7 +75,7 @@ def parts():
         total = 0.0
         acc = tl.zeros((D,), tl.float32)
         cache = b * stride_kb + h * stride_kh
-        for offset in range(0, length, BLOCK):
+        for offset in tl.range(0, length, BLOCK, num_stages=STAGES):  # pipelined loads, whatever the caller's
             p = s * per_split + offset + tl.arange(0, BLOCK)
             visible = p <= last
             kv = cache + p[:, None] * stride_ks + d[None, :]
@@ -125,11 +125,12 @@ def _kernel():
     def decode_attention_kernel(q_ptr, k_ptr, v_ptr, last_ptr, m_ptr, l_ptr, acc_ptr, out_ptr, arrived_ptr, scale,
                                 working, stride_qb, stride_qh, stride_kb, stride_kh, stride_ks,
                                 BLOCK: tl.constexpr, D: tl.constexpr, NO_SCORE: tl.constexpr,
-                                MERGE: tl.constexpr, SPLITS_POW2: tl.constexpr):
+                                MERGE: tl.constexpr, SPLITS_POW2: tl.constexpr, STAGES: tl.constexpr):
         # program (b, h, s): row b's head h, slice s (attend_slice's shapes)
         attend_slice(q_ptr, k_ptr, v_ptr, last_ptr, m_ptr, l_ptr, acc_ptr, out_ptr, arrived_ptr, scale, working,
                      tl.program_id(0), tl.program_id(1), tl.program_id(2), tl.num_programs(1), tl.num_programs(2),
-                     stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, BLOCK, D, NO_SCORE, MERGE, SPLITS_POW2)
+                     stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, BLOCK, D, NO_SCORE, MERGE, SPLITS_POW2,
+                     STAGES)
 
     return decode_attention_kernel
 
@@ -181,7 +182,7 @@ def _run(q, k_cache, v_cache, last, config, merged: bool, **options):
         splits if programs is None else working_splits(rows, heads, splits, programs),
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         BLOCK=block, D=dim, NO_SCORE=NO_SCORE, MERGE=merged, SPLITS_POW2=1 << (splits - 1).bit_length(),
-        num_warps=warps, num_stages=stages, **options)
+        STAGES=stages, num_warps=warps, num_stages=stages, **options)
     return m, total, acc, out
 
 

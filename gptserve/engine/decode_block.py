@@ -56,7 +56,7 @@ def _kernel():
     import triton
     import triton.language as tl
 
-    # rows_linear's row_stats, normalise, row_products, finish, decode_attention's attend_slice, tl, and the
+    # rows_linear's row_stats, normalise, widen, finish, decode_attention's attend_slice, tl, and the
     # functions below, as module globals: Triton resolves the names in a called function's source (and its
     # interpreter, in a kernel's) in the module's globals alone
     globals().update(vars(rl.parts()), **vars(da.parts()), tl=tl)
@@ -82,7 +82,8 @@ def _kernel():
                 N: tl.constexpr, K: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_NORM: tl.constexpr,
                 HAS_RESIDUAL: tl.constexpr, GELU: tl.constexpr, INT8_BITS: tl.constexpr, TO_CACHE: tl.constexpr,
                 HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        # acc [1, BLOCK_N] plus chunk `pair` (w) times the row; after a tile's last chunk, its epilogue and a new acc
+        # acc [BLOCK_N, BLOCK_K] plus chunk `pair` (w) times the row, summed over K once a tile, at its epilogue
+        # (a sum a chunk synchronised the warps each time)
         chunks: tl.constexpr = (K + BLOCK_K - 1) // BLOCK_K
         rows = tl.arange(0, 1)
         ks = (pair % chunks) * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -90,13 +91,13 @@ def _kernel():
         xk = tl.load(x_ptr + rows[:, None] + ks[None, :], mask=k_ok[None, :], other=0.0)  # [1, BLOCK_K]
         if HAS_NORM:
             xk = normalise(xk, ks, k_ok, mean, rstd, norm_w_ptr, norm_b_ptr)
-        acc += row_products(w, xk, INT8_BITS)
+        acc += widen(w, INT8_BITS) * xk.to(tl.float32)
         if (pair % chunks == chunks - 1) & (pair < pairs):  # the tile's last chunk: its epilogue
             cols = first + (pair // chunks) * BLOCK_N + tl.arange(0, BLOCK_N)
-            finish(acc, rows, cols, rows < 1, cols < end, scale_ptr, bias_ptr, res_ptr, out_ptr, k_cache_ptr,
+            finish(tl.sum(acc, axis=1)[None, :], rows, cols, rows < 1, cols < end, scale_ptr, bias_ptr, res_ptr, out_ptr, k_cache_ptr,
                    v_cache_ptr, pos_ptr, N, 0, 0, stride_cache_slot, stride_cache_head,
                    HAS_SCALE, True, HAS_RESIDUAL, GELU, TO_CACHE, HEAD_DIM)
-            acc = tl.zeros((1, BLOCK_N), tl.float32)
+            acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
         return acc
 
     @triton.jit
@@ -117,7 +118,7 @@ def _kernel():
         else:
             mean, rstd = tl.zeros((1,), tl.float32), tl.zeros((1,), tl.float32)
         pairs = tl.cdiv(end - first, BLOCK_N) * chunks
-        acc = tl.zeros((1, BLOCK_N), tl.float32)
+        acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
         for pair in range(0, pairs, 4):
             acc = consume(acc, w0, pair, pairs, first, end, x_ptr, mean, rstd, norm_w_ptr, norm_b_ptr, scale_ptr,
                           bias_ptr, res_ptr, out_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, stride_cache_slot,
@@ -171,6 +172,7 @@ def _kernel():
                             eps, scale, working, stride_cache_slot, stride_cache_head,
                             C: tl.constexpr, FF: tl.constexpr, H: tl.constexpr, D: tl.constexpr,
                             SPLITS: tl.constexpr, SPLITS_POW2: tl.constexpr, ATTENTION_BLOCK: tl.constexpr,
+                            ATTENTION_STAGES: tl.constexpr,
                             NO_SCORE: tl.constexpr, HAS_SCALE: tl.constexpr, INT8_BITS: tl.constexpr,
                             QKV_N: tl.constexpr, QKV_K: tl.constexpr, PROJ_N: tl.constexpr, PROJ_K: tl.constexpr,
                             FC_N: tl.constexpr, FC_K: tl.constexpr, MLP_N: tl.constexpr, MLP_K: tl.constexpr,
@@ -193,7 +195,8 @@ def _kernel():
             for item in range(program, H * SPLITS, programs):  # (head, slice) of the one row, slot 0
                 attend_slice(qkv_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, y_ptr, counters_ptr,
                              scale, working, 0, item // SPLITS, item % SPLITS, H, SPLITS, 0, D, 0,
-                             stride_cache_head, D, ATTENTION_BLOCK, D, NO_SCORE, True, SPLITS_POW2)
+                             stride_cache_head, D, ATTENTION_BLOCK, D, NO_SCORE, True, SPLITS_POW2,
+                             ATTENTION_STAGES)
         if FIRST <= 2 and LAST >= 2:
             if PREFETCH:
                 w0, w1, w2, w3 = first_chunks(proj_w, program, programs, C, C, PROJ_N, PROJ_K)
@@ -264,7 +267,7 @@ def launch(x, norms, linears, eps: float, k_cache, v_cache, positions, programs:
             positions.contiguous(), ln1_w, ln1_b, *weights[:6], ln2_w, ln2_b, *weights[6:],
             eps, head_dim ** -0.5, da.working_splits(1, heads, splits, da.WORKING_PROGRAMS), *k_cache.stride()[:2],
             C=c, FF=ff, H=heads, D=head_dim, SPLITS=splits, SPLITS_POW2=1 << (splits - 1).bit_length(),
-            ATTENTION_BLOCK=da.BLOCK, NO_SCORE=da.NO_SCORE, HAS_SCALE=linears[1] is not None,
+            ATTENTION_BLOCK=da.BLOCK, ATTENTION_STAGES=da.STAGES, NO_SCORE=da.NO_SCORE, HAS_SCALE=linears[1] is not None,
             INT8_BITS=weights[0].dtype == torch.int8, QKV_N=blocks[0][0], QKV_K=blocks[0][1], PROJ_N=blocks[1][0],
             PROJ_K=blocks[1][1], FC_N=blocks[2][0], FC_K=blocks[2][1], MLP_N=blocks[3][0], MLP_K=blocks[3][1],
             FIRST=first, LAST=last, PREFETCH=prefetch, SPIN_LIMIT=SPIN_LIMIT, num_warps=warps, num_stages=1)

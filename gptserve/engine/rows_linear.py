@@ -93,16 +93,18 @@ def parts():
         return xn.to(xk.dtype)
 
     @triton.jit
-    def row_products(w, xk, INT8_BITS: tl.constexpr):
-        # w [BLOCK_N, BLOCK_K] (bf16, FP8 or int8), xk [1, BLOCK_K] -> [1, BLOCK_N] fp32 sums of one row's products.
-        # int8 widened through its bits (integer add, one subtract) rather than int8-to-float conversions at a
-        # quarter of the ALU's rate: 3% off the 40B's batch-1 step (run 73). 0x4B400000 is 1.5 * 2^23, whose
-        # float unit is 1, so its bits + w read as 1.5 * 2^23 + w
+    def widen(w, INT8_BITS: tl.constexpr):
+        # weights (bf16, FP8 or int8) -> fp32. int8 widened through its bits (integer add, one subtract) rather
+        # than int8-to-float conversions at a quarter of the ALU's rate: 3% off the 40B's batch-1 step (run 73).
+        # 0x4B400000 is 1.5 * 2^23, whose float unit is 1, so its bits + w read as 1.5 * 2^23 + w
         if INT8_BITS:
-            wf = (w.to(tl.int32) + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
-        else:
-            wf = w.to(tl.float32)
-        return tl.sum(wf * xk.to(tl.float32), axis=1)[None, :]
+            return (w.to(tl.int32) + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
+        return w.to(tl.float32)
+
+    @triton.jit
+    def row_products(w, xk, INT8_BITS: tl.constexpr):
+        # w [BLOCK_N, BLOCK_K], xk [1, BLOCK_K] -> [1, BLOCK_N] fp32 sums of one row's products
+        return tl.sum(widen(w, INT8_BITS) * xk.to(tl.float32), axis=1)[None, :]
 
     @triton.jit
     def finish(acc, rows, cols, row_ok, col_ok, scale_ptr, bias_ptr, res_ptr, out_ptr, k_cache_ptr, v_cache_ptr,
@@ -131,7 +133,7 @@ def parts():
             tl.store(k_cache_ptr + at, y.to(k_cache_ptr.dtype.element_ty), mask=both & (part == 1)[None, :])
             tl.store(v_cache_ptr + at, y.to(v_cache_ptr.dtype.element_ty), mask=both & (part == 2)[None, :])
 
-    helpers = dict(row_stats=row_stats, normalise=normalise, row_products=row_products, finish=finish)
+    helpers = dict(row_stats=row_stats, normalise=normalise, widen=widen, row_products=row_products, finish=finish)
     # module globals, tl too: Triton resolves the names in a called function's source (and its interpreter, in a
     # kernel's) in the module's globals alone
     globals().update(helpers, tl=tl)
