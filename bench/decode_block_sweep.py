@@ -6,7 +6,7 @@ one after another, replayed from a CUDA graph.
 
 Per weight format: the ops (rows_linear with its cache write, decode_attention, three rows_linear: the compiled
 step's kernels before decode_linears=block), the kernel one launch a phase (no barriers), and the persistent
-kernel at its plan and over a grid of (CHUNK_BYTES, WARPS, PREFETCH). Each variant is checked against the ops on
+kernel at its plan and over a grid of (CHUNK_BYTES, WARPS). Each variant is checked against the ops on
 the first block before it is timed. Microseconds for all the blocks, and GB/s of their weights and the cache they
 read. Needs a CUDA GPU and triton.
 """
@@ -26,7 +26,7 @@ from gptserve.engine.model import Block
 from . import header
 from .sweep import relative_error, write_report
 
-GRID = list(itertools.product((8192, 16384), (8, 16), (True,))) + [(32768, 8, True), (db.CHUNK_BYTES, db.WARPS, False)]
+GRID = list(itertools.product((8192, 16384), (8, 16))) + [(4096, 8), (32768, 8)]
 PHASES = ("qkv", "attention", "attn_proj", "fc", "mlp_proj")
 
 
@@ -83,7 +83,7 @@ def main():
     from triton.testing import do_bench_cudagraph
 
     report = {**header(), "preset": args.preset, "position": args.position, "cache_len": args.cache_len,
-              "programs": db.sm_count(0), "plan": [db.CHUNK_BYTES, db.WARPS, db.PREFETCH], "results": {}}
+              "programs": db.sm_count(0), "plan": [db.CHUNK_BYTES, db.WARPS], "results": {}}
     positions = torch.tensor([args.position], device="cuda")
     for weights in args.weights.split(","):
         gen = torch.Generator(device="cuda").manual_seed(0)

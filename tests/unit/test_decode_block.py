@@ -46,7 +46,7 @@ def check_against_the_ops(weights: str, device: str = "cpu", size: str = "small"
         got_k, got_v = k.clone(), v.clone()
         if device == "cpu":  # the interpreter: one launch a phase, three programs sharing every linear unevenly
             got = db.launch(x, norms, linears, eps, got_k, got_v, positions, programs=3, phase_launches=True,
-                            config=(256, 4, True))  # chunks of 256 bytes: several tiles and K chunks a program
+                            config=(256, 4))  # chunks of 256 bytes: several tiles and K chunks a program
         else:
             got = db.launch(x, norms, linears, eps, got_k, got_v, positions, **launch_options)
     torch.testing.assert_close(got.float(), want.float(), atol=3e-2, rtol=3e-2)
