@@ -30,12 +30,12 @@ GRID = list(itertools.product((8192, 16384), (8, 16))) + [(4096, 8), (32768, 8)]
 PHASES = ("qkv", "attention", "attn_proj", "fc", "mlp_proj")
 
 
-def blocks(preset: str, weights: str, cache_len: int, position: int, gen: torch.Generator) -> list[tuple]:
-    """Every layer's (norms, linears, eps, k_cache, v_cache): GPT-2-like random weights, a cache filled up to
-    `position`."""
+def blocks(preset: str, weights: str, cache_len: int, gen: torch.Generator, count: int | None = None) -> list[tuple]:
+    """Every layer's (or the first `count` layers') (norms, linears, eps, k_cache, v_cache): GPT-2-like random
+    weights, a random cache."""
     cfg = PRESETS[preset]
     out = []
-    for _ in range(cfg.n_layer):
+    for _ in range(count or cfg.n_layer):
         block = Block(cfg).to(device="cuda", dtype=torch.bfloat16)
         with torch.no_grad():
             for name, p in block.named_parameters():
@@ -87,7 +87,7 @@ def main():
     positions = torch.tensor([args.position], device="cuda")
     for weights in args.weights.split(","):
         gen = torch.Generator(device="cuda").manual_seed(0)
-        layers = blocks(args.preset, weights, args.cache_len, args.position, gen)
+        layers = blocks(args.preset, weights, args.cache_len, gen)
         x0 = torch.randn(1, PRESETS[args.preset].n_embd, device="cuda", generator=gen).to(torch.bfloat16)
         gigabytes = step_bytes(layers, args.position) / 1e9
 
