@@ -41,8 +41,6 @@ VARIANTS = {
     "bf16-fused": dict(decode_linears="fused"),
     "bf16-head": dict(decode_linears="head"),
     "bf16-fused-splitkv": dict(attention_backend="splitkv", decode_linears="fused"),
-    "bf16-block": dict(decode_linears="block"),  # each block of a batch-1 step one persistent kernel
-    "fp8wo-block": dict(fp8_mode="weight-only", decode_linears="block"),
     "fp8wo-fused": dict(fp8_mode="weight-only", decode_linears="fused"),
     "fp8wo-fused-splitkv": dict(attention_backend="splitkv", fp8_mode="weight-only", decode_linears="fused"),
     "fp8-sdpa": dict(attention_backend="sdpa", fp8_mode="torch"),

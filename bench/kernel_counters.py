@@ -3,9 +3,6 @@
     ncu --clock-control none -k regex:'fp8_rows|rows_linear|decode_attention' --section SpeedOfLight \\
         --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy python -m bench.kernel_counters
 
-With --block: gpt2-large's persistent decode block (decode_block.py) one launch a phase, then whole, beside the
-fused qkv linear and split-KV attention it replaces (-k regex:'decode_block|rows_linear|decode_attention').
-
 The split-K FP8 kernel at 16 rows and the fused kernel at 1 row, both on the fc matrix (32768 x 8192, FP8 weights,
 at their plans), and split-KV attention over an FP8 cache at batch 16 (1152 positions a row), its slices merged
 after it and in it: each launched twice (the first launch compiles). Needs a CUDA GPU and triton.
@@ -41,25 +38,5 @@ def main():
           "fused plan", rl.plan(1, n, k), "split-KV splits", da.plan(cfg.n_head, cfg.n_ctx))
 
 
-def block():
-    """gpt2-large's decode block at batch 1, position 1152: the persistent kernel one launch a phase and whole, and
-    the ops it replaces (decode_block.reference: rows_linear with its cache write, split-KV, three rows_linear)."""
-    from gptserve.engine import decode_block as db
-
-    from .decode_block_sweep import blocks
-
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    ((norms, linears, eps, k, v),) = blocks("gpt2-large", "bf16", 1280, gen, count=1)
-    x = torch.randn(1, PRESETS["gpt2-large"].n_embd, device="cuda", generator=gen).to(torch.bfloat16)
-    positions = torch.tensor([1152], device="cuda")
-    for _ in range(2):
-        db.launch(x, norms, linears, eps, k, v, positions, phase_launches=True)
-        db.launch(x, norms, linears, eps, k, v, positions)
-        db.reference(x, norms, linears, eps, k, v, positions)
-    torch.cuda.synchronize()
-
-
 if __name__ == "__main__":
-    import sys
-
-    block() if sys.argv[1:] == ["--block"] else main()
+    main()

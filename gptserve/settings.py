@@ -61,13 +61,11 @@ class ServingConfig:
     decode_linears: str = setting("auto", "Linear layers of a decode step of at most 16 rows; fused: each one "
                                   "Triton kernel with its LayerNorm, bias, GELU and residual add; head: only the "
                                   "final LayerNorm and LM head; by_batch: fused at batch 1, head at 2-16; one_row: "
-                                  "fused at batch 1, torch above; block: by_batch, but each block of a batch-1 step one "
-                                  "persistent kernel, attention included (needs splitkv attention; auto attention "
-                                  "picks it) (on a GPU: bf16 or float16, fp8_mode none, "
+                                  "fused at batch 1, torch above (on a GPU: bf16 or float16, fp8_mode none, "
                                   "weight-only or int8-weight-only; a CPU runs the same arithmetic in torch); auto, "
                                   "on a GPU in bfloat16 with compile_region block: by_batch for a model of n_embd <= "
                                   "2048 with fp8_mode none, one_row with a weight-only fp8_mode, else torch.",
-                                  choices=("auto", "torch", "head", "fused", "by_batch", "one_row", "block"))
+                                  choices=("auto", "torch", "head", "fused", "by_batch", "one_row"))
     fp8_mode: str = setting("none", "FP8 linear layers (GPU, compute capability >= 8.9): weight-only (FP8 weights, "
                             "activations kept to bf16's precision), torch (FP8 activations too), "
                             "transformer-engine; auto: weight-only; int8-weight-only: int8 weights, the same bytes "

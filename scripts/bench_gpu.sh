@@ -13,8 +13,6 @@
 #            (bench.prefill_linear_sweep), then bench.profile_decode --prefill of each VARIANTS entry
 #   attention  bench.decode_attention_sweep: split-KV's launch configurations against the SDPA path, gpt2-large
 #            with a bf16 cache and gpt-large-40b with an FP8 one, batches 1, 4, 16
-#   block    bench.decode_block_sweep: the persistent decode block (decode_linears=block) against the kernels it
-#            replaces and over its launch grid, gpt2-large at batch 1, bf16 and FP8 weights (WEIGHTS)
 #   40b      gpt-large-40b, bf16 and FP8 weight-only (VARIANTS), batch 1 and 16 (BATCHES; empty: none)
 #            (--max-seq-len 1280); ACCURACY=1: FP8 against bf16 on weights with clear logit gaps
 #            (engine and 40b: CONSTANTS="module.NAME=value ..." sets engine constants for the run, e.g.
@@ -37,7 +35,7 @@ STAGES=()
 while [ $# -gt 0 ]; do
     case "$1" in --) OUT_DIR="$2"; shift 2 ;; *) STAGES+=("$1"); shift ;; esac
 done
-STAGE_NAMES="setup|tests|engine|profile|prefill|attention|block|40b|triton|stream|ready|triton-variant|triton2|scheduler"
+STAGE_NAMES="setup|tests|engine|profile|prefill|attention|40b|triton|stream|ready|triton-variant|triton2|scheduler"
 [ ${#STAGES[@]} -gt 0 ] || { echo "usage: scripts/bench_gpu.sh $STAGE_NAMES ... [-- OUT_DIR]" >&2; exit 2; }
 PY="${PYTHON:-python3}"
 mkdir -p "$OUT_DIR"
@@ -161,10 +159,6 @@ for stage in "${STAGES[@]}"; do
                 --batches 16 --steps 3 --max-seq-len 1280 --output "$OUT_DIR" \
                 | tee "$OUT_DIR/profile-prefill-$variant.txt"
         done
-        ;;
-    block)
-        PYTHONPATH="$PWD" "$PY" -m bench.decode_block_sweep --preset gpt2-large --weights "${WEIGHTS:-bf16,fp8}" \
-            --output "$OUT_DIR" 2>&1 | grep -v Warning | tee "$OUT_DIR/decode-block-sweep.txt"
         ;;
     attention)
         for preset_cache in "gpt2-large bf16" "gpt-large-40b fp8"; do

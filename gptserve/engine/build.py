@@ -37,8 +37,7 @@ class Resolved:
     compile_mode: str
     fp8_mode: str
     kv_cache_dtype: torch.dtype
-    decode_linears: str  # torch, head, fused, by_batch (fused at batch 1, head at 2-16), one_row (fused at batch 1),
-    # block (by_batch, each block of a batch-1 step one kernel: decode_block.py)
+    decode_linears: str  # torch, head, fused, by_batch (fused at batch 1, head at 2-16), one_row (fused at batch 1)
     attention_backend: str  # sdpa, flex or splitkv
 
 
@@ -80,11 +79,7 @@ def resolve(settings, device: str | None = None) -> Resolved:
                          f"(got {dtype}) and fp8_mode none, weight-only or int8-weight-only (got {fp8_mode})")
     attention_backend = settings.attention_backend
     if attention_backend == "auto":  # measured on the H200: docs/configuration.md
-        attention_backend = "splitkv" if decode_linears == "block" else auto_attention_backend(model_cfg, on_gpu,
-                                                                                                kv_dtype)
-    if decode_linears == "block" and attention_backend != "splitkv":
-        raise ValueError(f"decode_linears=block runs split-KV attention inside its kernel: it needs "
-                         f"attention_backend splitkv or auto (got {attention_backend})")
+        attention_backend = auto_attention_backend(model_cfg, on_gpu, kv_dtype)
     return Resolved(model_cfg, preset, dev, dtype, compile_mode, fp8_mode, kv_dtype, decode_linears,
                     attention_backend)
 

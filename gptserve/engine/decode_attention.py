@@ -18,7 +18,6 @@ computed with torch (reference() merged: what the kernel is tested against, and 
 from __future__ import annotations
 
 import functools
-import types
 
 import torch
 
@@ -54,18 +53,19 @@ def split_len(last: torch.Tensor, splits: int) -> torch.Tensor:
 
 
 @functools.cache
-def parts():
-    """The kernel's body as a Triton function of one (row, head, slice), shared with decode_block's kernel."""
+def _kernel():
     import triton
     import triton.language as tl
 
-    @triton.jit
-    def attend_slice(q_ptr, k_ptr, v_ptr, last_ptr, m_ptr, l_ptr, acc_ptr, out_ptr, arrived_ptr, scale, working,
-                     b, h, s, heads, splits, stride_qb, stride_qh, stride_kb, stride_kh, stride_ks,
-                     BLOCK: tl.constexpr, D: tl.constexpr, NO_SCORE: tl.constexpr, MERGE: tl.constexpr,
-                     SPLITS_POW2: tl.constexpr, STAGES: tl.constexpr):
+    @triton.jit(do_not_specialize=["working"])  # one compiled kernel whatever the count
+    def decode_attention_kernel(q_ptr, k_ptr, v_ptr, last_ptr, m_ptr, l_ptr, acc_ptr, out_ptr, arrived_ptr, scale,
+                                working, stride_qb, stride_qh, stride_kb, stride_kh, stride_ks,
+                                BLOCK: tl.constexpr, D: tl.constexpr, NO_SCORE: tl.constexpr,
+                                MERGE: tl.constexpr, SPLITS_POW2: tl.constexpr):
         # q: [B, H, D]; k, v: [slots, H, S, D], row b = slot b; last: [B] int64; m, l: [B, H, SPLITS] fp32;
         # acc: [B, H, SPLITS, D] fp32; with MERGE: out [B, H, D] in q's dtype, arrived [>= B*H] int32, all zero
+        b, h, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        heads, splits = tl.num_programs(1), tl.num_programs(2)
         last = tl.load(last_ptr + b)
         per_split = ((last + BLOCK) // BLOCK + working - 1) // working * BLOCK  # split_len(), read on the device
         length = tl.where(s < working, per_split, 0)  # slices past working_splits() write empty states
@@ -75,7 +75,7 @@ def parts():
         total = 0.0
         acc = tl.zeros((D,), tl.float32)
         cache = b * stride_kb + h * stride_kh
-        for offset in tl.range(0, length, BLOCK, num_stages=STAGES):  # pipelined loads, whatever the caller's
+        for offset in range(0, length, BLOCK):
             p = s * per_split + offset + tl.arange(0, BLOCK)
             visible = p <= last
             kv = cache + p[:, None] * stride_ks + d[None, :]
@@ -107,30 +107,6 @@ def parts():
                 out = tl.sum(accs * weight[:, None], axis=0) / tl.sum(totals * weight, axis=0)
                 tl.store(out_ptr + head * D + d, out.to(out_ptr.dtype.element_ty))
                 tl.store(arrived_ptr + head, 0)  # zero again for the next launch (and graph replay)
-
-    # module globals, tl too: Triton resolves the names in a called function's source (and its interpreter, in a
-    # kernel's) in the module's globals alone
-    globals().update(attend_slice=attend_slice, tl=tl)
-    return types.SimpleNamespace(attend_slice=attend_slice)
-
-
-@functools.cache
-def _kernel():
-    import triton
-    import triton.language as tl
-
-    parts()  # attend_slice: a module global
-
-    @triton.jit(do_not_specialize=["working"])  # one compiled kernel whatever the count
-    def decode_attention_kernel(q_ptr, k_ptr, v_ptr, last_ptr, m_ptr, l_ptr, acc_ptr, out_ptr, arrived_ptr, scale,
-                                working, stride_qb, stride_qh, stride_kb, stride_kh, stride_ks,
-                                BLOCK: tl.constexpr, D: tl.constexpr, NO_SCORE: tl.constexpr,
-                                MERGE: tl.constexpr, SPLITS_POW2: tl.constexpr, STAGES: tl.constexpr):
-        # program (b, h, s): row b's head h, slice s (attend_slice's shapes)
-        attend_slice(q_ptr, k_ptr, v_ptr, last_ptr, m_ptr, l_ptr, acc_ptr, out_ptr, arrived_ptr, scale, working,
-                     tl.program_id(0), tl.program_id(1), tl.program_id(2), tl.num_programs(1), tl.num_programs(2),
-                     stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, BLOCK, D, NO_SCORE, MERGE, SPLITS_POW2,
-                     STAGES)
 
     return decode_attention_kernel
 
@@ -182,7 +158,7 @@ def _run(q, k_cache, v_cache, last, config, merged: bool, **options):
         splits if programs is None else working_splits(rows, heads, splits, programs),
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         BLOCK=block, D=dim, NO_SCORE=NO_SCORE, MERGE=merged, SPLITS_POW2=1 << (splits - 1).bit_length(),
-        STAGES=stages, num_warps=warps, num_stages=stages, **options)
+        num_warps=warps, num_stages=stages, **options)
     return m, total, acc, out
 
 

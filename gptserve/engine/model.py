@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from .attention import causal_reference, get_attention
 from .config import ModelConfig
 from .decode_attention import decode_attention
-from .decode_block import block_tensors, decode_block
 from .kv_cache import KVCache
 from .rows_linear import MAX_ROWS, fused_linear
 
@@ -25,8 +24,7 @@ class CachedStep:
     [B, T]), what to read (rows, the first kv_len positions), the attention backend's mask (None when attention
     reads straight from the cache: from_cache, split-KV's decode steps), and whether each block's linear layers
     run as fused kernels (one-token forwards of at most MAX_ROWS rows: decode steps; decode_linears=fused, or
-    by_batch, one_row and block at batch 1), each as one kernel (one_kernel: decode_linears=block at batch 1, from
-    the cache).
+    by_batch and one_row at batch 1).
 
     Sizes a compiled region must not specialise on come from tensor shapes: kv_len is kv_len_marker's length, and
     rows None (a decode step: rows 0..B-1) takes B from the activations.
@@ -39,7 +37,6 @@ class CachedStep:
     mask: object
     fused: bool
     from_cache: bool = False
-    one_kernel: bool = False
 
     @property
     def kv_len(self):
@@ -137,12 +134,9 @@ class Block(nn.Module):
         add with it, where torch launches them apart; qkv writes the cache too in decode steps that attend from
         it."""
         B, T, C = x.shape
-        cache = self.attn.cache
-        if step.one_kernel:  # a batch-1 decode step over the cache: the whole block as one persistent kernel
-            return decode_block(x.view(1, C), *block_tensors(self), cache.k, cache.v, step.input_pos[:, 0]).view(
-                B, T, C)
         x = x.view(B * T, C)
         # a decode step over the cache (rows 0..B-1 in slots 0..B-1, one token each): the kernel writes k and v
+        cache = self.attn.cache
         to_cache = (cache.k, cache.v, step.input_pos[:, 0]) if step.from_cache else None
         qkv = fused_linear(x, self.attn.qkv, norm=self.ln_1, to_cache=to_cache)  # [BT, 3C]
         y = self.attn.attend(qkv.view(B, T, 3 * C), step, written=to_cache is not None).reshape(B * T, C)
@@ -166,8 +160,7 @@ class GPT(nn.Module):
     def setup_cache(self, slots: int, length: int, dtype, attention_backend: str, decode_linears: str = "torch"):
         """Static KV caches of `slots` sequences of `length` positions. decode_linears: in decode steps of at
         most MAX_ROWS rows, "fused" runs every linear layer as one fused kernel, "head" the final LayerNorm and LM
-        head alone, "torch" none, "by_batch" fused at batch 1 and head above, "one_row" fused at batch 1 alone, "block" by_batch with each
-        block of a batch-1 step one kernel (decode_block.py; split-KV attention)."""
+        head alone, "torch" none, "by_batch" fused at batch 1 and head above, "one_row" fused at batch 1 alone."""
         device = self.wte.weight.device
         attention = get_attention(attention_backend)
         self.decode_linears = decode_linears
@@ -198,14 +191,13 @@ class GPT(nn.Module):
         # decode_linears first: comparing B with MAX_ROWS would make the compiler guard on it (B <= 16), and the
         # first decode step over 24 rows would compile the whole step again (62 s on the H200)
         # (B == 1 adds no guard: a batch dimension the compiler keeps dynamic is at least 2)
-        one_row = self.decode_linears in ("by_batch", "one_row", "block") and T == 1 and B == 1
-        fuse = one_row or (self.decode_linears in ("head", "fused", "by_batch", "block") and T == 1
-                           and B <= MAX_ROWS)
+        one_row = self.decode_linears in ("by_batch", "one_row") and T == 1 and B == 1
+        fuse = one_row or (self.decode_linears in ("head", "fused", "by_batch") and T == 1 and B <= MAX_ROWS)
         fuse_blocks = one_row or (self.decode_linears == "fused" and fuse)
         from_cache = T == 1 and rows is None and attn.attention.decodes_from_cache
         step = CachedStep(input_pos, rows, attn.cache.slot_index(rows, B), self.kv_len_marker[:kv_len],
                           None if from_cache else attn.attention.prepare(input_pos, kv_len), fuse_blocks,
-                          from_cache, one_row and from_cache and self.decode_linears == "block")
+                          from_cache)
         if step.fused:
             x, pending = x + pending, None
         for block in self.blocks:

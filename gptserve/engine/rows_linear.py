@@ -16,7 +16,6 @@ tensors the kernel, on others the same arithmetic in torch (the CPU path, and th
 from __future__ import annotations
 
 import functools
-import types
 from typing import Optional
 
 import torch
@@ -60,58 +59,65 @@ def next_power_of_2(n: int) -> int:
 
 
 @functools.cache
-def parts():
-    """The kernel's pieces as Triton functions, shared with decode_block's kernel."""
+def _kernel():
     import triton
     import triton.language as tl
 
     @triton.jit
-    def row_stats(x_rows, row_ok, K, eps, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
-        # x_rows: [ROWS, 1] row pointers -> each row's mean and 1/std over K, two passes in fp32 (as torch's
-        # LayerNorm, not E[x^2])
-        total = tl.zeros((ROWS,), tl.float32)
+    def rows_linear_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, norm_w_ptr, norm_b_ptr, res_ptr, out_ptr,
+                           k_cache_ptr, v_cache_ptr, pos_ptr,
+                           M, N, K, stride_xm, stride_wn, stride_rm, stride_om, eps,
+                           stride_cache_slot, stride_cache_head,
+                           ROWS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                           HAS_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GELU: tl.constexpr,
+                           INT8_BITS: tl.constexpr, TO_CACHE: tl.constexpr,
+                           HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # x: [M, K]; w: [>=N, K] (K contiguous); scale, bias: [>=N]; norm_w, norm_b: [K]; res, out: [M, N];
+        # TO_CACHE (a qkv layer, N = 3C): k_cache, v_cache [slots, H, S, HEAD_DIM] (HEAD_DIM contiguous), pos [M]:
+        # row r's position, in slot r
+        rows = tl.arange(0, ROWS)  # ROWS: 1, or a tile of 16 for M in 2..16
+        row_ok = rows < M
+        cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = cols < N
+        x_rows = x_ptr + rows[:, None] * stride_xm
+        if HAS_NORM:  # each row's mean and 1/std over K, two passes in fp32 (as torch's LayerNorm, not E[x^2])
+            total = tl.zeros((ROWS,), tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                total += tl.sum(tl.load(x_rows + ks[None, :], mask=row_ok[:, None] & (ks[None, :] < K),
+                                        other=0.0).to(tl.float32), axis=1)
+            mean = total / K
+            squares = tl.zeros((ROWS,), tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                inside = row_ok[:, None] & (ks[None, :] < K)
+                xk = tl.load(x_rows + ks[None, :], mask=inside, other=0.0).to(tl.float32)
+                centred = tl.where(inside, xk - mean[:, None], 0.0)
+                squares += tl.sum(centred * centred, axis=1)
+            rstd = 1.0 / tl.sqrt(squares / K + eps)
+        acc = tl.zeros((ROWS, BLOCK_N), tl.float32)
         for k0 in range(0, K, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
-            total += tl.sum(tl.load(x_rows + ks[None, :], mask=row_ok[:, None] & (ks[None, :] < K),
-                                    other=0.0).to(tl.float32), axis=1)
-        mean = total / K
-        squares = tl.zeros((ROWS,), tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            inside = row_ok[:, None] & (ks[None, :] < K)
-            xk = tl.load(x_rows + ks[None, :], mask=inside, other=0.0).to(tl.float32)
-            centred = tl.where(inside, xk - mean[:, None], 0.0)
-            squares += tl.sum(centred * centred, axis=1)
-        return mean, 1.0 / tl.sqrt(squares / K + eps)
-
-    @triton.jit
-    def normalise(xk, ks, k_ok, mean, rstd, norm_w_ptr, norm_b_ptr):
-        # xk [ROWS, BLOCK_K] at columns ks -> the normalised rows rounded to xk's dtype, as LayerNorm's output
-        gamma = tl.load(norm_w_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
-        beta = tl.load(norm_b_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
-        xn = (xk.to(tl.float32) - mean[:, None]) * rstd[:, None] * gamma[None, :] + beta[None, :]
-        return xn.to(xk.dtype)
-
-    @triton.jit
-    def widen(w, INT8_BITS: tl.constexpr):
-        # weights (bf16, FP8 or int8) -> fp32. int8 widened through its bits (integer add, one subtract) rather
-        # than int8-to-float conversions at a quarter of the ALU's rate: 3% off the 40B's batch-1 step (run 73).
-        # 0x4B400000 is 1.5 * 2^23, whose float unit is 1, so its bits + w read as 1.5 * 2^23 + w
-        if INT8_BITS:
-            return (w.to(tl.int32) + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
-        return w.to(tl.float32)
-
-    @triton.jit
-    def row_products(w, xk, INT8_BITS: tl.constexpr):
-        # w [BLOCK_N, BLOCK_K], xk [1, BLOCK_K] -> [1, BLOCK_N] fp32 sums of one row's products
-        return tl.sum(widen(w, INT8_BITS) * xk.to(tl.float32), axis=1)[None, :]
-
-    @triton.jit
-    def finish(acc, rows, cols, row_ok, col_ok, scale_ptr, bias_ptr, res_ptr, out_ptr, k_cache_ptr, v_cache_ptr,
-               pos_ptr, N, stride_rm, stride_om, stride_cache_slot, stride_cache_head,
-               HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GELU: tl.constexpr,
-               TO_CACHE: tl.constexpr, HEAD_DIM: tl.constexpr):
-        # acc [ROWS, BLOCK_N] fp32 sums of rows at columns cols -> scaled, biased, GELU, residual added, stored
+            k_ok = ks < K
+            xk = tl.load(x_rows + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)  # [ROWS, BLOCK_K]
+            if HAS_NORM:  # normalised rows rounded to x's dtype, as LayerNorm's output would be
+                gamma = tl.load(norm_w_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
+                beta = tl.load(norm_b_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
+                xn = (xk.to(tl.float32) - mean[:, None]) * rstd[:, None] * gamma[None, :] + beta[None, :]
+                xk = xn.to(x_ptr.dtype.element_ty)
+            w = tl.load(w_ptr + cols[:, None] * stride_wn + ks[None, :], mask=col_ok[:, None] & k_ok[None, :],
+                        other=0.0)  # [BLOCK_N, BLOCK_K]
+            if ROWS == 1:
+                # int8 widened through its bits (integer add, one subtract) rather than int8-to-float conversions
+                # at a quarter of the ALU's rate: 3% off the 40B's batch-1 step (run 73). 0x4B400000 is 1.5 * 2^23,
+                # whose float unit is 1, so its bits + w read as 1.5 * 2^23 + w
+                if INT8_BITS:
+                    wf = (w.to(tl.int32) + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
+                else:
+                    wf = w.to(tl.float32)
+                acc += tl.sum(wf * xk.to(tl.float32), axis=1)[None, :]
+            else:
+                acc = tl.dot(xk, tl.trans(w.to(x_ptr.dtype.element_ty)), acc)
         if HAS_SCALE:
             acc *= tl.load(scale_ptr + cols, mask=col_ok, other=0.0)[None, :]
         if HAS_BIAS:
@@ -132,56 +138,6 @@ def parts():
                   + tl.load(pos_ptr + rows, mask=row_ok, other=0)[:, None] * HEAD_DIM + cols[None, :] % HEAD_DIM)
             tl.store(k_cache_ptr + at, y.to(k_cache_ptr.dtype.element_ty), mask=both & (part == 1)[None, :])
             tl.store(v_cache_ptr + at, y.to(v_cache_ptr.dtype.element_ty), mask=both & (part == 2)[None, :])
-
-    helpers = dict(row_stats=row_stats, normalise=normalise, widen=widen, row_products=row_products, finish=finish)
-    # module globals, tl too: Triton resolves the names in a called function's source (and its interpreter, in a
-    # kernel's) in the module's globals alone
-    globals().update(helpers, tl=tl)
-    return types.SimpleNamespace(**helpers)
-
-
-@functools.cache
-def _kernel():
-    import triton
-    import triton.language as tl
-
-    parts()  # row_stats, normalise, row_products, finish: module globals
-
-    @triton.jit
-    def rows_linear_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, norm_w_ptr, norm_b_ptr, res_ptr, out_ptr,
-                           k_cache_ptr, v_cache_ptr, pos_ptr,
-                           M, N, K, stride_xm, stride_wn, stride_rm, stride_om, eps,
-                           stride_cache_slot, stride_cache_head,
-                           ROWS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
-                           HAS_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GELU: tl.constexpr,
-                           INT8_BITS: tl.constexpr, TO_CACHE: tl.constexpr,
-                           HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        # x: [M, K]; w: [>=N, K] (K contiguous); scale, bias: [>=N]; norm_w, norm_b: [K]; res, out: [M, N];
-        # TO_CACHE (a qkv layer, N = 3C): k_cache, v_cache [slots, H, S, HEAD_DIM] (HEAD_DIM contiguous), pos [M]:
-        # row r's position, in slot r
-        rows = tl.arange(0, ROWS)  # ROWS: 1, or a tile of 16 for M in 2..16
-        row_ok = rows < M
-        cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        col_ok = cols < N
-        x_rows = x_ptr + rows[:, None] * stride_xm
-        if HAS_NORM:
-            mean, rstd = row_stats(x_rows, row_ok, K, eps, ROWS, BLOCK_K)
-        acc = tl.zeros((ROWS, BLOCK_N), tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            k_ok = ks < K
-            xk = tl.load(x_rows + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)  # [ROWS, BLOCK_K]
-            if HAS_NORM:
-                xk = normalise(xk, ks, k_ok, mean, rstd, norm_w_ptr, norm_b_ptr)
-            w = tl.load(w_ptr + cols[:, None] * stride_wn + ks[None, :], mask=col_ok[:, None] & k_ok[None, :],
-                        other=0.0)  # [BLOCK_N, BLOCK_K]
-            if ROWS == 1:
-                acc += row_products(w, xk, INT8_BITS)
-            else:
-                acc = tl.dot(xk, tl.trans(w.to(x_ptr.dtype.element_ty)), acc)
-        finish(acc, rows, cols, row_ok, col_ok, scale_ptr, bias_ptr, res_ptr, out_ptr, k_cache_ptr, v_cache_ptr,
-               pos_ptr, N, stride_rm, stride_om, stride_cache_slot, stride_cache_head,
-               HAS_SCALE, HAS_BIAS, HAS_RESIDUAL, GELU, TO_CACHE, HEAD_DIM)
 
     return rows_linear_kernel
 
@@ -276,16 +232,6 @@ def _(x, weight, scale, bias, norm_weight, norm_bias, out_features, eps, k_cache
     return x.new_empty((x.shape[0], out_features))
 
 
-def weight_and_scale(layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The weight the kernel reads and its per-row scale (None for bf16/fp16) of an nn.Linear or a weight-only
-    FP8 or int8 linear (gptserve.engine.fp8, .int8)."""
-    if getattr(layer, "weight_only", False):
-        return layer.quantized_weight()
-    if isinstance(layer, torch.nn.Linear):
-        return layer.weight, None
-    raise TypeError(f"fused linears take nn.Linear or a weight-only (FP8 or int8) linear, not {type(layer).__name__}")
-
-
 def fused_linear(x: torch.Tensor, layer: torch.nn.Module, norm: torch.nn.LayerNorm | None = None,
                  residual: torch.Tensor | None = None, gelu: bool = False,
                  to_cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -293,7 +239,13 @@ def fused_linear(x: torch.Tensor, layer: torch.nn.Module, norm: torch.nn.LayerNo
     nn.Linear or a weight-only FP8 or int8 linear (gptserve.engine.fp8, .int8); norm a LayerNorm with weight and
     bias; to_cache: (k_cache, v_cache, positions [M]) where a qkv layer writes its rows' k and v too (row r into
     slot r)."""
-    weight, scale = weight_and_scale(layer)
+    if getattr(layer, "weight_only", False):
+        weight, scale = layer.quantized_weight()
+    elif isinstance(layer, torch.nn.Linear):
+        weight, scale = layer.weight, None
+    else:
+        raise TypeError("fused_linear takes nn.Linear or a weight-only (FP8 or int8) linear, "
+                        f"not {type(layer).__name__}")
     if norm is not None and (norm.weight is None or norm.bias is None):
         raise ValueError("fused_linear's LayerNorm needs its weight and bias")
     if norm is not None and x.shape[-1] > NORM_MAX_K:

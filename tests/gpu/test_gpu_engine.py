@@ -31,8 +31,7 @@ def eager():
 PATHS = [dict(attention_backend="sdpa"), dict(decode_linears="torch"), dict(attention_backend="flex"),
          dict(attention_backend="splitkv"),
          dict(decode_linears="fused"), dict(attention_backend="splitkv", decode_linears="fused"),
-         dict(decode_linears="head"), dict(compile_region="step"), dict(compile_mode="max-autotune"),
-         dict(decode_linears="block")]
+         dict(decode_linears="head"), dict(compile_region="step"), dict(compile_mode="max-autotune")]
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: "-".join(p.values()))
@@ -357,21 +356,3 @@ def test_splitkv_on_cuda_graphs_decodes_like_sdpa(kv_cache_dtype):
     for a, b in zip(sdpa, splitkv):  # step 0 is prefill (sdpa in both); step 1, the first decode, has equal inputs
         torch.testing.assert_close(b.step_logits[1], a.step_logits[1], atol=5e-2, rtol=5e-2)
     assert da._ARRIVALS and not any(counters.any() for counters in da._ARRIVALS)
-
-
-@pytest.mark.parametrize("size", ["small", "large"])
-@pytest.mark.parametrize("weights", ["bf16", "fp8", "int8"])
-@pytest.mark.parametrize("phase_launches", [False, True])
-def test_decode_block_kernel_equals_the_ops_it_replaces(weights, size, phase_launches):
-    """The persistent block kernel, whole (grid barriers) and one launch a phase, against the five kernels it
-    replaces, at a tiny size (most of the 132 programs own no column) and gpt2-large's; no barrier wait timed out
-    and every counter is zero again."""
-    from gptserve.engine import decode_attention as da
-    from tests.unit.test_decode_block import check_against_the_ops
-
-    if weights == "int8" and torch.cuda.get_device_capability() < (9, 0):
-        pytest.skip("int8 weight-only needs Hopper")
-    for _ in range(2):  # twice: the first launch left its counters zero
-        check_against_the_ops(weights, "cuda", size, phase_launches=phase_launches)
-    torch.cuda.synchronize()
-    assert not any(counters.any() for counters in da._ARRIVALS)

@@ -106,8 +106,7 @@ def test_prefill_graph_lengths_double_up_to_the_chunk():
 
 
 OTHER_PATHS = [dict(attention_backend="flex"), dict(attention_backend="splitkv"), dict(decode_linears="fused"),
-               dict(attention_backend="splitkv", decode_linears="fused"), dict(decode_linears="head"),
-               dict(decode_linears="block")]
+               dict(attention_backend="splitkv", decode_linears="fused"), dict(decode_linears="head")]
 
 
 @pytest.mark.parametrize("path", OTHER_PATHS, ids=lambda p: "-".join(p.values()))
@@ -122,12 +121,11 @@ def test_other_decode_paths_match_sdpa(tiny_engine, path):
             assert (lx - ly).abs().max().item() < 1e-4
 
 
-@pytest.mark.parametrize("linears", ["by_batch", "one_row", "block"])
+@pytest.mark.parametrize("linears", ["by_batch", "one_row"])
 def test_decode_linears_fuse_batch_one_and_at_most_the_head_above(tiny_engine, monkeypatch, linears):
     """What decode_linears=auto is on a GPU: every linear fused in batch-1 steps, and in steps of 2-16 rows the
     LM head alone (by_batch: a narrow bf16 model) or nothing (one_row: a wide one with FP8 weights); the tokens
-    and logits of torch's linears either way. On a CPU auto is torch; either can be chosen by hand. block is
-    by_batch with each block of a batch-1 step one decode_block call."""
+    and logits of torch's linears either way. On a CPU auto is torch; either can be chosen by hand."""
     from gptserve.engine import model as model_module
 
     assert tiny_engine.resolved.decode_linears == "torch"  # auto, on a CPU
@@ -137,11 +135,9 @@ def test_decode_linears_fuse_batch_one_and_at_most_the_head_above(tiny_engine, m
     run_block = engine._run_block
     engine._run_block = lambda block, x, pending, step: (fused_blocks.append((x.shape[0], x.shape[1], step.fused)),
                                                          run_block(block, x, pending, step))[1]
-    fused_linear, decode_block, block_calls = model_module.fused_linear, model_module.decode_block, []
+    fused_linear = model_module.fused_linear
     monkeypatch.setattr(model_module, "fused_linear", lambda x, *a, **k: (fused_calls.append(x.shape[0]),
                                                                           fused_linear(x, *a, **k))[1])
-    monkeypatch.setattr(model_module, "decode_block", lambda x, *a: (block_calls.append(x.shape[0]),
-                                                                     decode_block(x, *a))[1])
     for n in (1, 3):
         batch = [greedy(range(1, 40 + i), n=6) for i in range(n)]
         fused_blocks.clear(), fused_calls.clear()
@@ -150,11 +146,7 @@ def test_decode_linears_fuse_batch_one_and_at_most_the_head_above(tiny_engine, m
         decode_rows = {rows for rows, tokens, _ in fused_blocks if tokens == 1}
         assert decode_rows == {1 if n == 1 else 4}  # batch 3 runs bucket 4
         assert all(fused == (rows == 1) for rows, tokens, fused in fused_blocks if tokens == 1)
-        head_fused = n == 1 or linears in ("by_batch", "block")
-        batch_one_blocks = sum(rows == 1 and tokens == 1 for rows, tokens, _ in fused_blocks)
-        assert (batch_one_blocks > 0) == (n == 1)
-        assert block_calls == ([1] * batch_one_blocks if linears == "block" else [])
-        block_calls.clear()
+        head_fused = n == 1 or linears == "by_batch"
         assert set(fused_calls) == (decode_rows if head_fused else set())  # the fused LM head of decode steps
         for x, y in zip(a, b):
             assert x.output_ids == y.output_ids
