@@ -3,13 +3,14 @@ layer, at one preset's heads and head size, each call replayed from a CUDA graph
 (bench/sweep.py).
 
     python -m bench.decode_attention_sweep [--preset gpt2-large] [--cache bf16|fp8] [--batches 1,4,16]
-                                           [--kv-len 1152] [--output DIR]
+                                           [--kv-len 1152] [--configs "13,64,2,3;20,64,2,3"] [--output DIR]
 
 Per batch (every row at position kv_len - 1, as in the engine benchmark's decode): the SDPA path (the rows' caches
 sliced to the KV-length bucket, widened when the cache is FP8, and scaled_dot_product_attention under the step's
 mask), the split-KV kernel as the engine launches it (its plan, the slices merged in the kernel), and every
 configuration of a grid (SPLITS, BLOCK, num_warps, num_stages, PROGRAMS: see decode_attention.launch), each checked
-against plain attention before it is timed. Needs a CUDA GPU and triton.
+against plain attention before it is timed; --configs times the listed ones instead of the grid (SPLITS, BLOCK,
+num_warps, num_stages and optionally PROGRAMS, default every slice working). Needs a CUDA GPU and triton.
 """
 from __future__ import annotations
 
@@ -43,6 +44,17 @@ def distinct(batch: int, heads: int, plan_splits: int) -> list:
     return configs
 
 
+def parse_configs(text: str) -> list:
+    """--configs "SPLITS,BLOCK,WARPS,STAGES[,PROGRAMS];..." -> launch configurations (PROGRAMS None when left out)."""
+    configs = []
+    for entry in text.split(";"):
+        values = [int(v) for v in entry.split(",")]
+        if len(values) not in (4, 5):
+            raise SystemExit(f"--configs entry {entry!r}: SPLITS,BLOCK,WARPS,STAGES[,PROGRAMS]")
+        configs.append(tuple(values) + (None,) * (5 - len(values)))
+    return configs
+
+
 def sdpa_path(args):
     """What Sdpa.attend runs per layer at decode: the caches sliced to the bucket (widened), the step's mask."""
     q, k, v, _, mask = args
@@ -62,6 +74,7 @@ def main():
     p.add_argument("--cache", default="bf16", choices=("bf16", "fp8"))
     p.add_argument("--batches", default="1,4,16")
     p.add_argument("--kv-len", type=int, default=1152, help="positions each row attends over (prompt 1024 + 128)")
+    p.add_argument("--configs", help="SPLITS,BLOCK,WARPS,STAGES[,PROGRAMS];... to time instead of the grid")
     p.add_argument("--output", default="artifacts/bench")
     args = p.parse_args()
     cfg = PRESETS[args.preset]
@@ -88,7 +101,7 @@ def main():
         if error >= 1e-2:
             raise SystemExit(f"split-KV at its plan is wrong at batch {batch}: relative error {error:.1e}")
         row["split_kv_plan_us"] = streamed_us(split_kv, case, streamed=(1, 2))
-        configs = distinct(batch, heads, plan_splits)
+        configs = parse_configs(args.configs) if args.configs else distinct(batch, heads, plan_splits)
         row["configs"] = timed_configs(split_kv, want, case, configs, streamed=(1, 2))
         row["best_config"] = best = fastest(row["configs"])
         report["results"].append(row)

@@ -27,6 +27,13 @@ def test_failing_and_wrong_configurations_are_recorded_not_timed():
     assert fastest([[1, 2, 30.0], [4, None, 10.0], [5, None, "wrong result"]]) == [4, None, 10.0]
 
 
+def test_split_kv_sweep_takes_listed_configurations():
+    assert decode_attention_sweep.parse_configs("13,64,2,3;20,64,2,3,1056") == [(13, 64, 2, 3, None),
+                                                                                (20, 64, 2, 3, 1056)]
+    with pytest.raises(SystemExit, match="SPLITS,BLOCK"):
+        decode_attention_sweep.parse_configs("13,64")
+
+
 def test_engine_bench_sets_existing_constants_and_refuses_unknown_ones(monkeypatch):
     monkeypatch.setattr(decode_attention, "WARPS", decode_attention.WARPS)
     monkeypatch.setattr(decode_attention, "WORKING_PROGRAMS", decode_attention.WORKING_PROGRAMS)
