@@ -8,9 +8,9 @@ layer, at one preset's heads and head size, each call replayed from a CUDA graph
 Per batch (every row at position kv_len - 1, as in the engine benchmark's decode): the SDPA path (the rows' caches
 sliced to the KV-length bucket, widened when the cache is FP8, and scaled_dot_product_attention under the step's
 mask), the split-KV kernel as the engine launches it (its plan, the slices merged in the kernel), and every
-configuration of a grid (SPLITS, BLOCK, num_warps, num_stages, PROGRAMS: see decode_attention.launch), each checked
-against plain attention before it is timed; --configs times the listed ones instead of the grid (SPLITS, BLOCK,
-num_warps, num_stages and optionally PROGRAMS, default every slice working). Needs a CUDA GPU and triton.
+configuration of a grid (SPLITS, BLOCK, num_warps, num_stages: see decode_attention.launch; SPLITS half, once and
+twice the plan's), each checked against plain attention before it is timed; --configs times the listed ones instead
+of the grid. Needs a CUDA GPU and triton.
 """
 from __future__ import annotations
 
@@ -27,31 +27,22 @@ from . import header
 from .sweep import fastest, relative_error, streamed_us, timed_configs, write_report
 
 BLOCKS, WARPS, STAGES = (32, 64, 128), (2, 4, 8), (1, 3)
-PROGRAMS = (None, 132, 264, 528, 1056)  # working_splits() targets; None: every slice works (the engine: 1056)
-SPLITS_FACTORS = (1, 4)  # times the plan's SPLITS: more slices for a batch of one
 
 
-def distinct(batch: int, heads: int, plan_splits: int) -> list:
-    """The grid's configurations, one per distinct launch: PROGRAMS targets that give the same working slices
-    (every slice, say) are the same launch."""
-    seen, configs = set(), []
-    for factor, block, warps, stages, programs in itertools.product(SPLITS_FACTORS, BLOCKS, WARPS, STAGES, PROGRAMS):
-        splits = plan_splits * factor
-        working = splits if programs is None else da.working_splits(batch, heads, splits, programs)
-        if (splits, working, block, warps, stages) not in seen:
-            seen.add((splits, working, block, warps, stages))
-            configs.append((splits, block, warps, stages, programs))
-    return configs
+def grid(plan_splits: int) -> list:
+    """The grid's configurations: SPLITS half, once and twice the plan's, each BLOCK, warps and stages."""
+    splits = sorted({max(1, plan_splits // 2), plan_splits, 2 * plan_splits})
+    return list(itertools.product(splits, BLOCKS, WARPS, STAGES))
 
 
 def parse_configs(text: str) -> list:
-    """--configs "SPLITS,BLOCK,WARPS,STAGES[,PROGRAMS];..." -> launch configurations (PROGRAMS None when left out)."""
+    """--configs "SPLITS,BLOCK,WARPS,STAGES;..." -> launch configurations."""
     configs = []
     for entry in text.split(";"):
-        values = [int(v) for v in entry.split(",")]
-        if len(values) not in (4, 5):
-            raise SystemExit(f"--configs entry {entry!r}: SPLITS,BLOCK,WARPS,STAGES[,PROGRAMS]")
-        configs.append(tuple(values) + (None,) * (5 - len(values)))
+        values = tuple(int(v) for v in entry.split(","))
+        if len(values) != 4:
+            raise SystemExit(f"--configs entry {entry!r}: SPLITS,BLOCK,WARPS,STAGES")
+        configs.append(values)
     return configs
 
 
@@ -74,17 +65,15 @@ def main():
     p.add_argument("--cache", default="bf16", choices=("bf16", "fp8"))
     p.add_argument("--batches", default="1,4,16")
     p.add_argument("--kv-len", type=int, default=1152, help="positions each row attends over (prompt 1024 + 128)")
-    p.add_argument("--configs", help="SPLITS,BLOCK,WARPS,STAGES[,PROGRAMS];... to time instead of the grid")
+    p.add_argument("--configs", help="SPLITS,BLOCK,WARPS,STAGES;... to time instead of the grid")
     p.add_argument("--output", default="artifacts/bench")
     args = p.parse_args()
     cfg = PRESETS[args.preset]
     heads, dim, capacity = cfg.n_head, cfg.head_dim, cfg.n_ctx
     cache_dtype = torch.float8_e4m3fn if args.cache == "fp8" else torch.bfloat16
     gen = torch.Generator(device="cuda").manual_seed(0)
-    plan_splits = da.plan(heads, capacity)
     report = {**header(), "preset": args.preset, "cache": args.cache, "kv_len": args.kv_len,
-              "heads": heads, "head_dim": dim, "cache_positions": capacity, "plan_splits": plan_splits,
-              "results": []}
+              "heads": heads, "head_dim": dim, "cache_positions": capacity, "results": []}
     for batch in (int(b) for b in args.batches.split(",")):
         shape = (batch, heads, capacity, dim)
         k, v = ((torch.randn(shape, device="cuda", generator=gen) * 0.5).to(cache_dtype) for _ in range(2))
@@ -95,19 +84,20 @@ def main():
         case = (q, k, v, last, mask)
         want = sdpa_path(case).float()
         cache_mb = 2 * batch * heads * args.kv_len * dim * k.element_size() / 1e6  # K and V the rows attend over
-        row = {"batch": batch, "cache_mb_read": cache_mb,
+        plan_splits = da.plan(batch, heads, capacity)
+        row = {"batch": batch, "plan_splits": plan_splits, "cache_mb_read": cache_mb,
                "sdpa_us": streamed_us(sdpa_path, case, streamed=(1, 2))}
         row["split_kv_plan_error"] = error = relative_error(split_kv(case), want)
         if error >= 1e-2:
             raise SystemExit(f"split-KV at its plan is wrong at batch {batch}: relative error {error:.1e}")
         row["split_kv_plan_us"] = streamed_us(split_kv, case, streamed=(1, 2))
-        configs = parse_configs(args.configs) if args.configs else distinct(batch, heads, plan_splits)
+        configs = parse_configs(args.configs) if args.configs else grid(plan_splits)
         row["configs"] = timed_configs(split_kv, want, case, configs, streamed=(1, 2))
         row["best_config"] = best = fastest(row["configs"])
         report["results"].append(row)
         print(f"batch {batch:2d}: {cache_mb:7.1f} MB of cache; SDPA path {row['sdpa_us']:7.1f} us "
-              f"[{cache_mb / row['sdpa_us']:.2f} TB/s], split-KV plan {row['split_kv_plan_us']:7.1f}, best {best} "
-              f"[{cache_mb / best[-1] if best else 0:.2f} TB/s]", flush=True)
+              f"[{cache_mb / row['sdpa_us']:.2f} TB/s], split-KV plan ({plan_splits} slices) "
+              f"{row['split_kv_plan_us']:7.1f}, best {best} [{cache_mb / best[-1] if best else 0:.2f} TB/s]", flush=True)
     write_report(report, args.output, f"decode-attention-sweep-{args.preset}-{args.cache}")
 
 

@@ -367,7 +367,7 @@ def main(argv=None):
                    help="prompts a decode step of the accuracy check takes (0: all; 1: each alone, the batch-1 paths)")
     p.add_argument("--constant", action="append", default=[], metavar="MODULE.NAME=VALUE",
                    help="set an engine module's constant before any engine is built (a Python literal), e.g. "
-                        "gptserve.engine.decode_attention.WORKING_PROGRAMS=528; repeatable, kept in the report")
+                        "gptserve.engine.decode_attention.PROGRAMS=528; repeatable, kept in the report")
     p.add_argument("--table", metavar="JSON", help="print the table of a saved report and exit (no GPU needed)")
     args = p.parse_args(argv)
     if args.table:

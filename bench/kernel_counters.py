@@ -35,7 +35,7 @@ def main():
         da.launch_merged(q, kc, vc, last)
     torch.cuda.synchronize()
     print("split-K plan", fp8_matmul.plan(n, k, torch.cuda.get_device_properties(0).multi_processor_count),
-          "fused plan", rl.plan(1, n, k), "split-KV splits", da.plan(cfg.n_head, cfg.n_ctx))
+          "fused plan", rl.plan(1, n, k), "split-KV splits", da.plan(16, cfg.n_head, cfg.n_ctx))
 
 
 if __name__ == "__main__":

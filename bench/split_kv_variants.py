@@ -5,7 +5,7 @@ from HBM (bench/sweep.py) and checked against decode_attention.reference() first
     python -m bench.split_kv_variants [--batches 16,1] [--output DIR]
 
 Designs, each over BLOCK (32, 64, 128) x warps (2, 4) x stages (1, 3) x a register cap per thread (none, 96, 72;
-Triton's maxnreg), at the plan's slices and WORKING_PROGRAMS:
+Triton's maxnreg), at the plan's slices:
   engine  the engine's kernel (gptserve.engine.decode_attention): scores and values as fp32 sums in registers
   mma     scores and values through f16 MMAs, the query padded to 16 rows (15 of zeros), K and V widened to f16
 Needs a CUDA GPU and triton.
@@ -33,16 +33,17 @@ def _mma_kernel():
     import triton
     import triton.language as tl
 
-    @triton.jit(do_not_specialize=["working"])
-    def split_kv_mma_kernel(q_ptr, k_ptr, v_ptr, last_ptr, m_ptr, l_ptr, acc_ptr, scale, working,
+    @triton.jit
+    def split_kv_mma_kernel(q_ptr, k_ptr, v_ptr, last_ptr, m_ptr, l_ptr, acc_ptr, scale,
                             stride_qb, stride_qh, stride_kb, stride_kh, stride_ks,
                             BLOCK: tl.constexpr, D: tl.constexpr, NO_SCORE: tl.constexpr):
         # the engine kernel's slices and states; the two products are MMAs of [16, D] (row 0 the query) x [D, BLOCK]
         # and [16, BLOCK] (row 0 the weights) x [BLOCK, D]
         b, h, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         last = tl.load(last_ptr + b)
-        per_split = ((last + BLOCK) // BLOCK + working - 1) // working * BLOCK
-        length = tl.where(s < working, per_split, 0)
+        splits = tl.num_programs(2)
+        per_split = ((last + BLOCK) // BLOCK + splits - 1) // splits * BLOCK
+        length = tl.minimum(per_split, last + 1 - s * per_split)
         d = tl.arange(0, D)
         query_row = tl.arange(0, 16)[:, None] == 0  # [16, 1]
         q = tl.load(q_ptr + b * stride_qb + h * stride_qh + d).to(tl.float32) * scale
@@ -77,15 +78,15 @@ def partials(case, design: str, block: int, warps: int, stages: int, register_ca
     """The partial states of one design and launch configuration, at the engine's plan of slices."""
     q, k, v, last = case
     rows, heads, dim = q.shape
-    splits = da.plan(heads, k.shape[2])
+    splits = da.plan(rows, heads, k.shape[2])
     cap = {} if register_cap is None else {"maxnreg": register_cap}
     if design == "engine":
-        return da.launch(q, k, v, last, (splits, block, warps, stages, da.WORKING_PROGRAMS), **cap)
+        return da.launch(q, k, v, last, (splits, block, warps, stages), **cap)
     m = torch.empty((rows, heads, splits), dtype=torch.float32, device=q.device)
     total = torch.empty_like(m)
     acc = torch.empty((rows, heads, splits, dim), dtype=torch.float32, device=q.device)
     _mma_kernel()[(rows, heads, splits)](
-        q, k, v, last, m, total, acc, dim ** -0.5, da.working_splits(rows, heads, splits, da.WORKING_PROGRAMS),
+        q, k, v, last, m, total, acc, dim ** -0.5,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
         BLOCK=block, D=dim, NO_SCORE=da.NO_SCORE, num_warps=warps, num_stages=stages, **cap)
     return m, total, acc

@@ -16,7 +16,7 @@
 #   40b      gpt-large-40b, bf16 and FP8 weight-only (VARIANTS), batch 1 and 16 (BATCHES; empty: none)
 #            (--max-seq-len 1280); ACCURACY=1: FP8 against bf16 on weights with clear logit gaps
 #            (engine and 40b: CONSTANTS="module.NAME=value ..." sets engine constants for the run, e.g.
-#            CONSTANTS=gptserve.engine.decode_attention.WORKING_PROGRAMS=528)
+#            CONSTANTS=gptserve.engine.decode_attention.PROGRAMS=528)
 #   triton   tritonserver with both models: READY time cold (empty compile cache) and warm (same cache, restart),
 #            then tools/compare_models.py over the runbook envelope (Poisson, prompts 128-512, 256 new tokens)
 #            and py-spy of the stream stub at 16 QPS (every thread, and with --gil the lock holder alone)

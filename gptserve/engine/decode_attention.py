@@ -8,9 +8,9 @@ every length); a program reads its slice in the cache's own dtype, widens it in 
 softmax state (running max, sum, weighted values). The last program of each (row, head) to finish, counted by an
 atomic counter, merges the slices' states (as merge() does) and writes the attention output: merged after the
 kernel, the compiled step made three small kernels a layer of it, and the step was slower by 7% (gpt2-large, batch
-1) and 1.4% (the 40B's FP8 cache, batch 16; runs 53 and 54, docs/benchmarks.md). A batch of many rows reads each
-row in fewer, longer slices (only as many work as keep about WORKING_PROGRAMS programs busy; the rest write empty
-states), with the same shapes.
+1) and 1.4% (the 40B's FP8 cache, batch 16; runs 53 and 54, docs/benchmarks.md). plan() sets SPLITS at each launch
+from the rows, heads and cache capacity: a batch of many rows reads each row in fewer, longer slices. The partial
+states live inside the op, so the compiled step's shapes do not depend on it.
 
 Registered as the custom op gptserve::decode_attention: on CUDA tensors the Triton kernel, on others the same
 computed with torch (reference() merged: what the kernel is tested against, and the CPU path).
@@ -22,27 +22,22 @@ import functools
 import torch
 
 BLOCK = 64  # cache positions per inner step of a program
-TARGET_PROGRAMS = 256  # rows * heads * splits at batch 1: about two waves of an H100/H200's 132 SMs
-# working_splits()'s target: past batch 1 the rows read their caches in fewer, longer slices, about 8 waves of 132
-# SMs in all (bench.decode_attention_sweep on the H200, 2026-12-01: gpt2-large's bf16 cache 6-12% faster at
-# batches 8-64, the 40B's FP8 cache 2 slices a row at batch 16, its decode step 16.42 against 16.78 ms; 5% slower
-# at its batch 8)
-WORKING_PROGRAMS = 1056
+# plan()'s targets, in programs (rows * heads * SPLITS) a launch. At batch 1, about three waves of an H100/H200's
+# 132 SMs (run 89, bench.decode_attention_sweep on the H200: gpt2-large's 20 heads in 20 slices 6.1 us a layer
+# against 7.4 in 13, the 40B's 64 in 7 slices 13.3 against 16.1 in 4). Past batch 1 the rows read their caches in
+# fewer, longer slices, about 8 waves in all (2026-12-01: gpt2-large's bf16 cache 6-12% faster at batches 8-64,
+# the 40B's FP8 cache 2 slices a row at batch 16, its decode step 16.42 against 16.78 ms; 5% slower at its batch 8)
+ONE_ROW_PROGRAMS = 400
+PROGRAMS = 1056
 WARPS, STAGES = 2, 3  # 40B, FP8 cache: 1.06x / 1.29x / 1.48x faster than 4 warps at batch 1 / 4 / 16 (run 29)
 NO_SCORE = -1e30  # the running max of a slice no visible position reached: exp() of it against any real max is 0
 
 
-def plan(heads: int, cache_len: int) -> int:
-    """SPLITS, the slices of every (row, head): from the head count and the cache's capacity only, so every batch
-    size and position of the compiled step shares the partial states' shape (no shape-dependent recompiles)."""
-    return max(1, min(-(-cache_len // BLOCK), -(-TARGET_PROGRAMS // heads)))
-
-
-def working_splits(rows: int, heads: int, splits: int, programs: int) -> int:
-    """Of the SPLITS slices of every (row, head), how many read positions: enough for `programs` programs in all,
-    at least one; the rest write empty states, which merge() weighs 0. So a batch of many rows can read each row
-    in fewer, longer slices without changing any shape."""
-    return min(splits, max(1, -(-programs // (rows * heads))))
+def plan(rows: int, heads: int, cache_len: int) -> int:
+    """SPLITS, the slices of every (row, head) of a launch: about ONE_ROW_PROGRAMS programs at batch 1, PROGRAMS
+    above it, never more slices than batch 1's nor than the cache has blocks, at least one."""
+    most = min(-(-cache_len // BLOCK), -(-ONE_ROW_PROGRAMS // heads))
+    return max(1, min(most, -(-PROGRAMS // (rows * heads))))
 
 
 def split_len(last: torch.Tensor, splits: int) -> torch.Tensor:
@@ -57,9 +52,9 @@ def _kernel():
     import triton
     import triton.language as tl
 
-    @triton.jit(do_not_specialize=["working"])  # one compiled kernel whatever the count
+    @triton.jit
     def decode_attention_kernel(q_ptr, k_ptr, v_ptr, last_ptr, m_ptr, l_ptr, acc_ptr, out_ptr, arrived_ptr, scale,
-                                working, stride_qb, stride_qh, stride_kb, stride_kh, stride_ks,
+                                stride_qb, stride_qh, stride_kb, stride_kh, stride_ks,
                                 BLOCK: tl.constexpr, D: tl.constexpr, NO_SCORE: tl.constexpr,
                                 MERGE: tl.constexpr, SPLITS_POW2: tl.constexpr):
         # q: [B, H, D]; k, v: [slots, H, S, D], row b = slot b; last: [B] int64; m, l: [B, H, SPLITS] fp32;
@@ -67,8 +62,9 @@ def _kernel():
         b, h, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         heads, splits = tl.num_programs(1), tl.num_programs(2)
         last = tl.load(last_ptr + b)
-        per_split = ((last + BLOCK) // BLOCK + working - 1) // working * BLOCK  # split_len(), read on the device
-        length = tl.where(s < working, per_split, 0)  # slices past working_splits() write empty states
+        per_split = ((last + BLOCK) // BLOCK + splits - 1) // splits * BLOCK  # split_len(), read on the device
+        # positions up to the row's last: none where a short row's slices end before this one (an empty state)
+        length = tl.minimum(per_split, last + 1 - s * per_split)
         d = tl.arange(0, D)
         q = tl.load(q_ptr + b * stride_qb + h * stride_qh + d).to(tl.float32) * scale
         m = -1.0e30  # NO_SCORE; plain floats as loop-carried scalars, as flash-decoding kernels keep them
@@ -126,18 +122,16 @@ def arrivals(device: torch.device, pairs: int) -> torch.Tensor:
     return counters
 
 
-def launch(q, k_cache, v_cache, last, config: tuple[int, int, int, int, int | None] | None = None, **options):
+def launch(q, k_cache, v_cache, last, config: tuple[int, int, int, int] | None = None, **options):
     """The kernel on any tensors Triton takes (CUDA, or CPU under TRITON_INTERPRET=1), without its merge: the
     partial states, which the tests compare with reference() slice by slice. options: more of Triton's launch
-    options (bench.split_kv_variants passes maxnreg). config:
-    (SPLITS, BLOCK, num_warps, num_stages, PROGRAMS) in place of the plan's (plan(), BLOCK, WARPS, STAGES,
-    WORKING_PROGRAMS), PROGRAMS the working_splits() target (None: every slice works).
-    bench.decode_attention_sweep tries several; any of them merges to the same attention, while reference()
-    reproduces the plan's states only."""
+    options (bench.split_kv_variants passes maxnreg). config: (SPLITS, BLOCK, num_warps, num_stages) in place of
+    (plan(), BLOCK, WARPS, STAGES); bench.decode_attention_sweep tries several. Any of them merges to the same
+    attention; reference() reproduces the states of a SPLITS at BLOCK."""
     return _run(q, k_cache, v_cache, last, config, merged=False, **options)[:3]
 
 
-def launch_merged(q, k_cache, v_cache, last, config: tuple[int, int, int, int, int | None] | None = None):
+def launch_merged(q, k_cache, v_cache, last, config: tuple[int, int, int, int] | None = None):
     """launch() with the slices merged in the kernel, as the engine runs it: the attention output [B, H, D] in q's
     dtype."""
     return _run(q, k_cache, v_cache, last, config, merged=True)[3]
@@ -145,8 +139,7 @@ def launch_merged(q, k_cache, v_cache, last, config: tuple[int, int, int, int, i
 
 def _run(q, k_cache, v_cache, last, config, merged: bool, **options):
     rows, heads, dim = q.shape
-    splits, block, warps, stages, programs = config or (plan(heads, k_cache.shape[2]), BLOCK, WARPS, STAGES,
-                                                        WORKING_PROGRAMS)
+    splits, block, warps, stages = config or (plan(rows, heads, k_cache.shape[2]), BLOCK, WARPS, STAGES)
     m = torch.empty((rows, heads, splits), dtype=torch.float32, device=q.device)
     total = torch.empty_like(m)
     acc = torch.empty((rows, heads, splits, dim), dtype=torch.float32, device=q.device)
@@ -154,26 +147,23 @@ def _run(q, k_cache, v_cache, last, config, merged: bool, **options):
     assert k_cache.stride() == v_cache.stride() and k_cache.stride(3) == 1 and q.stride(2) == 1
     _kernel()[(rows, heads, splits)](
         q, k_cache, v_cache, last, m, total, acc, out if merged else m,
-        arrivals(q.device, rows * heads) if merged else m, dim ** -0.5,
-        splits if programs is None else working_splits(rows, heads, splits, programs),
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        arrivals(q.device, rows * heads) if merged else m, dim ** -0.5, q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         BLOCK=block, D=dim, NO_SCORE=NO_SCORE, MERGE=merged, SPLITS_POW2=1 << (splits - 1).bit_length(),
         num_warps=warps, num_stages=stages, **options)
     return m, total, acc, out
 
 
-def reference(q, k_cache, v_cache, last, programs: int | None = WORKING_PROGRAMS):
+def reference(q, k_cache, v_cache, last, splits: int | None = None):
     """The kernel's partial states computed with torch: [B, H, SPLITS] max and sum, [B, H, SPLITS, D] values
-    (at the plan, PROGRAMS as given; None: every slice works)."""
+    (SPLITS as given, default the plan's)."""
     rows, heads, dim = q.shape
     cache_len = k_cache.shape[2]
-    splits = plan(heads, cache_len)
-    working = splits if programs is None else working_splits(rows, heads, splits, programs)
-    per_split = split_len(last, working)  # [B]
+    splits = splits or plan(rows, heads, cache_len)
+    per_split = split_len(last, splits)  # [B]
     j = torch.arange(int(per_split.max()), device=q.device)
     s = torch.arange(splits, device=q.device)[None, :, None]
     p = s * per_split[:, None, None] + j  # [B, SPLITS, P]
-    visible = (j < per_split[:, None, None]) & (p <= last[:, None, None]) & (s < working)
+    visible = (j < per_split[:, None, None]) & (p <= last[:, None, None])
     b = torch.arange(rows, device=q.device)[:, None, None]
     p = p.clamp(max=cache_len - 1)
     k = k_cache[b, :, p].float().permute(0, 3, 1, 2, 4)  # [B, SPLITS, P, H, D] -> [B, H, SPLITS, P, D]

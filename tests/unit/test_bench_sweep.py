@@ -28,18 +28,19 @@ def test_failing_and_wrong_configurations_are_recorded_not_timed():
 
 
 def test_split_kv_sweep_takes_listed_configurations():
-    assert decode_attention_sweep.parse_configs("13,64,2,3;20,64,2,3,1056") == [(13, 64, 2, 3, None),
-                                                                                (20, 64, 2, 3, 1056)]
-    with pytest.raises(SystemExit, match="SPLITS,BLOCK"):
-        decode_attention_sweep.parse_configs("13,64")
+    assert decode_attention_sweep.parse_configs("13,64,2,3;20,64,2,3") == [(13, 64, 2, 3), (20, 64, 2, 3)]
+    for wrong in ("13,64", "20,64,2,3,1056"):
+        with pytest.raises(SystemExit, match="SPLITS,BLOCK"):
+            decode_attention_sweep.parse_configs(wrong)
+    assert decode_attention_sweep.grid(1)[0] == (1, 32, 2, 1) and {c[0] for c in decode_attention_sweep.grid(7)} \
+        == {3, 7, 14}
 
 
 def test_engine_bench_sets_existing_constants_and_refuses_unknown_ones(monkeypatch):
     monkeypatch.setattr(decode_attention, "WARPS", decode_attention.WARPS)
-    monkeypatch.setattr(decode_attention, "WORKING_PROGRAMS", decode_attention.WORKING_PROGRAMS)
-    set_constants(["gptserve.engine.decode_attention.WARPS=4",
-                   "gptserve.engine.decode_attention.WORKING_PROGRAMS=528"])
-    assert decode_attention.WARPS == 4 and decode_attention.WORKING_PROGRAMS == 528
+    monkeypatch.setattr(decode_attention, "PROGRAMS", decode_attention.PROGRAMS)
+    set_constants(["gptserve.engine.decode_attention.WARPS=4", "gptserve.engine.decode_attention.PROGRAMS=528"])
+    assert decode_attention.WARPS == 4 and decode_attention.PROGRAMS == 528
     with pytest.raises(SystemExit, match="has no WARP"):
         set_constants(["gptserve.engine.decode_attention.WARP=4"])
 

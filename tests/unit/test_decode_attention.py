@@ -31,24 +31,30 @@ def plain(q, k, v):
 @pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16])
 def test_merged_partial_states_equal_plain_attention(cache_dtype):
     q, k, v = case(cache_dtype)
-    assert da.plan(4, 300) > 1  # several slices, so the merge is exercised
+    assert da.plan(len(LAST), 4, 300) > 1  # several slices, so the merge is exercised
     torch.testing.assert_close(da.merge(*da.reference(q, k, v, LAST)), plain(q, k, v), atol=1e-4, rtol=1e-4)
 
 
-def test_fewer_working_slices_merge_to_the_same_attention():
+def test_any_slice_count_merges_to_the_same_attention():
     q, k, v = case(torch.float32)
-    splits = da.plan(4, 300)
-    assert [da.working_splits(5, 4, splits, p) for p in (1, 20, 21, 40, 10**6)] == [1, 1, 2, 2, splits]
-    for programs in (20, 40):
-        m, total, acc = da.reference(q, k, v, LAST, programs)
-        working = da.working_splits(5, 4, splits, programs)
-        assert (total[:, :, working:] == 0).all() and (m[:, :, working:] == da.NO_SCORE).all()  # empty states
+    for splits in (1, 2, 5, 7):
+        m, total, acc = da.reference(q, k, v, LAST, splits)
+        assert m.shape == (len(LAST), 4, splits)
+        # row 0 sees position 0 alone: its first slice holds it, the others are empty states
+        assert (total[0, :, 1:] == 0).all() and (m[0, :, 1:] == da.NO_SCORE).all() and (total[0, :, 0] > 0).all()
         torch.testing.assert_close(da.merge(m, total, acc), plain(q, k, v), atol=1e-4, rtol=1e-4)
 
 
-def test_plan_spreads_a_batch_of_one_over_the_gpu_and_each_rows_slices_cover_its_positions():
-    splits = da.plan(20, 2049)  # gpt2-large: 20 heads, 2048 positions and the spare
-    assert 20 * splits >= 132 and da.plan(64, 100) == 2  # never more slices than blocks
+def test_plan_spreads_a_batch_of_one_over_the_gpu_and_a_batch_in_fewer_slices():
+    # gpt2-large (20 heads) and the 40B (64), 2048 positions and the spare: about ONE_ROW_PROGRAMS at batch 1,
+    # about PROGRAMS above it, never more than batch 1's slices
+    assert [da.plan(rows, 20, 2049) for rows in (1, 2, 4, 8, 16, 64)] == [20, 20, 14, 7, 4, 1]
+    assert [da.plan(rows, 64, 2049) for rows in (1, 2, 4, 8, 16, 64)] == [7, 7, 5, 3, 2, 1]
+    assert da.plan(1, 64, 100) == 2  # never more slices than the cache has blocks
+
+
+def test_each_rows_slices_cover_its_positions():
+    splits = da.plan(1, 20, 2049)
     last = torch.tensor([0, 63, 64, 255, 1279, 2047])
     per_split = da.split_len(last, splits)
     assert (per_split % da.BLOCK == 0).all()
@@ -64,22 +70,22 @@ def test_the_op_on_the_cpu_is_plain_attention():
 
 
 def check_kernel(cache_dtype: str, device: str = "cpu"):
-    """The kernel's partial states against the torch ones at the plan, with fewer working slices too, the merged
+    """The kernel's partial states against the torch ones at the plan and at fewer slices, the merged
     attention of another launch configuration, and the kernel's own merge (run_interpreted calls this under the
     interpreter; tests/gpu calls it with device cuda)."""
     q, k, v = (t.to(device) for t in case(getattr(torch, cache_dtype)))
     q, last = q.to(torch.bfloat16), LAST.to(device)
-    splits = da.plan(4, 300)
-    for programs in (None, 40, 20):  # 5 rows x 4 heads: 2 working slices, then 1
-        config = (splits, da.BLOCK, da.WARPS, da.STAGES, programs)
-        for got, want in zip(da.launch(q, k, v, last, config), da.reference(q, k, v, last, programs)):
+    splits = da.plan(len(LAST), 4, 300)
+    for n in (splits, 2, 1):
+        config = (n, da.BLOCK, da.WARPS, da.STAGES)
+        for got, want in zip(da.launch(q, k, v, last, config), da.reference(q, k, v, last, n)):
             torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
-    merged = da.merge(*da.launch(q, k, v, last, (splits + 2, 32, 2, 2, 60)))
+    merged = da.merge(*da.launch(q, k, v, last, (splits + 2, 32, 2, 2)))
     torch.testing.assert_close(merged, da.merge(*da.reference(q, k, v, last)), atol=1e-3, rtol=1e-3)
-    for programs in (None, 20, None):  # merged in the kernel (twice the same: the counters were left zero)
-        got = da.launch_merged(q, k, v, last, (splits, da.BLOCK, da.WARPS, da.STAGES, programs))
+    for n in (splits, 2, splits):  # merged in the kernel (twice the same: the counters were left zero)
+        got = da.launch_merged(q, k, v, last, (n, da.BLOCK, da.WARPS, da.STAGES))
         assert got.dtype == q.dtype and not da.arrivals(q.device, 20).any()
-        torch.testing.assert_close(got.float(), da.merge(*da.reference(q, k, v, last, programs)), atol=1e-2,
+        torch.testing.assert_close(got.float(), da.merge(*da.reference(q, k, v, last, n)), atol=1e-2,
                                    rtol=1e-2)  # bf16 output
 
 
