@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Run 90 as it ran. Its "old" engine runs ran the new code (see run91.sh); its graph dump wrote no file
+# (torch.cuda.CUDAGraph.debug_dump after the capture), so run91_graph_copies.py profiles replays instead.
 # Run 90 (H200): split-KV's slices set at each launch (plan(rows, heads, cache)), every slice working, against the
 # code before it (HEAD's gptserve copied to artifacts/old-head) in the same run; the copies in a graph of the step;
 # the GPU tests.
