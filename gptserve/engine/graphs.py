@@ -43,7 +43,7 @@ def padded_lengths(longest_chunk: int, context: int) -> list[int]:
 @dataclass
 class _Graph:
     graph: torch.cuda.CUDAGraph
-    inputs: torch.Tensor  # int64 on the device, read by every replay
+    inputs: tuple[torch.Tensor, ...]  # int64 on the device, read by every replay
     logits: torch.Tensor  # written by every replay
 
 
@@ -86,9 +86,13 @@ class DecodeGraphs:
         """The graphs of a step over slots 0..rows-1, one per KV length (ascending), or one reading the longest
         when the step does not depend on it. Capture runs the step: it writes at position 0 of those slots, which
         a prefill overwrites before any request reads it."""
-        inputs = torch.zeros(2, rows, 1, dtype=torch.int64, device=self._device)  # tokens, positions: every replay
+        # tokens and positions, read by every replay, each in its own allocation: as views of one [2, 1, 1]
+        # tensor, batch 1's positions began 8 bytes in, and the compiled block (compiled by warm-up on aligned
+        # inputs) copied that misaligned input to an aligned one at every call, a copy a layer in every step
+        # (inductor's copy_misaligned_inputs; memcpy32_post, 36 a gpt2-large step, runs 80-95, docs/benchmarks.md)
+        inputs = tuple(torch.zeros(rows, 1, dtype=torch.int64, device=self._device) for _ in range(2))
         for kv_len in kv_lengths if self.per_kv_length else kv_lengths[-1:]:
-            graph, logits = capture(lambda: self._decode(inputs[0], inputs[1], kv_len), self._device, self._pool)
+            graph, logits = capture(lambda: self._decode(*inputs, kv_len), self._device, self._pool)
             self._graphs[self._key(rows, kv_len)] = _Graph(graph, inputs, logits)
 
     def _key(self, rows: int, kv_len: int) -> tuple[int, int | None]:
@@ -107,8 +111,8 @@ class DecodeGraphs:
                             tokens.shape[0], kv_len)
                 self._missed = True
             return None
-        entry.inputs[0].copy_(tokens)
-        entry.inputs[1].copy_(positions)
+        for static, new in zip(entry.inputs, (tokens, positions)):
+            static.copy_(new)
         entry.graph.replay()
         return entry.logits
 
@@ -144,7 +148,7 @@ class PrefillGraphs:
                            inputs[2 * length: 2 * length + 1], inputs[2 * length + 1:], kv_len)
 
         graph, logits = capture(run, device, pool)
-        return _Graph(graph, inputs, logits)
+        return _Graph(graph, (inputs,), logits)
 
     def prefill(self, prompt, slot: int, start: int) -> torch.Tensor | None:
         """Logits [1, V] of the prompt's last token after writing its KV at positions start.. of `slot`, one replay
@@ -167,6 +171,6 @@ class PrefillGraphs:
         host[: len(chunk)] = torch.tensor(chunk)
         host[length: 2 * length] = torch.arange(start, start + length)
         host[2 * length:] = torch.tensor([slot, len(chunk) - 1])
-        entry.inputs.copy_(host.pin_memory(), non_blocking=True)  # queued behind the work already launched
+        entry.inputs[0].copy_(host.pin_memory(), non_blocking=True)  # queued behind the work already launched
         entry.graph.replay()
         return entry.logits

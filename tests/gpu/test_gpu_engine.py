@@ -76,6 +76,15 @@ def test_decode_graphs_replay_the_compiled_step_exactly(caplog, backend):
         with torch.no_grad():  # the same step again without its graph: it rewrites the same keys and values
             direct = engine._decode_step(tokens, positions, engine.model.kv_len_marker[:kv_len])
         assert torch.equal(replayed, direct)
+    # no copies inside a replay: the compiled blocks copy an input only where it is misaligned (inductor's
+    # copy_misaligned_inputs), which batch 1's positions were as a view 8 bytes into one tensor with the tokens
+    for rows in (1, 2):
+        graph = engine._decode_graphs._graphs[engine._decode_graphs._key(rows, kv_len)].graph
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            graph.replay()
+            torch.cuda.synchronize()
+        names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        assert names and not [n for n in names if "memcpy" in n.lower()], names
     three = torch.zeros(3, 1, dtype=torch.int64, device="cuda")  # 3 rows: no bucket, so no graph
     with caplog.at_level("WARNING", logger="gptserve"):
         for _ in range(2):
