@@ -97,7 +97,8 @@ def main():
         report["results"].append(row)
         print(f"batch {batch:2d}: {cache_mb:7.1f} MB of cache; SDPA path {row['sdpa_us']:7.1f} us "
               f"[{cache_mb / row['sdpa_us']:.2f} TB/s], split-KV plan ({plan_splits} slices) "
-              f"{row['split_kv_plan_us']:7.1f}, best {best} [{cache_mb / best[-1] if best else 0:.2f} TB/s]", flush=True)
+              f"{row['split_kv_plan_us']:7.1f}, best {best} [{cache_mb / best[-1] if best else 0:.2f} TB/s]",
+              flush=True)
     write_report(report, args.output, f"decode-attention-sweep-{args.preset}-{args.cache}")
 
 

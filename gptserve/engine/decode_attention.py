@@ -2,11 +2,11 @@
 
 At decode, SDPA gets q [B, H, 1, D] against the rows' caches sliced to kv_len: B*H programs (20 for gpt2-large at
 batch 1, on a GPU of 132 SMs), and an FP8 cache is first converted whole to bf16. Here every (row, head) is split
-into SPLITS slices of that row's positions 0..last (a fixed count; the kernel sizes the slices from the row's last
-position, read on the device, so nothing in a launch depends on the positions: one CUDA graph of the step serves
-every length); a program reads its slice in the cache's own dtype, widens it in registers and writes a partial
-softmax state (running max, sum, weighted values). The last program of each (row, head) to finish, counted by an
-atomic counter, merges the slices' states (as merge() does) and writes the attention output: merged after the
+into SPLITS slices of that row's positions 0..last (a count set per launch; the kernel sizes the slices from the
+row's last position, read on the device, so nothing in a launch depends on the positions: one CUDA graph of the
+step serves every length); a program reads its slice in the cache's own dtype, widens it in registers and writes a
+partial softmax state (running max, sum, weighted values). The last program of each (row, head) to finish, counted
+by an atomic counter, merges the slices' states (as merge() does) and writes the attention output: merged after the
 kernel, the compiled step made three small kernels a layer of it, and the step was slower by 7% (gpt2-large, batch
 1) and 1.4% (the 40B's FP8 cache, batch 16; runs 53 and 54, docs/benchmarks.md). plan() sets SPLITS at each launch
 from the rows, heads and cache capacity: a batch of many rows reads each row in fewer, longer slices. The partial
@@ -147,7 +147,8 @@ def _run(q, k_cache, v_cache, last, config, merged: bool, **options):
     assert k_cache.stride() == v_cache.stride() and k_cache.stride(3) == 1 and q.stride(2) == 1
     _kernel()[(rows, heads, splits)](
         q, k_cache, v_cache, last, m, total, acc, out if merged else m,
-        arrivals(q.device, rows * heads) if merged else m, dim ** -0.5, q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        arrivals(q.device, rows * heads) if merged else m, dim ** -0.5,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         BLOCK=block, D=dim, NO_SCORE=NO_SCORE, MERGE=merged, SPLITS_POW2=1 << (splits - 1).bit_length(),
         num_warps=warps, num_stages=stages, **options)
     return m, total, acc, out
