@@ -16,7 +16,9 @@
 #   40b      gpt-large-40b, bf16 and FP8 weight-only (VARIANTS), batch 1 and 16 (BATCHES; empty: none)
 #            (--max-seq-len 1280); ACCURACY=1: FP8 against bf16 on weights with clear logit gaps
 #            (engine and 40b: CONSTANTS="module.NAME=value ..." sets engine constants for the run, e.g.
-#            CONSTANTS=gptserve.engine.decode_attention.PROGRAMS=528)
+#            CONSTANTS=gptserve.engine.decode_attention.PROGRAMS=528; BASE=DIR first runs the same variants from
+#            the gptserve package in DIR, the same run's peer for a change: make it with `mkdir -p artifacts/base &&
+#            git archive COMMIT gptserve | tar -x -C artifacts/base` and carry it; its JSON goes to OUT_DIR/base)
 #   triton   tritonserver with both models: READY time cold (empty compile cache) and warm (same cache, restart),
 #            then tools/compare_models.py over the runbook envelope (Poisson, prompts 128-512, 256 new tokens)
 #            and py-spy of the stream stub at 16 QPS (every thread, and with --gil the lock holder alone)
@@ -39,6 +41,7 @@ STAGE_NAMES="setup|tests|engine|profile|prefill|attention|40b|triton|stream|read
 [ ${#STAGES[@]} -gt 0 ] || { echo "usage: scripts/bench_gpu.sh $STAGE_NAMES ... [-- OUT_DIR]" >&2; exit 2; }
 PY="${PYTHON:-python3}"
 mkdir -p "$OUT_DIR"
+OUT_DIR="$(cd "$OUT_DIR" && pwd)"  # absolute: bench_engine runs BASE's code from BASE
 export PYTHONUNBUFFERED=1 PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 free_ports() {
@@ -65,6 +68,21 @@ start_server() {
 constants() {  # CONSTANTS="module.NAME=value ..." -> bench.engine's --constant options (engine and 40b stages)
     local c
     for c in ${CONSTANTS:-}; do echo "--constant $c"; done
+}
+
+# bench_engine ARGS... [-- ARGS of the working tree's run only]: bench.engine from the working tree; with BASE, first
+# from BASE's gptserve, without peers or the accuracy check. It runs with BASE as its working directory:
+# `python -m` puts that first on the path, ahead of PYTHONPATH, which then holds only this repository (for bench).
+# PYTHONPATH without /tmp/site: its numpy 1.26 (for the stub) breaks the image's transformers (HF peer).
+bench_engine() {
+    local common=() own=()
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do common+=("$1"); shift; done
+    [ $# -gt 0 ] && shift && own=("$@")
+    if [ -n "${BASE:-}" ]; then
+        [ -d "$BASE/gptserve" ] || { echo "BASE=$BASE holds no gptserve package" >&2; return 1; }
+        (cd "$BASE" && PYTHONPATH="$OLDPWD" "$PY" -m bench.engine "${common[@]}" --peers '' --output "$OUT_DIR/base")
+    fi
+    PYTHONPATH="$PWD" "$PY" -m bench.engine "${common[@]}" "${own[@]}" --output "$OUT_DIR"
 }
 
 stop_server() { kill -TERM "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; }
@@ -139,11 +157,9 @@ for stage in "${STAGES[@]}"; do
         "$PY" -m bench.scheduler --preset gpt2-large --concurrency 16 --requests 48 | tee "$OUT_DIR/scheduler.json"
         ;;
     engine)
-        # PYTHONPATH without /tmp/site: its numpy 1.26 (for the stub) breaks the image's transformers (HF peer)
-        PYTHONPATH="$PWD" "$PY" -m bench.engine --preset gpt2-large --variants "${VARIANTS:-bf16-sdpa,fp8wo-sdpa}" \
-            --batches "${BATCHES-1,16}" --peers "${PEERS-hf-static}" --peer-batches 1,16 \
-            $([ "${ACCURACY:-1}" = 1 ] && echo --accuracy --accuracy-rows "${ACCURACY_ROWS:-0}") $(constants) \
-            --output "$OUT_DIR"
+        bench_engine --preset gpt2-large --variants "${VARIANTS:-bf16-sdpa,fp8wo-sdpa}" --batches "${BATCHES-1,16}" \
+            $(constants) -- --peers "${PEERS-hf-static}" --peer-batches 1,16 \
+            $([ "${ACCURACY:-1}" = 1 ] && echo --accuracy --accuracy-rows "${ACCURACY_ROWS:-0}")
         ;;
     profile)  # where a decode step's GPU time goes, per VARIANTS entry: kernels per step, time per kernel class
         for variant in $(echo "${VARIANTS:?set VARIANTS, e.g. bf16-sdpa,bf16-fused}" | tr , " "); do
@@ -168,9 +184,8 @@ for stage in "${STAGES[@]}"; do
         done
         ;;
     40b)
-        PYTHONPATH="$PWD" "$PY" -m bench.engine --preset gpt-large-40b --variants "${VARIANTS:-bf16-sdpa,fp8wo-sdpa}" \
-            --batches "${BATCHES-1,16}" --peers '' --max-seq-len 1280 $([ "${ACCURACY:-0}" = 1 ] && echo --accuracy) \
-            $(constants) --output "$OUT_DIR"
+        bench_engine --preset gpt-large-40b --variants "${VARIANTS:-bf16-sdpa,fp8wo-sdpa}" --batches "${BATCHES-1,16}" \
+            --max-seq-len 1280 $(constants) -- --peers '' $([ "${ACCURACY:-0}" = 1 ] && echo --accuracy)
         ;;
     triton)  # KEEP_CACHE=1: start on the compile cache a previous run left (a warm start)
         use_compile_cache
