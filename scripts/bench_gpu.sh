@@ -18,7 +18,8 @@
 #            (engine and 40b: CONSTANTS="module.NAME=value ..." sets engine constants for the run, e.g.
 #            CONSTANTS=gptserve.engine.decode_attention.PROGRAMS=528; BASE=DIR first runs the same variants from
 #            the gptserve package in DIR, the same run's peer for a change: make it with `mkdir -p artifacts/base &&
-#            git archive COMMIT gptserve | tar -x -C artifacts/base` and carry it; its JSON goes to OUT_DIR/base)
+#            git archive COMMIT gptserve | tar -x -C artifacts/base` and carry it; its JSON goes to OUT_DIR/base;
+#            CONSTANTS apply to the working tree's run alone; the base runs with this tree's bench package)
 #   triton   tritonserver with both models: READY time cold (empty compile cache) and warm (same cache, restart),
 #            then tools/compare_models.py over the runbook envelope (Poisson, prompts 128-512, 256 new tokens)
 #            and py-spy of the stream stub at 16 QPS (every thread, and with --gil the lock holder alone)
@@ -40,6 +41,7 @@ done
 STAGE_NAMES="setup|tests|engine|profile|prefill|attention|40b|triton|stream|ready|triton-variant|triton2|scheduler"
 [ ${#STAGES[@]} -gt 0 ] || { echo "usage: scripts/bench_gpu.sh $STAGE_NAMES ... [-- OUT_DIR]" >&2; exit 2; }
 PY="${PYTHON:-python3}"
+[[ "$PY" != */* ]] || PY="$(realpath "$PY")"  # a path stays valid where bench_engine changes directory
 mkdir -p "$OUT_DIR"
 OUT_DIR="$(cd "$OUT_DIR" && pwd)"  # absolute: bench_engine runs BASE's code from BASE
 export PYTHONUNBUFFERED=1 PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -82,7 +84,7 @@ bench_engine() {
         [ -d "$BASE/gptserve" ] || { echo "BASE=$BASE holds no gptserve package" >&2; return 1; }
         (cd "$BASE" && PYTHONPATH="$OLDPWD" "$PY" -m bench.engine "${common[@]}" --peers '' --output "$OUT_DIR/base")
     fi
-    PYTHONPATH="$PWD" "$PY" -m bench.engine "${common[@]}" "${own[@]}" --output "$OUT_DIR"
+    PYTHONPATH="$PWD" "$PY" -m bench.engine "${common[@]}" ${own[@]+"${own[@]}"} --output "$OUT_DIR"
 }
 
 stop_server() { kill -TERM "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; }
@@ -158,7 +160,7 @@ for stage in "${STAGES[@]}"; do
         ;;
     engine)
         bench_engine --preset gpt2-large --variants "${VARIANTS:-bf16-sdpa,fp8wo-sdpa}" --batches "${BATCHES-1,16}" \
-            $(constants) -- --peers "${PEERS-hf-static}" --peer-batches 1,16 \
+            -- $(constants) --peers "${PEERS-hf-static}" --peer-batches 1,16 \
             $([ "${ACCURACY:-1}" = 1 ] && echo --accuracy --accuracy-rows "${ACCURACY_ROWS:-0}")
         ;;
     profile)  # where a decode step's GPU time goes, per VARIANTS entry: kernels per step, time per kernel class
@@ -185,7 +187,7 @@ for stage in "${STAGES[@]}"; do
         ;;
     40b)
         bench_engine --preset gpt-large-40b --variants "${VARIANTS:-bf16-sdpa,fp8wo-sdpa}" --batches "${BATCHES-1,16}" \
-            --max-seq-len 1280 $(constants) -- --peers '' $([ "${ACCURACY:-0}" = 1 ] && echo --accuracy)
+            --max-seq-len 1280 -- $(constants) --peers '' $([ "${ACCURACY:-0}" = 1 ] && echo --accuracy)
         ;;
     triton)  # KEEP_CACHE=1: start on the compile cache a previous run left (a warm start)
         use_compile_cache

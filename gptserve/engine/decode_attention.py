@@ -63,7 +63,7 @@ def _kernel():
         heads, splits = tl.num_programs(1), tl.num_programs(2)
         last = tl.load(last_ptr + b)
         per_split = ((last + BLOCK) // BLOCK + splits - 1) // splits * BLOCK  # split_len(), read on the device
-        # positions up to the row's last: none where a short row's slices end before this one (an empty state)
+        # this slice's positions up to the row's last: none (an empty state) where the slice starts past it
         length = tl.minimum(per_split, last + 1 - s * per_split)
         d = tl.arange(0, D)
         q = tl.load(q_ptr + b * stride_qb + h * stride_qh + d).to(tl.float32) * scale

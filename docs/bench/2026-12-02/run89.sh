@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Ran at 6420a9f: TARGET_PROGRAMS and the five-number --configs belong to that code (6213e8a replaced them).
 # Run 89 (H200): split-KV at 20 slices a head for gpt2-large's batch 1 (TARGET_PROGRAMS 400) against the plan's
 # 13 (256) in the engine, same run; the attention alone for both presets; the batch-1 step's copies traced.
 set -uo pipefail
