@@ -88,8 +88,8 @@ class DecodeGraphs:
         a prefill overwrites before any request reads it."""
         # tokens and positions, read by every replay, each in its own allocation: as views of one [2, 1, 1]
         # tensor, batch 1's positions began 8 bytes in, which a block compiled on aligned inputs copies to an
-        # aligned buffer at every call (inductor's copy_misaligned_inputs; the likely source of the 36 copies a
-        # gpt2-large batch-1 step of runs 80-95, docs/benchmarks.md)
+        # aligned buffer at every call (inductor's copy_misaligned_inputs): the 36 copies a gpt2-large batch-1
+        # step of runs 80-95, gone with this (1.328 -> 1.280 ms, run 96 in docs/benchmarks.md)
         inputs = tuple(torch.zeros(rows, 1, dtype=torch.int64, device=self._device) for _ in range(2))
         for kv_len in kv_lengths if self.per_kv_length else kv_lengths[-1:]:
             graph, logits = capture(lambda: self._decode(*inputs, kv_len), self._device, self._pool)
